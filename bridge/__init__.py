@@ -1,0 +1,4 @@
+"""modbus-mqtt-bridge: Modbus TCP devices to MQTT, one persistent session per host."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

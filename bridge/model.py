@@ -1,0 +1,217 @@
+"""The validated configuration: frozen dataclasses, no I/O.
+
+`bridge.config` builds these from YAML; everything else only reads them. Every
+value here is already checked and resolved (templates expanded, unit ranges
+expanded, overrides applied), so consumers never look at raw YAML.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Table(enum.Enum):
+    """The four Modbus data tables."""
+
+    COIL = "coil"
+    DISCRETE = "discrete"
+    HOLDING = "holding"
+    INPUT = "input"
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (Table.COIL, Table.DISCRETE)
+
+    @property
+    def max_count(self) -> int:
+        """Largest read a single request may ask for (Modbus spec caps)."""
+        return 2000 if self.is_bits else 125
+
+
+class DataType(enum.Enum):
+    """Point data types. `width` is the register count (0 = set by `length`)."""
+
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"
+
+    @property
+    def width(self) -> int:
+        return _WIDTHS[self]
+
+    @property
+    def is_numeric(self) -> bool:
+        return self not in (DataType.BOOL, DataType.STRING)
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DataType.FLOAT32, DataType.FLOAT64)
+
+
+_WIDTHS = {
+    DataType.BOOL: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+    DataType.STRING: 0,
+}
+
+
+class Order(enum.Enum):
+    """Byte order inside a register, or register order inside a multi-register value."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+class Output(enum.Enum):
+    """How device state is published."""
+
+    JSON = "json"
+    ATTRIBUTE = "attribute"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One named value of a device, fully resolved.
+
+    `count` is how many registers (or bits, for coil/discrete tables) the point
+    occupies. For `bool` in a register table without `bit`, the point is true
+    when the register is non-zero. `bit` selects one bit (0 = least significant)
+    of a 16-bit register and yields a bool.
+    """
+
+    name: str
+    table: Table
+    address: int
+    type: DataType
+    interval: float  # seconds; the device interval unless the point overrides it
+    length: int = 0  # registers, for strings only
+    byte_order: Order = Order.BIG
+    word_order: Order = Order.BIG
+    scale: float = 1.0
+    offset: float = 0.0
+    precision: int | None = None
+    values: tuple[tuple[int, str], ...] = ()  # enum map, raw -> label
+    bit: int | None = None
+    unit: str | None = None
+    # writes (issue 3)
+    writable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    write_table: Table | None = None
+    write_address: int | None = None
+    mask_write: bool = False
+
+    @property
+    def count(self) -> int:
+        if self.table.is_bits:
+            return 1
+        if self.type is DataType.STRING:
+            return self.length
+        return self.type.width
+
+    @property
+    def end(self) -> int:
+        """One past the last address used."""
+        return self.address + self.count
+
+    @property
+    def value_map(self) -> dict[int, str]:
+        return dict(self.values)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One Modbus TCP endpoint: one persistent session."""
+
+    name: str
+    address: str
+    port: int = 502
+    timeout: float = 1.0
+    pause: float = 0.0
+    max_gap: int = 10
+    write_multiple: bool = False
+    keepalive_idle: int = 30
+    keepalive_interval: int = 10
+    keepalive_count: int = 3
+    baudrate: int = 9600  # only for the bus-time estimate of `check` (RS485 behind a gateway)
+
+
+@dataclass(frozen=True)
+class Device:
+    """One unit id behind a host, with its resolved points."""
+
+    name: str
+    host: str
+    unit: int
+    interval: float
+    points: tuple[Point, ...]
+    max_gap: int = 10
+    write_multiple: bool = False
+    write_rate: float | None = None  # commands per second, None = unlimited
+
+    def point(self, name: str) -> Point | None:
+        for p in self.points:
+            if p.name == name:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Mqtt:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "modbus-bridge"
+    username: str | None = None
+    password: str | None = None
+    base_topic: str = "modbus"
+    qos: int = 1
+    retain: bool = True
+    output: Output = Output.JSON
+    keepalive: int = 30
+    protocol: int = 5  # 5 or 4 (3.1.1)
+    tls: Tls | None = None
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    mqtt: Mqtt
+    hosts: tuple[Host, ...]
+    devices: tuple[Device, ...]
+    version: int = 1
+    read_only: bool = False
+    write_timeout: float = 2.0
+    health_interval: float = 30.0
+    source: str = field(default="", compare=False)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def devices_on(self, host: str) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices if d.host == host)
