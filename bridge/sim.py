@@ -1,0 +1,626 @@
+"""A small Modbus TCP device server for the demo, the integration tests and benchmarks.
+
+Pure asyncio and struct: one `asyncio.Protocol` per connection, requests answered
+straight from `data_received` unless a delay is in force. It speaks the MBAP framing
+(transaction id and unit id echoed) and function codes 1-6, 15, 16 and 22, and has
+runtime fault switches: silent units, late replies, refused or dropped connections,
+forced exception codes.
+
+Data lives in `SimUnit` banks addressed from 0 (protocol addresses, no 40001 offsets).
+A bank is allocated on its first write; unwritten banks read as zeros.
+
+Address ranges given in `SimUnit(valid=...)` are half-open ``(start, end)`` pairs:
+``(0, 100)`` allows addresses 0 to 99. A request is legal when all the addresses it
+touches lie inside one range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+__all__ = [
+    "BIT_TABLES",
+    "REGISTER_TABLES",
+    "TABLES",
+    "ExceptionHook",
+    "RequestRecord",
+    "SimServer",
+    "SimUnit",
+]
+
+log = logging.getLogger(__name__)
+
+BIT_TABLES: Final = ("coils", "discrete")
+REGISTER_TABLES: Final = ("holding", "input")
+TABLES: Final = BIT_TABLES + REGISTER_TABLES
+
+# Accepted spellings, including `bridge.model.Table` values ("coil"). Enum members
+# are accepted too: anything with a string `.value`.
+_TABLE_ALIASES: Final[dict[str, str]] = {
+    "coil": "coils",
+    "coils": "coils",
+    "discrete": "discrete",
+    "discretes": "discrete",
+    "discrete_input": "discrete",
+    "discrete_inputs": "discrete",
+    "holding": "holding",
+    "holding_register": "holding",
+    "holding_registers": "holding",
+    "input": "input",
+    "input_register": "input",
+    "input_registers": "input",
+}
+
+DEFAULT_SIZE: Final = 65536
+REQUEST_LOG_SIZE: Final = 10000
+
+# Exception codes used by the server.
+ILLEGAL_FUNCTION: Final = 1
+ILLEGAL_ADDRESS: Final = 2
+ILLEGAL_VALUE: Final = 3
+GATEWAY_TARGET_FAILED: Final = 11
+
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_ADDR_COUNT = struct.Struct(">HH")
+_MASK = struct.Struct(">HHH")
+_MULTI = struct.Struct(">HHB")  # address, count, byte count
+_MAX_LENGTH = 254  # MBAP length field: unit id + PDU of at most 253 bytes
+
+# (table, maximum count) per function code
+_READS: Final[dict[int, tuple[str, int]]] = {
+    1: ("coils", 2000),
+    2: ("discrete", 2000),
+    3: ("holding", 125),
+    4: ("input", 125),
+}
+
+
+def _table_name(table: object) -> str:
+    key = getattr(table, "value", table)
+    if isinstance(key, str):
+        name = _TABLE_ALIASES.get(key.lower())
+        if name is not None:
+            return name
+    raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as received (before any delay or fault decided its fate).
+
+    `count` is the number of registers or bits touched (1 for FC 5, 6 and 22).
+    `values` holds written values: registers for FC 6/16, 0/1 for FC 5/15,
+    ``(and_mask, or_mask)`` for FC 22; None for reads and unparsable requests.
+    """
+
+    time: float  # time.monotonic()
+    unit: int
+    function: int
+    address: int | None
+    count: int | None
+    values: tuple[int, ...] | None
+    transaction_id: int
+    connection: int  # serial number of the connection, from 1
+
+
+class SimUnit:
+    """The four data banks of one Modbus unit."""
+
+    __slots__ = ("_bits", "_regs", "size", "valid")
+
+    def __init__(
+        self,
+        *,
+        size: int = DEFAULT_SIZE,
+        valid: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    ) -> None:
+        if not 1 <= size <= DEFAULT_SIZE:
+            raise ValueError(f"size must be 1..{DEFAULT_SIZE}, got {size}")
+        self.size = size
+        # table -> half-open (start, end) ranges; a table absent here is valid in full.
+        self.valid: dict[str, list[tuple[int, int]]] = {}
+        for table, ranges in (valid or {}).items():
+            checked = []
+            for start, end in ranges:
+                if not 0 <= start < end <= size:
+                    raise ValueError(f"bad range ({start}, {end}) for {table!r}")
+                checked.append((start, end))
+            self.valid[_table_name(table)] = checked
+        self._bits: dict[str, bytearray] = {}
+        self._regs: dict[str, array[int]] = {}
+
+    def is_valid(self, table: str, address: int, count: int) -> bool:
+        """True when `count` addresses from `address` exist in `table`."""
+        end = address + count
+        if address < 0 or count < 1 or end > self.size:
+            return False
+        ranges = self.valid.get(_table_name(table))
+        if ranges is None:
+            return True
+        return any(start <= address and end <= stop for start, stop in ranges)
+
+    def _bit_bank(self, table: str) -> bytearray:
+        bank = self._bits.get(table)
+        if bank is None:
+            bank = self._bits[table] = bytearray(self.size)
+        return bank
+
+    def _register_bank(self, table: str) -> array[int]:
+        bank = self._regs.get(table)
+        if bank is None:
+            bank = self._regs[table] = array("H", bytes(2 * self.size))
+        return bank
+
+    def _check_span(self, address: int, count: int) -> None:
+        if address < 0 or count < 0 or address + count > self.size:
+            raise IndexError(
+                f"addresses {address}..{address + count - 1} outside 0..{self.size - 1}"
+            )
+
+    # -- registers -----------------------------------------------------------------
+
+    def set_registers(self, table: str, address: int, values: Iterable[int]) -> None:
+        """Store 16-bit values (0..65535) from `address` on."""
+        name = _table_name(table)
+        if name not in REGISTER_TABLES:
+            raise ValueError(f"{name!r} is a bit table; use set_bits")
+        data = list(values)
+        for value in data:
+            if not 0 <= value <= 0xFFFF:
+                raise ValueError(f"register value {value} outside 0..65535")
+        self._check_span(address, len(data))
+        self._register_bank(name)[address : address + len(data)] = array("H", data)
+
+    def get_registers(self, table: str, address: int, count: int = 1) -> list[int]:
+        name = _table_name(table)
+        if name not in REGISTER_TABLES:
+            raise ValueError(f"{name!r} is a bit table; use get_bits")
+        self._check_span(address, count)
+        bank = self._regs.get(name)
+        if bank is None:
+            return [0] * count
+        return list(bank[address : address + count])
+
+    # -- bits ----------------------------------------------------------------------
+
+    def set_bits(self, table: str, address: int, values: Iterable[bool | int]) -> None:
+        name = _table_name(table)
+        if name not in BIT_TABLES:
+            raise ValueError(f"{name!r} is a register table; use set_registers")
+        data = bytes(1 if v else 0 for v in values)
+        self._check_span(address, len(data))
+        self._bit_bank(name)[address : address + len(data)] = data
+
+    def get_bits(self, table: str, address: int, count: int = 1) -> list[bool]:
+        name = _table_name(table)
+        if name not in BIT_TABLES:
+            raise ValueError(f"{name!r} is a register table; use get_registers")
+        self._check_span(address, count)
+        bits = self._bits.get(name)
+        if bits is None:
+            return [False] * count
+        return [bool(b) for b in bits[address : address + count]]
+
+    # -- wire encoding (used by the server) -------------------------------------------
+
+    def _read_registers_bytes(self, table: str, address: int, count: int) -> bytes:
+        bank = self._regs.get(table)
+        if bank is None:
+            return bytes(2 * count)
+        chunk = bank[address : address + count]
+        chunk.byteswap()  # host order (little-endian) to Modbus big-endian
+        return chunk.tobytes()
+
+    def _read_bits_bytes(self, table: str, address: int, count: int) -> bytes:
+        out = bytearray((count + 7) // 8)
+        bank = self._bits.get(table)
+        if bank is None:
+            return bytes(out)
+        for i, bit in enumerate(bank[address : address + count]):
+            if bit:
+                out[i >> 3] |= 1 << (i & 7)
+        return bytes(out)
+
+
+ExceptionHook = Callable[[int, int, int, int], "int | None"]
+"""``hook(unit, function, address, count)`` -> exception code to answer, or None."""
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: MBAP framing and in-order (possibly delayed) replies."""
+
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+        self.serial = 0
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        # Requests waiting for their reply time: (due, transaction id, unit, pdu).
+        self._queue: deque[tuple[float, int, int, bytes]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server._admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._release(self)
+        if self._worker is not None:
+            self._worker.cancel()
+        self._queue.clear()
+        self.transport = None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        server = self.server
+        pos = 0
+        size = len(buf)
+        while size - pos >= 7:
+            tid, pid, length, unit = _MBAP.unpack_from(buf, pos)
+            if length < 2 or length > _MAX_LENGTH:
+                log.debug("sim: bad MBAP length %d, closing connection", length)
+                self.abort()
+                return
+            end = pos + 6 + length
+            if end > size:
+                break
+            pdu = bytes(buf[pos + 7 : end])
+            pos = end
+            if pid == 0:
+                server._on_request(self, tid, unit, pdu)
+        if pos:
+            del buf[:pos]
+
+    def send(self, tid: int, unit: int, pdu: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+            self.server.responses_total += 1
+
+    def enqueue(self, due: float, tid: int, unit: int, pdu: bytes) -> None:
+        self._queue.append((due, tid, unit, pdu))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        return self._worker
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while queue:
+            due, tid, unit, pdu = queue[0]
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not queue or self.transport is None:
+                return
+            queue.popleft()
+            reply = self.server._execute(unit, pdu)
+            if reply is not None:
+                self.send(tid, unit, reply)
+
+
+class SimServer:
+    """A Modbus TCP server holding one `SimUnit` per unit id.
+
+    Fault switches may be changed at any time:
+
+    - `silent_units`, `silent_all`: requests for these units (or all) get no reply.
+    - `delay`, `per_unit_delay`: reply this many seconds after the request arrived
+      (a per-unit value replaces `delay`). Replies on one connection keep request order,
+      so a slow unit also holds up later requests on that connection. The request is
+      executed when its reply is due.
+    - `max_connections`: connections beyond this many open ones are closed at once.
+    - `refuse`: close every new connection at once (the listener keeps accepting;
+      `stop()` makes the port refuse connections).
+    - `unknown_unit_exception`: None (default) ignores requests for unknown unit ids, as
+      a gateway whose target does not answer; 11 (or 10) answers with that code.
+    - `exception_hook(unit, function, address, count)`: return an exception code to
+      answer with instead of executing the request.
+    """
+
+    def __init__(
+        self,
+        units: Iterable[int] | Mapping[int, SimUnit] = (1,),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        unknown_unit_exception: int | None = None,
+        request_log_size: int = REQUEST_LOG_SIZE,
+    ) -> None:
+        if isinstance(units, Mapping):
+            self.units: dict[int, SimUnit] = dict(units)
+        else:
+            self.units = {uid: SimUnit() for uid in units}
+        for uid in self.units:
+            if not 0 <= uid <= 255:
+                raise ValueError(f"unit id {uid} outside 0..255")
+        self.host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+        # Fault switches.
+        self.silent_units: set[int] = set()
+        self.silent_all = False
+        self.delay = 0.0
+        self.per_unit_delay: dict[int, float] = {}
+        self.max_connections: int | None = None
+        self.refuse = False
+        self.unknown_unit_exception = unknown_unit_exception
+        self.exception_hook: ExceptionHook | None = None
+
+        # Counters.
+        self.connections_total = 0  # connections admitted since creation
+        self.connections_refused = 0  # closed at once by `refuse` or `max_connections`
+        self.requests_total = 0  # frames received, answered or not
+        self.responses_total = 0
+        self.request_log: deque[RequestRecord] = deque(maxlen=request_log_size)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The listening port (the one bound by the first `start()` when created with 0)."""
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def connections_open(self) -> int:
+        return len(self._connections)
+
+    def unit(self, unit_id: int) -> SimUnit:
+        return self.units[unit_id]
+
+    async def start(self) -> None:
+        """Listen; after `stop()` this listens again on the same port."""
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            self.host,
+            self._port,
+            reuse_address=True,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.debug("sim: listening on %s:%d", self.host, self._port)
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        connections = list(self._connections)
+        self.drop_all()
+        if server is not None:
+            await server.wait_closed()
+        # Let the transports run connection_lost, then reap the reply workers it cancelled.
+        await asyncio.sleep(0)
+        workers = [c.worker for c in connections if c.worker is not None]
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def drop_all(self) -> int:
+        """Abort every open client connection; return how many."""
+        connections = list(self._connections)
+        for conn in connections:
+            conn.abort()
+        return len(connections)
+
+    def clear_log(self) -> None:
+        self.request_log.clear()
+
+    # -- connection bookkeeping (called by _Connection) --------------------------------
+
+    def _admit(self, conn: _Connection) -> None:
+        limit = self.max_connections
+        if self.refuse or (limit is not None and len(self._connections) >= limit):
+            self.connections_refused += 1
+            conn.abort()
+            return
+        self.connections_total += 1
+        conn.serial = self.connections_total
+        self._connections.add(conn)
+
+    def _release(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+
+    # -- request path --------------------------------------------------------------------
+
+    def _on_request(self, conn: _Connection, tid: int, unit: int, pdu: bytes) -> None:
+        self.requests_total += 1
+        self.request_log.append(_record(conn.serial, tid, unit, pdu))
+        if self.silent_all or unit in self.silent_units:
+            return
+        delay = self.per_unit_delay.get(unit, self.delay)
+        if delay <= 0 and not conn.busy:
+            reply = self._execute(unit, pdu)
+            if reply is not None:
+                conn.send(tid, unit, reply)
+            return
+        conn.enqueue(asyncio.get_running_loop().time() + delay, tid, unit, pdu)
+
+    def _execute(self, unit_id: int, pdu: bytes) -> bytes | None:
+        """Run one request; return the response PDU, or None for no reply."""
+        if not pdu:
+            return None
+        fc = pdu[0]
+        unit = self.units.get(unit_id)
+        if unit is None:
+            code = self.unknown_unit_exception
+            return None if code is None else bytes((fc | 0x80, code))
+        handler = _HANDLERS.get(fc)
+        if handler is None:
+            return _exc(fc, ILLEGAL_FUNCTION)
+        try:
+            return handler(self, unit_id, unit, pdu)
+        except struct.error:  # PDU too short for its function code
+            return _exc(fc, ILLEGAL_VALUE)
+
+    def _hook(self, unit_id: int, fc: int, address: int, count: int) -> int | None:
+        hook = self.exception_hook
+        return None if hook is None else hook(unit_id, fc, address, count)
+
+
+def _record(conn: int, tid: int, unit: int, pdu: bytes) -> RequestRecord:
+    fc = pdu[0] if pdu else 0
+    address: int | None = None
+    count: int | None = None
+    values: tuple[int, ...] | None = None
+    try:
+        if fc in _READS:
+            address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+        elif fc == 5:
+            address, raw = _ADDR_COUNT.unpack_from(pdu, 1)
+            count, values = 1, (1 if raw == 0xFF00 else 0,)
+        elif fc == 6:
+            address, raw = _ADDR_COUNT.unpack_from(pdu, 1)
+            count, values = 1, (raw,)
+        elif fc == 15:
+            address, count, _ = _MULTI.unpack_from(pdu, 1)
+            data = pdu[6:]
+            values = tuple((data[i >> 3] >> (i & 7)) & 1 for i in range(min(count, 8 * len(data))))
+        elif fc == 16:
+            address, count, _ = _MULTI.unpack_from(pdu, 1)
+            n = min(count, (len(pdu) - 6) // 2)
+            values = struct.unpack_from(f">{n}H", pdu, 6)
+        elif fc == 22:
+            address, and_mask, or_mask = _MASK.unpack_from(pdu, 1)
+            count, values = 1, (and_mask, or_mask)
+    except struct.error:
+        pass
+    return RequestRecord(time.monotonic(), unit, fc, address, count, values, tid, conn)
+
+
+# -- function code handlers: (server, unit id, unit, pdu) -> response pdu ------------------
+
+
+def _exc(fc: int, code: int) -> bytes:
+    return bytes((fc | 0x80, code))
+
+
+def _read(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    fc = pdu[0]
+    table, cap = _READS[fc]
+    address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+    code = server._hook(uid, fc, address, count)
+    if code is not None:
+        return _exc(fc, code)
+    if not 1 <= count <= cap:
+        return _exc(fc, ILLEGAL_VALUE)
+    if not unit.is_valid(table, address, count):
+        return _exc(fc, ILLEGAL_ADDRESS)
+    if fc <= 2:
+        data = unit._read_bits_bytes(table, address, count)
+    else:
+        data = unit._read_registers_bytes(table, address, count)
+    return bytes((fc, len(data))) + data
+
+
+def _write_coil(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    address, raw = _ADDR_COUNT.unpack_from(pdu, 1)
+    code = server._hook(uid, 5, address, 1)
+    if code is not None:
+        return _exc(5, code)
+    if raw not in (0x0000, 0xFF00):
+        return _exc(5, ILLEGAL_VALUE)
+    if not unit.is_valid("coils", address, 1):
+        return _exc(5, ILLEGAL_ADDRESS)
+    unit._bit_bank("coils")[address] = 1 if raw else 0
+    return pdu[:5]
+
+
+def _write_register(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    address, value = _ADDR_COUNT.unpack_from(pdu, 1)
+    code = server._hook(uid, 6, address, 1)
+    if code is not None:
+        return _exc(6, code)
+    if not unit.is_valid("holding", address, 1):
+        return _exc(6, ILLEGAL_ADDRESS)
+    unit._register_bank("holding")[address] = value
+    return pdu[:5]
+
+
+def _write_coils(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    address, count, nbytes = _MULTI.unpack_from(pdu, 1)
+    code = server._hook(uid, 15, address, count)
+    if code is not None:
+        return _exc(15, code)
+    if not 1 <= count <= 1968 or nbytes != (count + 7) // 8 or len(pdu) != 6 + nbytes:
+        return _exc(15, ILLEGAL_VALUE)
+    if not unit.is_valid("coils", address, count):
+        return _exc(15, ILLEGAL_ADDRESS)
+    data = pdu[6:]
+    bank = unit._bit_bank("coils")
+    bank[address : address + count] = bytes((data[i >> 3] >> (i & 7)) & 1 for i in range(count))
+    return pdu[:5]
+
+
+def _write_registers(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    address, count, nbytes = _MULTI.unpack_from(pdu, 1)
+    code = server._hook(uid, 16, address, count)
+    if code is not None:
+        return _exc(16, code)
+    if not 1 <= count <= 123 or nbytes != 2 * count or len(pdu) != 6 + nbytes:
+        return _exc(16, ILLEGAL_VALUE)
+    if not unit.is_valid("holding", address, count):
+        return _exc(16, ILLEGAL_ADDRESS)
+    values = array("H", pdu[6:])
+    values.byteswap()
+    unit._register_bank("holding")[address : address + count] = values
+    return pdu[:5]
+
+
+def _mask_write(server: SimServer, uid: int, unit: SimUnit, pdu: bytes) -> bytes:
+    address, and_mask, or_mask = _MASK.unpack_from(pdu, 1)
+    code = server._hook(uid, 22, address, 1)
+    if code is not None:
+        return _exc(22, code)
+    if not unit.is_valid("holding", address, 1):
+        return _exc(22, ILLEGAL_ADDRESS)
+    bank = unit._register_bank("holding")
+    bank[address] = (bank[address] & and_mask) | (or_mask & ~and_mask & 0xFFFF)
+    return pdu[:7]
+
+
+_Handler = Callable[[SimServer, int, SimUnit, bytes], bytes]
+_HANDLERS: Final[dict[int, _Handler]] = {
+    1: _read,
+    2: _read,
+    3: _read,
+    4: _read,
+    5: _write_coil,
+    6: _write_register,
+    15: _write_coils,
+    16: _write_registers,
+    22: _mask_write,
+}

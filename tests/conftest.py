@@ -1,0 +1,111 @@
+"""Shared fixtures: a real Mosquitto, TLS material, an MQTT watcher, simulated Modbus devices.
+
+Fixture factories (call them inside the test):
+
+- ``broker``: a started anonymous Mosquitto on a free loopback port (`tests.broker.Broker`).
+- ``broker_factory(*, users=None, tls=None, require_certificate=False, port=None,
+  extra_config="", start=True) -> Broker``: more brokers or authenticated / TLS ones.
+- ``tls_files``: a CA with server and client certificates (`tests.broker.TlsFiles`).
+- ``await mqtt_watcher(broker, topic="#", **options) -> MqttWatcher``: recording subscriber.
+- ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
+
+Everything is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Broker, MqttWatcher, TlsFiles, find_mosquitto, make_tls_files
+
+from bridge.sim import SimServer, SimUnit
+
+
+@pytest.fixture(scope="session")
+def mosquitto_path() -> str:
+    path = find_mosquitto()
+    if path is None:
+        pytest.skip("mosquitto is not installed (e.g. `apt-get install mosquitto`)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to generate TLS certificates")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def broker_factory(mosquitto_path: str, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    brokers: list[Broker] = []
+
+    def make(
+        *,
+        users: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
+        require_certificate: bool = False,
+        port: int | None = None,
+        extra_config: str = "",
+        start: bool = True,
+    ) -> Broker:
+        if users and shutil.which("mosquitto_passwd") is None:
+            pytest.skip("mosquitto_passwd is not installed")
+        broker = Broker(
+            tmp_path / f"mosquitto-{len(brokers)}",
+            port=port,
+            users=users,
+            tls=tls,
+            require_certificate=require_certificate,
+            extra_config=extra_config,
+            executable=mosquitto_path,
+        )
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Broker]) -> Broker:
+    return broker_factory()
+
+
+@pytest.fixture
+async def mqtt_watcher() -> AsyncIterator[Callable[..., Awaitable[MqttWatcher]]]:
+    watchers: list[MqttWatcher] = []
+
+    async def make(broker: Broker, topic: str = "#", **options: Any) -> MqttWatcher:
+        watcher = MqttWatcher(broker.host, broker.port, topic, **options)
+        await watcher.start()
+        watchers.append(watcher)
+        return watcher
+
+    yield make
+    for watcher in watchers:
+        await watcher.stop()
+
+
+@pytest.fixture
+async def sim_servers() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
+    servers: list[SimServer] = []
+
+    async def make(
+        units: Iterable[int] | Mapping[int, SimUnit] = (1,), **options: Any
+    ) -> SimServer:
+        server = SimServer(units, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
