@@ -1,0 +1,220 @@
+"""Read planning: a device's points compiled once into a fixed list of block reads.
+
+Pure: no I/O and no pymodbus.
+
+`plan_device` groups a device's points by (table, interval) and, per group,
+walks them in address order, merging a point into the current block when
+
+- it overlaps or touches the block, or the hole before it is at most
+  `device.max_gap` registers. For coil/discrete tables the hole is counted in
+  bits and may be up to `max_gap * 16` bits (the same number of bytes on the
+  wire as `max_gap` registers);
+- and the block would still be at most `table.max_count` long (125 registers,
+  2000 bits). A point is never split: one that would cross the cap starts a
+  new block.
+
+Blocks come out ordered by (table, interval, start); points sharing an
+address range (several `bit` points of one register) share the block. Each
+block carries its per-point offsets and compiled decoders, so `decode_block`
+does only slicing and decoding per poll.
+
+`host_load` estimates, for `check`, how busy each host's serial bus would be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bridge.codec import CodecError, Data, Decoder, Value, compile_decoder
+from bridge.model import BridgeConfig, Device, Host, Point, Table
+
+_TABLE_ORDER = {table: i for i, table in enumerate(Table)}
+
+
+class PlanError(ValueError):
+    """A device whose points cannot be read with the planned requests."""
+
+
+@dataclass(frozen=True)
+class ReadBlock:
+    """One read request, repeated every `interval` seconds.
+
+    `points` are the points it serves, each fully inside start..start+count-1,
+    in address order. `slices` is derived: (name, first, last + 1, decoder)
+    per point, offsets relative to `start`.
+    """
+
+    unit: int
+    table: Table
+    start: int
+    count: int
+    interval: float
+    points: tuple[Point, ...]
+    slices: tuple[tuple[str, int, int, Decoder], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slices = []
+        for p in self.points:
+            if p.table is not self.table or p.address < self.start or p.end > self.end:
+                raise PlanError(
+                    f"point {p.name!r} ({p.table.value} {p.address}..{p.end - 1}) is outside "
+                    f"the block {self.table.value} {self.start}..{self.end - 1}"
+                )
+            slices.append((p.name, p.address - self.start, p.end - self.start, compile_decoder(p)))
+        object.__setattr__(self, "slices", tuple(slices))
+
+    @property
+    def end(self) -> int:
+        """One past the last address read."""
+        return self.start + self.count
+
+    def decode(self, data: Data) -> dict[str, Value]:
+        """See `decode_block`."""
+        return decode_block(self, data)
+
+
+def decode_block(block: ReadBlock, data: Data) -> dict[str, Value]:
+    """Decode one read of `block` to {point name: value}.
+
+    `data` holds the registers or bits read from `block.start` on; it may be
+    longer than `block.count` (bit reads come back padded to whole bytes).
+    Raises `CodecError` when it is shorter.
+    """
+    if len(data) < block.count:
+        raise CodecError(
+            f"read of {block.table.value} {block.start}..{block.end - 1} returned "
+            f"{len(data)} of {block.count} values"
+        )
+    return {name: decode(data[first:last]) for name, first, last, decode in block.slices}
+
+
+def _gap_limit(table: Table, max_gap: int) -> int:
+    """Largest hole (in addresses of `table`) bridged inside one block."""
+    return max(0, max_gap) * (16 if table.is_bits else 1)
+
+
+def _plan_group(
+    device: Device, table: Table, interval: float, points: Iterable[Point]
+) -> list[ReadBlock]:
+    cap = table.max_count
+    gap = _gap_limit(table, device.max_gap)
+    blocks: list[ReadBlock] = []
+    members: list[Point] = []
+    start = end = 0
+
+    def flush() -> None:
+        if members:
+            blocks.append(
+                ReadBlock(device.unit, table, start, end - start, interval, tuple(members))
+            )
+
+    for p in sorted(points, key=lambda p: (p.address, p.end)):
+        if not 0 < p.count <= cap:
+            raise PlanError(
+                f"{device.name}: point {p.name!r} needs {p.count} {_unit_name(table)}, "
+                f"a single read takes 1..{cap}"
+            )
+        if members and p.address - end <= gap and max(end, p.end) - start <= cap:
+            members.append(p)
+            end = max(end, p.end)
+        else:
+            flush()
+            members = [p]
+            start, end = p.address, p.end
+    flush()
+    return blocks
+
+
+def _unit_name(table: Table) -> str:
+    return "bits" if table.is_bits else "registers"
+
+
+def plan_device(device: Device) -> tuple[ReadBlock, ...]:
+    """The fixed read plan of one device: blocks ordered by (table, interval, start).
+
+    Raises `PlanError` for a point longer than a single read allows, and
+    `CodecError` for a point whose decoder cannot be built (e.g. `bit` on a float).
+    """
+    groups: dict[tuple[Table, float], list[Point]] = {}
+    for p in device.points:
+        groups.setdefault((p.table, p.interval), []).append(p)
+    blocks: list[ReadBlock] = []
+    for table, interval in sorted(groups, key=lambda key: (_TABLE_ORDER[key[0]], key[1])):
+        blocks.extend(_plan_group(device, table, interval, groups[table, interval]))
+    return tuple(blocks)
+
+
+# --------------------------------------------------------------------------- bus load
+
+
+def request_bus_seconds(table: Table, count: int, baudrate: int, pause: float = 0.0) -> float:
+    """Estimated seconds one read of `count` registers/bits holds an RS485 bus.
+
+    Models Modbus RTU behind a TCP gateway at `baudrate`, 11 bits per character
+    (start, 8 data, parity or second stop, stop):
+
+    - request: 8 characters (unit, function, address, count, CRC);
+    - response: 5 characters (unit, function, byte count, CRC) plus the data,
+      2 per register or ceil(bits / 8);
+    - a 3.5-character silent interval after each of the two frames;
+    - plus `pause`, the host's configured wait between requests.
+
+    Gateway and device turnaround times are not modelled, so this is a floor.
+    """
+    if baudrate <= 0:
+        raise PlanError(f"baudrate must be positive, got {baudrate}")
+    data = math.ceil(count / 8) if table.is_bits else 2 * count
+    characters = 8 + (5 + data) + 2 * 3.5
+    return characters * 11 / baudrate + pause
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """The planned polling load of one host, for `check`."""
+
+    host: Host
+    devices: tuple[Device, ...]
+    blocks: tuple[ReadBlock, ...]
+    requests_per_second: float
+    bus_seconds_per_second: float
+    overloaded: bool  # more bus time per second than there is: intervals cannot be kept
+
+
+def host_load(
+    host: Host,
+    devices: Sequence[Device],
+    blocks_by_device: Mapping[str, Sequence[ReadBlock]] | None = None,
+) -> HostLoad:
+    """Requests and bus time per second of polling `devices` through `host`.
+
+    `blocks_by_device` maps device names to their plans; a device missing from
+    it is planned here.
+    """
+    blocks: list[ReadBlock] = []
+    requests = 0.0
+    bus = 0.0
+    for device in devices:
+        if blocks_by_device is not None and device.name in blocks_by_device:
+            planned: Sequence[ReadBlock] = blocks_by_device[device.name]
+        else:
+            planned = plan_device(device)
+        for block in planned:
+            rate = 1.0 / block.interval if block.interval > 0 else math.inf
+            requests += rate
+            bus += rate * request_bus_seconds(block.table, block.count, host.baudrate, host.pause)
+        blocks.extend(planned)
+    return HostLoad(
+        host=host,
+        devices=tuple(devices),
+        blocks=tuple(blocks),
+        requests_per_second=requests,
+        bus_seconds_per_second=bus,
+        overloaded=bus > 1.0,
+    )
+
+
+def plan_summary(config: BridgeConfig) -> tuple[HostLoad, ...]:
+    """`host_load` for every host of `config`, in configuration order."""
+    return tuple(host_load(host, config.devices_on(host.name)) for host in config.hosts)
