@@ -1,0 +1,91 @@
+"""Typed errors of the bridge.
+
+Each exception carries the context needed to act on it, so callers never parse
+message strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration file.
+
+    `line` and `column` are 1-based and None when the problem has no position
+    (an unreadable file, say). `path` names the value, e.g.
+    ``devices[2].points[5].type``; it is empty for problems about the whole file.
+    """
+
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        if self.path:
+            return f"{where}: {self.path}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(BridgeError):
+    """The configuration cannot be used; `problems` lists every reason found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+class ModbusRequestError(BridgeError):
+    """A request to a Modbus device failed; carries the host and unit it was for."""
+
+    def __init__(self, host: str, unit: int, reason: str) -> None:
+        self.host = host
+        self.unit = unit
+        self.reason = reason
+        super().__init__(f"host {host} unit {unit}: {reason}")
+
+
+class HostUnavailable(ModbusRequestError):
+    """The host's session is down (connecting, backing off, or stopping)."""
+
+
+class RequestTimeout(ModbusRequestError):
+    """The device did not answer within the host's timeout; the socket is kept."""
+
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ExceptionReply(ModbusRequestError):
+    """The device answered with a Modbus exception (the link itself is healthy)."""
+
+    def __init__(self, host: str, unit: int, code: int, request: str) -> None:
+        self.code = code
+        self.request = request
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(host, unit, f"{request}: exception {code} ({name})")
