@@ -1,0 +1,172 @@
+"""The composition root: wires config, plan, sessions, scheduler, state and MQTT.
+
+It owns start-up and shutdown order:
+start:    compile the plan -> open Modbus sessions -> start the MQTT link -> start polling
+shutdown: stop polling -> publish every device and the bridge `offline` ->
+          disconnect MQTT -> close Modbus sockets, all under one hard deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from bridge.errors import ModbusRequestError
+from bridge.model import BridgeConfig, Device
+from bridge.mqtt import Incoming, MqttLink
+from bridge.payloads import OFFLINE, Value
+from bridge.planner import ReadBlock, plan_device
+from bridge.scheduler import Scheduler, group_blocks
+from bridge.session import HostSession
+from bridge.state import Message, StateCache
+from bridge.topics import Topics
+
+log = logging.getLogger("bridge")
+
+SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
+
+
+def compile_plan(config: BridgeConfig) -> dict[str, tuple[ReadBlock, ...]]:
+    """The read plan of every device, compiled once at start."""
+    return {d.name: plan_device(d) for d in config.devices}
+
+
+class Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.mqtt.base_topic)
+        self.plan = compile_plan(config)
+        self.sessions: dict[str, HostSession] = {}
+        for host in config.hosts:
+            devices = config.devices_on(host.name)
+            if devices:
+                units = len({d.unit for d in devices})
+                self.sessions[host.name] = HostSession(host, units=units)
+        self.state = StateCache(
+            config.devices, self.topics, output=config.mqtt.output, retain=config.mqtt.retain
+        )
+        self.link = MqttLink(
+            config.mqtt,
+            self.topics,
+            on_connected=self._republish,
+            on_message=self._on_message,
+            subscriptions=(),
+        )
+        self.scheduler = Scheduler(
+            group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
+        )
+        self._link_task: asyncio.Task[None] | None = None
+        self._failing: dict[str, str] = {}
+        self.started_at = time.time()
+
+    # -- wiring ----------------------------------------------------------
+
+    def _send(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.link.publish(m.topic, m.payload, retain=m.retain)
+
+    def _republish(self) -> None:
+        """After every (re)connect: all retained state again, the link dropped it offline."""
+        self._send(self.state.full())
+
+    def _on_poll(
+        self, device: Device, values: dict[str, Value], error: ModbusRequestError | None
+    ) -> None:
+        messages: list[Message] = []
+        if error is None:
+            # Availability first, so a subscriber sees `online` before the values.
+            messages += self.state.set_available(device.name, True)
+            if self._failing.pop(device.name, None) is not None:
+                log.info(
+                    "device %s (host %s, unit %d) is back online",
+                    device.name,
+                    device.host,
+                    device.unit,
+                )
+        else:
+            messages += self.state.set_available(device.name, False)
+            reason = type(error).__name__
+            if self._failing.get(device.name) != reason:
+                # Once per state change, not on every poll.
+                log.warning(
+                    "device %s (host %s, unit %d) offline: %s",
+                    device.name,
+                    device.host,
+                    device.unit,
+                    error,
+                )
+                self._failing[device.name] = reason
+        if values:
+            messages += self.state.update(device.name, values, time.time())
+        self._send(messages)
+
+    async def _on_message(self, message: Incoming) -> None:
+        log.debug("ignored message on %s", message.topic)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        for session in self.sessions.values():
+            await session.start()
+        self._link_task = asyncio.create_task(self.link.run(), name="mqtt")
+        self.scheduler.start()
+        log.info(
+            "bridge started: %d hosts, %d devices, %d read blocks",
+            len(self.sessions),
+            len(self.config.devices),
+            sum(len(b) for b in self.plan.values()),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
+        """Stop in order; every step is bounded so the whole stays under `deadline`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+
+        def left(share: float) -> float:
+            return max(0.05, min(share, end - loop.time()))
+
+        await _bounded(self.scheduler.stop(), left(1.0))
+        if self.link.connected:
+            self._send(self.state.offline_all())
+            self.link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
+            await _bounded(self.link.flush(left(2.0)), left(2.0))
+        if self._link_task is not None:
+            self._link_task.cancel()
+            await _bounded(_settle(self._link_task), left(1.0))
+        for session in self.sessions.values():
+            await _bounded(session.stop(), left(0.5))
+        log.info("bridge stopped")
+
+    # -- introspection (tests, health) -------------------------------------
+
+    @property
+    def sockets_opened(self) -> Mapping[str, int]:
+        return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _bounded(coro: Coroutine[Any, Any, None], timeout: float) -> None:
+    """Await `coro` for at most `timeout` seconds; log and move on past it.
+
+    asyncio.wait (not wait_for) so a swallowed cancellation cannot hang us here.
+    """
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("shutdown step %s did not finish in %.1fs", task.get_name(), timeout)

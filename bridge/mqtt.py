@@ -1,0 +1,284 @@
+"""The MQTT link. The only module that imports aiomqtt.
+
+`MqttLink.publish()` never blocks and never raises: it records the newest payload
+per topic in a pending map that a sender task drains while connected. The map
+holds at most one entry per topic, so a long broker outage costs no memory
+growth, and a value that changed ten times while offline is sent once.
+
+`run()` owns the connection: connect, announce `online` (the last will says
+`offline`), let the owner re-queue its full state, subscribe to command topics,
+then send and receive until the broker goes away; back off and repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.backoff import full_jitter
+from bridge.model import Mqtt
+from bridge.payloads import OFFLINE, ONLINE
+from bridge.topics import Topics
+
+log = logging.getLogger("bridge.mqtt")
+
+SEND_CONCURRENCY = 64  # publishes in flight at once
+MAX_ONE_OFF = 1000  # non-coalescing messages (command results) waiting while offline
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received message, free of aiomqtt types."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    payload: bytes
+    retain: bool
+    correlation_data: bytes | None = None
+
+
+def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class MqttLink:
+    """One broker connection for the whole bridge, kept alive with backoff."""
+
+    def __init__(
+        self,
+        settings: Mqtt,
+        topics: Topics,
+        *,
+        on_connected: Callable[[], None] | None = None,
+        on_message: Callable[[Incoming], Coroutine[Any, Any, None]] | None = None,
+        subscriptions: Iterable[str] = (),
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self._on_connected = on_connected
+        self._on_message = on_message
+        self._subscriptions = tuple(subscriptions)
+        self._backoff_max = backoff_max
+        # Keyed by topic (state: newest wins) or by (topic, n) for messages that must
+        # each be delivered (command results). Bounded by topics + MAX_ONE_OFF.
+        self._pending: dict[str | tuple[str, int], _Pending] = {}
+        self._one_off = 0
+        self._wake = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # publishes awaiting the broker's ack
+        self.connects = 0
+        self.dropped = 0  # publishes lost because the link went down mid-send
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        return self.connected
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        coalesce: bool = True,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Queue `payload` for `topic`.
+
+        With `coalesce` (state), an unsent older payload for the topic is replaced.
+        Without it (command results) every message is kept, up to MAX_ONE_OFF
+        waiting; beyond that the oldest is dropped and counted.
+        """
+        key: str | tuple[str, int]
+        if coalesce:
+            key = topic
+            self._pending.pop(key, None)  # re-insert at the end: oldest first stays fair
+        else:
+            self._one_off += 1
+            key = (topic, self._one_off)
+            waiting = [k for k in self._pending if isinstance(k, tuple)]
+            if len(waiting) >= MAX_ONE_OFF:
+                del self._pending[waiting[0]]
+                self.dropped += 1
+        self._pending[key] = _Pending(payload, retain, correlation_data)
+        self._wake.set()
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self.settings
+        protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        will = aiomqtt.Will(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            protocol=protocol,
+            will=will,
+            keepalive=s.keepalive,
+            timeout=10.0,
+            tls_context=build_tls_context(s),
+            # Session state is not kept: we republish everything after a reconnect.
+            clean_session=True if protocol != aiomqtt.ProtocolVersion.V5 else None,
+        )
+        # We bound concurrency ourselves (SEND_CONCURRENCY); silence its warning below that.
+        client.pending_calls_threshold = SEND_CONCURRENCY + 16
+        return client
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff. Returns only when cancelled."""
+        failures = 0
+        last_error = ""
+        while True:
+            client = self._make_client()
+            self._client = client
+            try:
+                async with client:
+                    failures = 0
+                    last_error = ""
+                    self.connects += 1
+                    await client.publish(
+                        self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
+                    )
+                    for flt in self._subscriptions:
+                        await client.subscribe(flt, qos=1)
+                    self._connected.set()
+                    log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
+                    if self._on_connected:
+                        self._on_connected()
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._sender(client))
+                        group.create_task(self._receiver(client))
+            except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group_exc:
+                failures += 1
+                error = "; ".join(str(e) for e in group_exc.exceptions)
+                if self._connected.is_set():
+                    log.warning("MQTT connection lost: %s", error)
+                elif error != last_error or failures == 1:
+                    log.error(
+                        "MQTT cannot connect to %s:%d: %s",
+                        self.settings.host,
+                        self.settings.port,
+                        error,
+                    )
+                else:
+                    log.debug("MQTT still cannot connect: %s", error)
+                last_error = error
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(full_jitter(failures, low=0.5, high=self._backoff_max))
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+        inflight = self._inflight
+        failed: list[BaseException] = []
+
+        async def send_one(key: str | tuple[str, int], item: _Pending) -> None:
+            topic = key if isinstance(key, str) else key[0]
+            try:
+                await client.publish(
+                    topic,
+                    item.payload,
+                    qos=self.settings.qos,
+                    retain=item.retain,
+                    properties=self._properties(item),
+                )
+            except aiomqtt.MqttError as exc:
+                self.dropped += 1
+                failed.append(exc)
+            finally:
+                limit.release()
+
+        while True:
+            if failed:
+                raise failed[0]
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key = next(iter(self._pending))
+            item = self._pending.pop(key)
+            await limit.acquire()
+            task = asyncio.create_task(send_one(key, item))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+
+    def _properties(self, item: _Pending) -> Properties | None:
+        if item.correlation_data is None or self.settings.protocol != 5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.CorrelationData = item.correlation_data
+        return props
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if self._on_message is None:
+                continue
+            props = message.properties
+            response_topic = getattr(props, "ResponseTopic", None) if props else None
+            correlation = getattr(props, "CorrelationData", None) if props else None
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            incoming = Incoming(str(message.topic), bytes(raw), response_topic, correlation)
+            task = asyncio.create_task(self._on_message(incoming))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until everything queued is sent and acknowledged (or `timeout`), e.g. before
+        shutdown: a QoS 1 publish cut off by the disconnect may never reach subscribers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._pending or self._inflight) and self.connected and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def publish_now(
+        self, topic: str, payload: bytes, *, retain: bool, timeout: float
+    ) -> bool:
+        """Publish directly (used at shutdown); False if not connected or it failed."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        try:
+            await asyncio.wait_for(
+                client.publish(topic, payload, qos=1, retain=retain), timeout=timeout
+            )
+        except (aiomqtt.MqttError, TimeoutError):
+            return False
+        return True

@@ -1,0 +1,46 @@
+"""Payload formats: what a value or a device state looks like on the wire."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+Value = bool | int | float | str | None
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+def iso_utc(timestamp: float) -> str:
+    """ISO-8601 UTC with millisecond precision, e.g. ``2026-11-27T03:01:02.345Z``."""
+    dt = datetime.fromtimestamp(timestamp, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _clean(value: Value) -> Value:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def state_json(values: Mapping[str, Value], last_seen: float | None) -> bytes:
+    """The JSON state object of a device: every point plus ``last_seen``."""
+    doc: dict[str, Value] = {name: _clean(v) for name, v in values.items()}
+    doc["last_seen"] = iso_utc(last_seen) if last_seen is not None else None
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def plain_value(value: Value) -> bytes:
+    """One value as a plain payload: text as is, booleans true/false, null as empty."""
+    value = _clean(value)
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+def json_doc(doc: Mapping[str, object]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
