@@ -1,0 +1,43 @@
+# Each target creates its own virtual environment and installs what it needs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint unit integration mosquitto clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Tests start their own Mosquitto; install the binary where it is missing.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
+	fi
+	@command -v openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/ruff format --check bridge tests bench
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+integration: $(STAMP) mosquitto
+	$(PY) -m pytest tests/integration -q
+
+test: $(STAMP) mosquitto lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m pip install -q -e '.[demo]'
+	$(VENV)/bin/modbus-bridge demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

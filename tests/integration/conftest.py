@@ -1,0 +1,99 @@
+"""Run the real bridge (`python -m bridge run`) as a child process against fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BridgeProcess:
+    """The bridge daemon in a child process, stopped with SIGTERM like systemd would."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None):
+        self.config_path = workdir / "bridge.yaml"
+        # Written the way a person types it: enum labels such as off/on unquoted,
+        # which YAML 1.1 reads as booleans unless the loader keeps the text.
+        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        text = text.replace(": 'off'", ": off").replace(": 'on'", ": on")
+        self.config_path.write_text(text)
+        self.log_path = workdir / "bridge.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "--log-level",
+                "debug",
+                "run",
+                "-c",
+                str(self.config_path),
+            ],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then wait; returns the exit code (kills on timeout)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.proc.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.returncode = self.proc.returncode
+        self._log.close()
+        return self.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+async def run_bridge(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
+    procs: list[BridgeProcess] = []
+
+    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> BridgeProcess:
+        workdir = tmp_path / f"bridge-{len(procs)}"
+        workdir.mkdir()
+        proc = BridgeProcess(config, workdir, env)
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.alive():
+            await proc.terminate()

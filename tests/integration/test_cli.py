@@ -1,0 +1,91 @@
+"""The real CLI as a user runs it: exit codes and messages, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BAD = REPO / "tests" / "configs" / "bad"
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("verb", ["check", "run"])
+def test_bad_config_exits_2_listing_every_problem(tmp_path: Path, verb: str) -> None:
+    cfg = tmp_path / "plant.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "mqtt: {host: 127.0.0.1, output: jsn}\n"
+        "hosts:\n"
+        "  - {name: gw, address: 127.0.0.1}\n"
+        "devices:\n"
+        "  - name: meter\n"
+        "    host: gw\n"
+        "    unit: 1\n"
+        "    interval: 1s\n"
+        "    points:\n"
+        "      - {name: a, table: holding, address: 0, type: flaot32}\n"
+        "      - {name: b, table: input, address: 0, type: uint16, sacle: 2}\n"
+    )
+    result = _cli(verb, "-c", str(cfg))
+    assert result.returncode == 2
+    err = result.stderr
+    assert "Traceback" not in err
+    assert f"{cfg}:2:" in err and "mqtt.output" in err and "did you mean 'json'" in err
+    assert f"{cfg}:11:" in err and "devices[0].points[0].type" in err and "float32" in err
+    assert f"{cfg}:12:" in err and "devices[0].points[1]" in err and "did you mean 'scale'" in err
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = _cli("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bad_fixture_exits_2_through_cli(path: Path) -> None:
+    result = _cli("check", "-c", str(path))
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr
+
+
+def test_check_prints_the_plan_of_the_example() -> None:
+    result = _cli("check", "-c", str(REPO / "config.example.yaml"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "configuration OK" in out
+    assert "requests/s" in out and "bus time" in out
+    assert " holding " in out and "start" in out and "count" in out
+
+
+def test_check_warns_when_a_host_cannot_keep_up(tmp_path: Path) -> None:
+    cfg = tmp_path / "busy.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        "hosts: [{name: slow, address: 127.0.0.1, baudrate: 9600}]\n"
+        "devices:\n"
+        "  - name: m-{unit}\n"
+        "    host: slow\n"
+        "    units: 1-40\n"
+        "    interval: 250ms\n"
+        "    points: [{name: a, table: holding, address: 0, type: string, length: 100}]\n"
+    )
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: host slow" in result.stdout
