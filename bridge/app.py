@@ -16,9 +16,10 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from bridge.errors import ModbusRequestError
+from bridge.health import build_health, rss_bytes
 from bridge.model import BridgeConfig, Device
 from bridge.mqtt import Incoming, MqttLink
-from bridge.payloads import OFFLINE, Value
+from bridge.payloads import OFFLINE, Value, json_doc
 from bridge.planner import ReadBlock, plan_device
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
@@ -60,6 +61,7 @@ class Bridge:
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
         )
         self._link_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._failing: dict[str, str] = {}
         self.started_at = time.time()
 
@@ -89,15 +91,19 @@ class Bridge:
                 )
         else:
             messages += self.state.set_available(device.name, False)
-            reason = type(error).__name__
-            if self._failing.get(device.name) != reason:
-                # Once per state change, not on every poll.
-                log.warning(
+            reason = error.reason
+            previous = self._failing.get(device.name)
+            # Once per state change, not on every poll; a new reason while still
+            # offline (timeout, then host down) only at debug level.
+            level = logging.WARNING if previous is None else logging.DEBUG
+            if previous != reason:
+                log.log(
+                    level,
                     "device %s (host %s, unit %d) offline: %s",
                     device.name,
                     device.host,
                     device.unit,
-                    error,
+                    reason,
                 )
                 self._failing[device.name] = reason
         if values:
@@ -114,6 +120,7 @@ class Bridge:
             await session.start()
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt")
         self.scheduler.start()
+        self._health_task = asyncio.create_task(self._health_loop(), name="health")
         log.info(
             "bridge started: %d hosts, %d devices, %d read blocks",
             len(self.sessions),
@@ -136,6 +143,8 @@ class Bridge:
         def left(share: float) -> float:
             return max(0.05, min(share, end - loop.time()))
 
+        if self._health_task is not None:
+            self._health_task.cancel()
         await _bounded(self.scheduler.stop(), left(1.0))
         if self.link.connected:
             self._send(self.state.offline_all())
@@ -147,6 +156,29 @@ class Bridge:
         for session in self.sessions.values():
             await _bounded(session.stop(), left(0.5))
         log.info("bridge stopped")
+
+    # -- health ------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return build_health(
+            now=time.time(),
+            started=self.started_at,
+            hosts={n: (s.connected, s.stats) for n, s in self.sessions.items()},
+            devices=self.state.devices,
+            polls=self.scheduler.stats,
+            rss=rss_bytes(),
+        )
+
+    async def _health_loop(self) -> None:
+        """Retained health report every `health_interval`, on monotonic deadlines."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.health_interval
+        deadline = loop.time() + min(interval, 5.0)  # a first report soon after start
+        while True:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            self.link.publish(self.topics.bridge_health, json_doc(self.health()), retain=True)
+            deadline += interval
+            deadline = max(deadline, loop.time())
 
     # -- introspection (tests, health) -------------------------------------
 

@@ -52,6 +52,14 @@ class _Pending:
     correlation_data: bytes | None = None
 
 
+def _describe(exc: BaseException) -> str:
+    """A one-line reason a person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); set tls.ca_file or insecure"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text
+
+
 def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
     tls = settings.tls
     if tls is None:
@@ -161,16 +169,19 @@ class MqttLink:
         return client
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff. Returns only when cancelled."""
+        """Connect, serve, reconnect with backoff. Returns only when cancelled.
+
+        Every failed attempt logs one line (no traceback) naming the broker, the
+        reason (refused, bad credentials, certificate) and the next retry.
+        """
         failures = 0
-        last_error = ""
         while True:
             client = self._make_client()
             self._client = client
+            error = ""
             try:
                 async with client:
                     failures = 0
-                    last_error = ""
                     self.connects += 1
                     await client.publish(
                         self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
@@ -185,24 +196,25 @@ class MqttLink:
                         group.create_task(self._sender(client))
                         group.create_task(self._receiver(client))
             except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group_exc:
-                failures += 1
-                error = "; ".join(str(e) for e in group_exc.exceptions)
-                if self._connected.is_set():
-                    log.warning("MQTT connection lost: %s", error)
-                elif error != last_error or failures == 1:
-                    log.error(
-                        "MQTT cannot connect to %s:%d: %s",
-                        self.settings.host,
-                        self.settings.port,
-                        error,
-                    )
-                else:
-                    log.debug("MQTT still cannot connect: %s", error)
-                last_error = error
+                error = "; ".join(_describe(e) for e in group_exc.exceptions)
             finally:
+                was_connected = self._connected.is_set()
                 self._connected.clear()
                 self._client = None
-            await asyncio.sleep(full_jitter(failures, low=0.5, high=self._backoff_max))
+            failures += 1
+            wait = full_jitter(failures, low=0.5, high=self._backoff_max)
+            if was_connected:
+                log.warning("MQTT connection lost: %s; reconnecting in %.1fs", error, wait)
+            else:
+                log.error(
+                    "MQTT cannot connect to %s:%d (attempt %d): %s; retrying in %.1fs",
+                    self.settings.host,
+                    self.settings.port,
+                    failures,
+                    error,
+                    wait,
+                )
+            await asyncio.sleep(wait)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
         limit = asyncio.Semaphore(SEND_CONCURRENCY)

@@ -96,7 +96,11 @@ def _gap_limit(table: Table, max_gap: int) -> int:
 
 
 def _plan_group(
-    device: Device, table: Table, interval: float, points: Iterable[Point]
+    device: Device,
+    table: Table,
+    interval: float,
+    points: Iterable[Point],
+    avoid: Sequence[tuple[int, int]] = (),
 ) -> list[ReadBlock]:
     cap = table.max_count
     gap = _gap_limit(table, device.max_gap)
@@ -116,7 +120,12 @@ def _plan_group(
                 f"{device.name}: point {p.name!r} needs {p.count} {_unit_name(table)}, "
                 f"a single read takes 1..{cap}"
             )
-        if members and p.address - end <= gap and max(end, p.end) - start <= cap:
+        if (
+            members
+            and p.address - end <= gap
+            and max(end, p.end) - start <= cap
+            and not _touches(avoid, end, p.address)
+        ):
             members.append(p)
             end = max(end, p.end)
         else:
@@ -125,6 +134,40 @@ def _plan_group(
             start, end = p.address, p.end
     flush()
     return blocks
+
+
+def _touches(avoid: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether the hole start..end-1 overlaps any avoided range [a, b)."""
+    return any(a < end and start < b for a, b in avoid)
+
+
+def replan_block(
+    device: Device,
+    block: ReadBlock,
+    *,
+    drop: Iterable[str] = (),
+    avoid: Sequence[tuple[int, int]] = (),
+) -> list[ReadBlock]:
+    """Re-plan the points of `block` without the points named in `drop`, never
+    bridging a hole that overlaps an `avoid` range [start, end).
+
+    Used when a device rejects a merged read (exception 2/3): the offending range
+    is learned once and the remaining points keep being read in merged blocks.
+    """
+    dropped = set(drop)
+    keep = [p for p in block.points if p.name not in dropped]
+    return _plan_group(device, block.table, block.interval, keep, avoid)
+
+
+def holes(block: ReadBlock) -> list[tuple[int, int]]:
+    """Address ranges [start, end) inside `block` that no point of it uses."""
+    out: list[tuple[int, int]] = []
+    cursor = block.start
+    for p in sorted(block.points, key=lambda p: p.address):
+        if p.address > cursor:
+            out.append((cursor, p.address))
+        cursor = max(cursor, p.end)
+    return out
 
 
 def _unit_name(table: Table) -> str:

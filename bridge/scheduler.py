@@ -5,6 +5,15 @@ exactly one interval from the first one, so polls never drift; the first poll
 of each group is offset by a phase spread evenly over its interval, so a fleet of
 240 devices does not fire at once. A poll still running at its next deadline is
 not queued behind itself: the missed cycles are skipped and counted.
+
+Faults handled here, per device, so one bad unit never stalls its neighbours:
+
+- a device that stops answering is retried with its own full-jitter backoff
+  (its interval growing to 60 s) instead of costing a timeout every cycle;
+- "device busy" (exception 5/6) is retried a few times after a short delay;
+- a merged block rejected with exception 2/3 is split point by point once; the
+  offending range is remembered and skipped (its points published as null),
+  and the remaining points keep being read in merged blocks.
 """
 
 from __future__ import annotations
@@ -12,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bridge.backoff import full_jitter
 from bridge.codec import CodecError
-from bridge.errors import ModbusRequestError
-from bridge.model import Device
+from bridge.errors import ExceptionReply, HostUnavailable, ModbusRequestError
+from bridge.model import Device, Point
 from bridge.payloads import Value
-from bridge.planner import ReadBlock, decode_block
+from bridge.planner import ReadBlock, decode_block, holes, replan_block
 from bridge.session import HostSession
 
 log = logging.getLogger("bridge.poll")
@@ -27,12 +37,20 @@ log = logging.getLogger("bridge.poll")
 # that stopped it, or None when every block was read.
 OnPoll = Callable[[Device, dict[str, Value], ModbusRequestError | None], None]
 
+BUSY_CODES = frozenset({5, 6})  # acknowledge / server device busy
+BUSY_RETRIES = 3
+BUSY_DELAY = 0.1  # seconds, doubled per retry
+ADDRESS_CODES = frozenset({2, 3})  # illegal data address / value: the block is wrong
+DEVICE_BACKOFF_MAX = 60.0
+
 
 @dataclass
 class PollStats:
     cycles: int = 0
-    skipped: int = 0
+    skipped: int = 0  # cycles missed because a poll overran its interval
+    backoff_skips: int = 0  # cycles not polled while the device backs off
     failures: int = 0
+    skipped_ranges: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,12 @@ def group_blocks(
     return groups
 
 
+@dataclass
+class _Backoff:
+    failures: int = 0
+    retry_at: float = 0.0
+
+
 class Scheduler:
     def __init__(
         self,
@@ -82,6 +106,11 @@ class Scheduler:
         self.sessions = sessions
         self.on_poll = on_poll
         self.stats: dict[str, PollStats] = {g.device.name: PollStats() for g in self.groups}
+        # The live plan: starts as compiled, changes only when a range is learned bad.
+        self.blocks: dict[tuple[str, float], list[ReadBlock]] = {
+            (g.device.name, g.interval): list(g.blocks) for g in self.groups
+        }
+        self._backoff: dict[str, _Backoff] = {g.device.name: _Backoff() for g in self.groups}
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -98,20 +127,36 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def poll_now(self, device: Device, blocks: Sequence[ReadBlock]) -> bool:
-        """One read of `blocks` (also used by `/get`); True when every block was read."""
-        return await self._poll(device, blocks)
+    def blocks_of(self, device: Device) -> list[ReadBlock]:
+        """Every block currently read for `device`, all intervals."""
+        return [
+            b for (name, _), blocks in self.blocks.items() if name == device.name for b in blocks
+        ]
+
+    async def poll_now(self, device: Device) -> bool:
+        """Read all of `device` now (e.g. for `/get`); True when every block was read."""
+        keys = [k for k in self.blocks if k[0] == device.name]
+        ok = True
+        for key in keys:
+            ok = await self._poll(device, key) and ok
+        return ok
 
     async def _loop(self, group: PollGroup, t0: float) -> None:
         loop = asyncio.get_running_loop()
-        stats = self.stats[group.device.name]
+        name = group.device.name
+        stats = self.stats[name]
+        backoff = self._backoff[name]
+        key = (name, group.interval)
         deadline = t0 + group.phase
         while True:
             delay = deadline - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self._poll(group.device, group.blocks)
-            stats.cycles += 1
+            if loop.time() >= backoff.retry_at:
+                await self._poll(group.device, key)
+                stats.cycles += 1
+            else:
+                stats.backoff_skips += 1
             deadline += group.interval
             late = loop.time() - deadline
             if late > 0:
@@ -119,22 +164,106 @@ class Scheduler:
                 stats.skipped += missed
                 deadline += missed * group.interval
 
-    async def _poll(self, device: Device, blocks: Sequence[ReadBlock]) -> bool:
+    async def _poll(self, device: Device, key: tuple[str, float]) -> bool:
         session = self.sessions[device.host]
         values: dict[str, Value] = {}
-        for block in blocks:
-            try:
-                data = await session.read(block.unit, block.table, block.start, block.count)
-            except ModbusRequestError as exc:
-                self.stats[device.name].failures += 1
-                self.on_poll(device, values, exc)
-                return False
-            try:
-                values.update(decode_block(block, data))
-            except CodecError as exc:  # a short or malformed answer
-                error = ModbusRequestError(device.host, device.unit, f"bad reply: {exc}")
-                self.stats[device.name].failures += 1
-                self.on_poll(device, values, error)
-                return False
+        try:
+            index = 0
+            while index < len(self.blocks[key]):
+                block = self.blocks[key][index]
+                try:
+                    data = await self._read(session, block)
+                except ExceptionReply as exc:
+                    if exc.code not in ADDRESS_CODES:
+                        raise
+                    values.update(await self._learn(session, device, key, index, exc))
+                    continue  # the block at `index` was replaced: read its successors
+                try:
+                    values.update(decode_block(block, data))
+                except CodecError as exc:  # a short or malformed answer
+                    raise ModbusRequestError(device.host, device.unit, f"bad reply: {exc}") from exc
+                index += 1
+        except ModbusRequestError as exc:
+            self._failed(device, exc)
+            self.on_poll(device, values, exc)
+            return False
+        backoff = self._backoff[device.name]
+        backoff.failures, backoff.retry_at = 0, 0.0
         self.on_poll(device, values, None)
         return True
+
+    def _failed(self, device: Device, exc: ModbusRequestError) -> None:
+        self.stats[device.name].failures += 1
+        if isinstance(exc, HostUnavailable):
+            return  # the host's session backs off; nothing to add per device
+        b = self._backoff[device.name]
+        b.failures += 1
+        wait = full_jitter(b.failures, low=device.interval, high=DEVICE_BACKOFF_MAX)
+        b.retry_at = asyncio.get_running_loop().time() + wait
+
+    async def _read(self, session: HostSession, block: ReadBlock) -> list[int] | list[bool]:
+        return await self._read_range(session, block.unit, block, block.start, block.count)
+
+    async def _read_range(
+        self, session: HostSession, unit: int, block: ReadBlock, start: int, count: int
+    ) -> list[int] | list[bool]:
+        attempt = 0
+        while True:
+            try:
+                return await session.read(unit, block.table, start, count)
+            except ExceptionReply as exc:
+                if exc.code not in BUSY_CODES or attempt >= BUSY_RETRIES:
+                    raise
+            await asyncio.sleep(BUSY_DELAY * 2**attempt)
+            attempt += 1
+
+    async def _learn(
+        self,
+        session: HostSession,
+        device: Device,
+        key: tuple[str, float],
+        index: int,
+        exc: ExceptionReply,
+    ) -> dict[str, Value]:
+        """Split a rejected block, find what the device refuses, re-plan the rest.
+
+        Returns null for the points now skipped. Other errors propagate.
+        """
+        block = self.blocks[key][index]
+        bad: list[Point] = []
+        if len(block.points) > 1:
+            for point in block.points:
+                try:
+                    await self._read_range(session, block.unit, block, point.address, point.count)
+                except ExceptionReply as inner:
+                    if inner.code not in ADDRESS_CODES:
+                        raise
+                    bad.append(point)
+        else:
+            bad = list(block.points)
+        avoid = [(p.address, p.end) for p in bad] or holes(block)
+        if avoid:
+            replacement = replan_block(device, block, drop=[p.name for p in bad], avoid=avoid)
+        else:
+            # Every point reads alone and there is no hole, yet the merged read is
+            # refused: read the points one by one from now on.
+            replacement = [
+                ReadBlock(block.unit, block.table, p.address, p.count, block.interval, (p,))
+                for p in block.points
+            ]
+        self.blocks[key][index : index + 1] = replacement
+        ranges = [f"{block.table.value} {a}..{b - 1}" for a, b in avoid]
+        self.stats[device.name].skipped_ranges.extend(ranges)
+        log.warning(
+            "device %s (host %s, unit %d): %s %d..%d rejected with exception %d; %s%s",
+            device.name,
+            device.host,
+            device.unit,
+            block.table.value,
+            block.start,
+            block.end - 1,
+            exc.code,
+            f"skipping {', '.join(ranges)}" if ranges else "reading its points one by one",
+            f" (points {', '.join(p.name for p in bad)} published as null)" if bad else "",
+        )
+        return {p.name: None for p in bad}

@@ -42,6 +42,20 @@ PRIORITY_WRITE = 0
 PRIORITY_POLL = 1
 
 Job = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
+Claim = Callable[[], bool]
+"""Asked when a write job reaches the socket: False means the caller gave up, skip it."""
+
+
+def _claimed(job: Job, claim: Claim | None) -> Job:
+    if claim is None:
+        return job
+
+    async def guarded(client: AsyncModbusTcpClient) -> Any:
+        if not claim():
+            return None
+        return await job(client)
+
+    return guarded
 
 
 class _ConnectFailed(Exception):
@@ -166,9 +180,19 @@ class HostSession:
         return result
 
     async def write_registers(
-        self, unit: int, address: int, values: Sequence[int], *, multiple: bool
+        self,
+        unit: int,
+        address: int,
+        values: Sequence[int],
+        *,
+        multiple: bool,
+        claim: Claim | None = None,
     ) -> None:
-        """FC6 for one register unless `multiple`, FC16 otherwise (never split)."""
+        """FC6 for one register unless `multiple`, FC16 otherwise (never split).
+
+        `claim` (all write methods): called when the job reaches the socket; when it
+        returns False the caller gave up waiting and nothing is sent.
+        """
 
         async def job(client: AsyncModbusTcpClient) -> None:
             if len(values) == 1 and not multiple:
@@ -177,9 +201,11 @@ class HostSession:
                 rr = await client.write_registers(address, list(values), device_id=unit)
             self._check_reply(rr, unit, f"write holding {address}+{len(values)}")
 
-        await self.submit(unit, job, priority=PRIORITY_WRITE)
+        await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
-    async def write_coil(self, unit: int, address: int, value: bool, *, multiple: bool) -> None:
+    async def write_coil(
+        self, unit: int, address: int, value: bool, *, multiple: bool, claim: Claim | None = None
+    ) -> None:
         """FC5, or FC15 with `multiple`."""
 
         async def job(client: AsyncModbusTcpClient) -> None:
@@ -189,10 +215,18 @@ class HostSession:
                 rr = await client.write_coil(address, value, device_id=unit)
             self._check_reply(rr, unit, f"write coil {address}")
 
-        await self.submit(unit, job, priority=PRIORITY_WRITE)
+        await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
     async def write_bit(
-        self, unit: int, address: int, bit: int, value: bool, *, mask_write: bool, multiple: bool
+        self,
+        unit: int,
+        address: int,
+        bit: int,
+        value: bool,
+        *,
+        mask_write: bool,
+        multiple: bool,
+        claim: Claim | None = None,
     ) -> None:
         """Set one bit of a holding register: FC22, or read-modify-write as ONE queued job."""
 
@@ -215,7 +249,7 @@ class HostSession:
                 wr = await client.write_register(address, new, device_id=unit)
             self._check_reply(wr, unit, f"write holding {address} (bit {bit})")
 
-        await self.submit(unit, job, priority=PRIORITY_WRITE)
+        await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
     async def submit(self, unit: int, job: Job, *, priority: int = PRIORITY_POLL) -> Any:
         """Queue `job` for the worker; everything on the socket goes through here."""
@@ -360,7 +394,7 @@ class HostSession:
             self.stats.errors += 1
             self._lost(f"connection error: {exc}")
             self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "connection lost"))
-        except ModbusIOException as exc:
+        except ModbusIOException:
             self.stats.errors += 1
             if not self._client.connected:
                 self._lost("connection closed")
@@ -370,7 +404,8 @@ class HostSession:
                 return
             self.stats.timeouts += 1
             self._consecutive_timeouts += 1
-            self._settle(item, exc=RequestTimeout(self.host.name, item.unit, str(exc)))
+            reason = f"no answer within {self.host.timeout:g}s"
+            self._settle(item, exc=RequestTimeout(self.host.name, item.unit, reason))
             if self._consecutive_timeouts >= self._silence_limit:
                 self._lost(f"{self._consecutive_timeouts} requests in a row unanswered")
         except (ModbusException, OSError) as exc:

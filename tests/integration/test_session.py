@@ -1,0 +1,116 @@
+"""HostSession against our simulator on loopback: the socket rules, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from bridge.errors import HostUnavailable, RequestTimeout
+from bridge.model import Host, Table
+from bridge.session import HostSession
+from bridge.sim import SimServer
+
+pytestmark = pytest.mark.integration
+
+
+def _host(port: int, **kw: object) -> Host:
+    return Host(name="gw", address="127.0.0.1", port=port, timeout=0.3, **kw)  # type: ignore[arg-type]
+
+
+async def _connected(session: HostSession, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not session.connected:
+            await asyncio.sleep(0.01)
+
+
+async def test_keepalive_is_set_on_the_modbus_socket(sim_servers) -> None:
+    server: SimServer = await sim_servers([1])
+    session = HostSession(
+        _host(server.port, keepalive_idle=17, keepalive_interval=4, keepalive_count=2)
+    )
+    await session.start()
+    try:
+        await _connected(session)
+        sock = session._client.ctx.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 17
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 4
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
+    finally:
+        await session.stop()
+
+
+async def test_many_concurrent_readers_share_one_socket(sim_servers) -> None:
+    server: SimServer = await sim_servers(range(1, 21))
+    for unit in range(1, 21):
+        server.unit(unit).set_registers("holding", 0, [unit, unit * 2])
+    session = HostSession(_host(server.port), units=20)
+    await session.start()
+    try:
+        results = await asyncio.gather(
+            *(session.read(u, Table.HOLDING, 0, 2) for u in range(1, 21) for _ in range(10))
+        )
+        assert results == [[u, u * 2] for u in range(1, 21) for _ in range(10)]
+        assert server.connections_total == 1
+        assert session.stats.sockets_opened == 1
+    finally:
+        await session.stop()
+
+
+async def test_refused_then_up_connects_exactly_once(sim_servers) -> None:
+    server: SimServer = await sim_servers([1])
+    port = server.port
+    await server.stop()  # the port now refuses connections
+    session = HostSession(_host(port), backoff_min=0.05, backoff_max=0.2)
+    await session.start()
+    try:
+        with pytest.raises(HostUnavailable):
+            await asyncio.wait_for(session.read(1, Table.HOLDING, 0, 1), 2)
+        await asyncio.sleep(0.5)
+        assert server.connections_total == 0
+        await server.start()
+        await _connected(session)
+        assert await session.read(1, Table.HOLDING, 0, 1) == [0]
+        await asyncio.sleep(0.5)
+        assert server.connections_total == 1
+        assert session.stats.sockets_opened == 1
+    finally:
+        await session.stop()
+
+
+async def test_timeout_of_one_unit_keeps_the_socket(sim_servers) -> None:
+    server: SimServer = await sim_servers([1, 2])
+    server.silent_units.add(2)
+    session = HostSession(_host(server.port), units=2)
+    await session.start()
+    try:
+        for _ in range(5):  # more than pymodbus's own close-after-3 rule
+            with pytest.raises(RequestTimeout):
+                await session.read(2, Table.HOLDING, 0, 1)
+            assert await session.read(1, Table.HOLDING, 0, 1) == [0]
+        assert session.connected
+        assert server.connections_total == 1
+    finally:
+        await session.stop()
+
+
+async def test_peer_restart_gives_one_new_connection(sim_servers) -> None:
+    server: SimServer = await sim_servers([1])
+    session = HostSession(_host(server.port), backoff_min=0.05, backoff_max=0.2)
+    await session.start()
+    try:
+        await _connected(session)
+        await session.read(1, Table.HOLDING, 0, 1)
+        await server.stop()
+        with pytest.raises(HostUnavailable):
+            await session.read(1, Table.HOLDING, 0, 1)
+        await server.start()
+        await _connected(session)
+        assert await session.read(1, Table.HOLDING, 0, 1) == [0]
+        await asyncio.sleep(0.3)
+        assert server.connections_total == 2
+        assert session.stats.reconnects == 1
+    finally:
+        await session.stop()
