@@ -145,9 +145,9 @@ class HostSession:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 1.0)
+        if self._tasks:
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks = []
         self._client.close()
         self._up = False
