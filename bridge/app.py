@@ -25,6 +25,7 @@ from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.state import Message, StateCache
 from bridge.topics import Topics
+from bridge.writer import CommandHandler
 
 log = logging.getLogger("bridge")
 
@@ -55,7 +56,16 @@ class Bridge:
             self.topics,
             on_connected=self._republish,
             on_message=self._on_message,
-            subscriptions=(),
+            subscriptions=self.topics.command_filters,
+        )
+        # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
+        self.commands = CommandHandler(
+            config,
+            self.topics,
+            self.sessions,
+            self.state,
+            publish=self.link.publish,
+            on_read=self._on_poll,
         )
         self.scheduler = Scheduler(
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
@@ -111,7 +121,13 @@ class Bridge:
         self._send(messages)
 
     async def _on_message(self, message: Incoming) -> None:
-        log.debug("ignored message on %s", message.topic)
+        await self.commands.handle(message)
+
+    async def drain_writes(self, timeout: float) -> None:
+        """Shutdown: refuse new commands; let running ones finish for up to `timeout`
+        seconds, then cancel them. Every command gets its result queued on the link
+        (flush the link afterwards to deliver them)."""
+        await self.commands.drain(timeout)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -146,6 +162,8 @@ class Bridge:
         if self._health_task is not None:
             self._health_task.cancel()
         await _bounded(self.scheduler.stop(), left(1.0))
+        # In-flight writes finish (or are cancelled) and are answered before offline.
+        await _bounded(self.drain_writes(left(1.0)), left(1.2))
         if self.link.connected:
             self._send(self.state.offline_all())
             self.link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)

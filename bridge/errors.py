@@ -89,3 +89,34 @@ class ExceptionReply(ModbusRequestError):
         self.request = request
         name = EXCEPTION_NAMES.get(code, "unknown exception")
         super().__init__(host, unit, f"{request}: exception {code} ({name})")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """The ``transaction`` of an MQTT command, echoed in its result.
+
+    A wrapper so that ``"transaction": null`` (echoed as null) differs from no
+    transaction at all (``None`` where a `Transaction | None` is expected).
+    """
+
+    value: object
+
+
+class CommandError(BridgeError):
+    """An MQTT command refused before anything was written; `reason` is for the user.
+
+    `transaction` is the command's transaction when it could be read, so the
+    error result can echo it.
+    """
+
+    MAX_REASON = 300  # characters: a 64 KiB payload must not come back in the reason
+
+    def __init__(
+        self, reason: str, *, transaction: Transaction | None = None, point: str | None = None
+    ) -> None:
+        if len(reason) > self.MAX_REASON:
+            reason = reason[: self.MAX_REASON - 1] + "…"
+        self.reason = reason
+        self.transaction = transaction
+        self.point = point
+        super().__init__(reason)

@@ -1,0 +1,494 @@
+"""Carries out MQTT commands: the I/O half of `bridge.commands`.
+
+For each message on a command topic `CommandHandler.handle`:
+
+1. parses and validates the whole command (`bridge.commands`); anything wrong is
+   answered with an error and nothing is written;
+2. refuses at once when the bridge is shutting down, the host session is not
+   connected, the device is offline, or the device's `write_rate` is exceeded
+   (a token bucket; rejected, never queued);
+3. runs the writes of one command in order, under a per-device lock, through
+   the host session (writes pass queued polls; one request on the socket at a
+   time). A write still waiting for the host after `write_timeout` is withdrawn:
+   the session asks a `Claim` before sending, so it can never go out later;
+4. reads the written points back (only those registers) and publishes them as
+   state through the same callback as polls, then answers on
+   ``<device>/set/result`` (and on the MQTT v5 response topic, if any) with the
+   confirmed values.
+
+`get` commands read the asked points at write priority and answer the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from bridge.codec import CodecError
+from bridge.commands import (
+    RateLimiter,
+    WriteCommand,
+    WriteKind,
+    WriteOp,
+    parse_get,
+    parse_set,
+    result_payload,
+)
+from bridge.errors import (
+    CommandError,
+    ExceptionReply,
+    ModbusRequestError,
+    RequestTimeout,
+    Transaction,
+)
+from bridge.model import BridgeConfig, Device, Point
+from bridge.mqtt import Incoming
+from bridge.payloads import Value
+from bridge.planner import decode_block, plan_device
+from bridge.session import PRIORITY_WRITE, HostSession
+from bridge.state import StateCache
+from bridge.topics import Topics
+
+log = logging.getLogger("bridge.commands")
+
+T = TypeVar("T")
+
+OnRead = Callable[[Device, dict[str, Value], ModbusRequestError | None], None]
+"""The poll callback (`Bridge._on_poll`): read values and the error that stopped the read."""
+
+
+class Publish(Protocol):
+    """`MqttLink.publish`."""
+
+    def __call__(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        coalesce: bool = True,
+        correlation_data: bytes | None = None,
+    ) -> None: ...
+
+
+class Claim:
+    """Decides, once, between the host worker sending a write and the caller giving up."""
+
+    def __init__(self) -> None:
+        self.state = "queued"
+
+    def __call__(self) -> bool:
+        """The worker is about to send: True if the caller still waits for it."""
+        if self.state == "queued":
+            self.state = "sent"
+            return True
+        return False
+
+    def abandon(self) -> bool:
+        """The caller gives up: True if the write was not (and now never will be) sent."""
+        if self.state == "queued":
+            self.state = "abandoned"
+            return True
+        return False
+
+
+class _Expired(Exception):
+    """A request waited longer than `write_timeout` for the host and was withdrawn."""
+
+
+@dataclasses.dataclass
+class CommandStats:
+    writes: int = 0  # points written
+    rejected: int = 0  # commands refused before anything was sent
+    failed: int = 0  # commands that failed while executing
+
+
+class _Reply:
+    """Answers one command, exactly once, on set/result and the v5 response topic."""
+
+    def __init__(self, handler: CommandHandler, device: str, message: Incoming) -> None:
+        self.handler = handler
+        self.device = device
+        self.message = message
+        self.transaction: Transaction | None = None
+        self.sent = False
+
+    def ok(self, data: Mapping[str, Value], warning: str | None = None) -> None:
+        self._send(result_payload("ok", data, transaction=self.transaction, warning=warning))
+
+    def error(self, reason: str, data: Mapping[str, Value] | None = None) -> None:
+        self._send(result_payload("error", data or {}, error=reason, transaction=self.transaction))
+
+    def _send(self, payload: bytes) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        self.handler.publish(
+            self.handler.topics.set_result(self.device), payload, retain=False, coalesce=False
+        )
+        response = self.message.response_topic
+        if response is None:
+            return
+        why = self.handler.response_topic_problem(response)
+        if why is not None:
+            log.warning(
+                "%s: not answering on response topic %r: %s", self.message.topic, response, why
+            )
+            return
+        self.handler.publish(
+            response,
+            payload,
+            retain=False,
+            coalesce=False,
+            correlation_data=self.message.correlation_data,
+        )
+
+
+class CommandHandler:
+    """Executes `set` and `get` commands; one instance per bridge."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        topics: Topics,
+        sessions: Mapping[str, HostSession],
+        state: StateCache,
+        *,
+        publish: Publish,
+        on_read: OnRead,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self.sessions = sessions
+        self.state = state
+        self.publish = publish
+        self.on_read = on_read
+        self.clock = clock
+        self.devices = {d.name: d for d in config.devices}
+        self.limiters = {
+            d.name: RateLimiter(d.write_rate) for d in config.devices if d.write_rate is not None
+        }
+        self.stats = CommandStats()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- entry points ------------------------------------------------------
+
+    async def handle(self, message: Incoming) -> None:
+        """Answer one message from a command topic. Never raises (but CancelledError)."""
+        parsed = self.topics.parse_command(message.topic)
+        if parsed is None:
+            log.debug("ignored message on %s", message.topic)
+            return
+        device, point, verb = parsed
+        reply = _Reply(self, device, message)
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            if verb == "get":
+                await self._get(reply, device, message.payload)
+            else:
+                await self._set(reply, device, point, message.payload)
+        except asyncio.CancelledError:
+            if not reply.sent:
+                self.stats.failed += 1
+                reason = (
+                    "interrupted: the bridge is shutting down"
+                    " (a write in progress may or may not have been applied)"
+                )
+                log.warning("%s: %s", message.topic, reason)
+                reply.error(reason)
+            raise
+        except Exception as exc:  # the bridge keeps running, whatever a command does
+            log.exception("%s: command failed unexpectedly", message.topic)
+            reply.error(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: refuse new commands, give running ones `timeout` seconds, then
+        cancel the rest (each still gets an error answer)."""
+        self._closing = True
+        tasks = set(self._inflight)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+
+    def response_topic_problem(self, topic: str) -> str | None:
+        """Why an MQTT v5 response topic is not answered on, or None."""
+        if not topic:
+            return "empty"
+        if any(c in topic for c in "+#\x00"):
+            return "it contains a wildcard or NUL"
+        if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+            return "too long"
+        if self.topics.parse_command(topic) is not None:
+            return "it is a command topic of this bridge"
+        prefix = self.topics.base + "/"
+        if topic.startswith(prefix):
+            first = topic[len(prefix) :].split("/", 1)[0]
+            if first in self.devices or first == "bridge":
+                return "the bridge publishes state there"
+        return None
+
+    # -- set -----------------------------------------------------------------
+
+    def _reject(self, reply: _Reply, reason: str) -> None:
+        self.stats.rejected += 1
+        log.warning("%s: command rejected: %s", reply.message.topic, reason)
+        reply.error(reason)
+
+    async def _set(self, reply: _Reply, name: str, point: str | None, payload: bytes) -> None:
+        device = self.devices.get(name)
+        try:
+            command = parse_set(
+                name if device is None else device,
+                point,
+                payload,
+                read_only=self.config.read_only,
+            )
+        except CommandError as exc:
+            reply.transaction = exc.transaction
+            self._reject(reply, exc.reason)
+            return
+        reply.transaction = command.transaction
+        why = self._refusal(command.device)
+        if why is not None:
+            self._reject(reply, why)
+            return
+        lock = await self._acquire(reply, name)
+        if lock is None:
+            return
+        try:
+            await self._execute(reply, command)
+        finally:
+            lock.release()
+
+    async def _acquire(self, reply: _Reply, name: str) -> asyncio.Lock | None:
+        """The device's command lock (commands of one device run one after the other),
+        or None (answered) when earlier commands hold it longer than `write_timeout`."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        try:
+            async with asyncio.timeout(self.config.write_timeout):
+                await lock.acquire()
+        except TimeoutError:
+            self._reject(
+                reply,
+                f"device {name} is busy with earlier commands: not started within "
+                f"write_timeout ({self.config.write_timeout:g}s)",
+            )
+            return None
+        return lock
+
+    def _refusal(self, device: Device) -> str | None:
+        """Why a command for `device` is refused before it is queued, or None."""
+        if self._closing:
+            return "the bridge is shutting down"
+        session = self.sessions.get(device.host)
+        if session is None or not session.connected:
+            return f"host {device.host} of device {device.name} is not connected"
+        st = self.state.devices.get(device.name)
+        if st is not None and st.available is False:
+            return f"device {device.name} is offline"
+        limiter = self.limiters.get(device.name)
+        if limiter is not None:
+            now = self.clock()
+            if not limiter.allow(now):
+                return (
+                    f"write_rate of device {device.name} ({limiter.rate:g}/s) exceeded; "
+                    f"command rejected, retry in {limiter.wait_time(now):.2f}s"
+                )
+        return None
+
+    async def _execute(self, reply: _Reply, command: WriteCommand) -> None:
+        device = command.device
+        session = self.sessions[device.host]
+        topic = reply.message.topic
+        written: list[Point] = []
+        failure: str | None = None
+        for op in command.ops:
+            try:
+                await self._write(session, device, op)
+            except _Expired as exc:
+                failure = f"{op.point.name}: {exc}"
+            except RequestTimeout:
+                failure = (
+                    f"{op.point.name}: no answer from host {device.host} unit {device.unit} "
+                    "within its timeout; the write may or may not have been applied"
+                )
+            except ExceptionReply as exc:
+                failure = f"{op.point.name}: the device refused the write: {exc.reason}"
+            except ModbusRequestError as exc:  # host down or lost while queued, ...
+                failure = f"{op.point.name}: {exc}"
+            if failure is not None:
+                break
+            written.append(op.point)
+            self.stats.writes += 1
+            log.info(
+                "%s: wrote %s.%s = %r (%s)",
+                topic,
+                device.name,
+                op.point.name,
+                op.value,
+                op.describe(),
+            )
+
+        data: dict[str, Value] = {}
+        warning: str | None = None
+        if written:
+            values, read_error = await self._read(device, written)
+            data = {p.name: values[p.name] for p in written if p.name in values}
+            if read_error is not None:
+                warning = f"written, but the read-back failed: {read_error}"
+                log.warning("%s: %s", topic, warning)
+        if failure is None:
+            reply.ok(data, warning)
+            return
+        if written:
+            failure += f" (already written: {', '.join(p.name for p in written)})"
+        self.stats.failed += 1
+        log.warning("%s: command failed: %s", topic, failure)
+        reply.error(failure, data)
+
+    async def _write(self, session: HostSession, device: Device, op: WriteOp) -> None:
+        claim = Claim()
+        request: Coroutine[Any, Any, None]
+        if op.kind is WriteKind.COIL:
+            request = session.write_coil(
+                device.unit, op.address, op.state, multiple=op.multiple, claim=claim
+            )
+        elif op.kind is WriteKind.REGISTERS:
+            request = session.write_registers(
+                device.unit, op.address, op.registers, multiple=op.multiple, claim=claim
+            )
+        else:
+            request = session.write_bit(
+                device.unit,
+                op.address,
+                op.bit,
+                op.state,
+                mask_write=op.kind is WriteKind.MASK,
+                multiple=op.multiple,
+                claim=claim,
+            )
+        await self._queued(request, device, claim)
+
+    async def _queued(
+        self, request: Coroutine[Any, Any, T], device: Device, claim: Claim | None = None
+    ) -> T:
+        """Await a session request; withdraw it if it waits more than `write_timeout`.
+
+        A write (with `claim`) that the session has already sent is waited for: the
+        host's own timeout bounds that. A read has no claim; it gets the host's
+        timeout on top of `write_timeout` to be answered.
+        """
+        timeout = self.config.write_timeout
+        if claim is None:
+            timeout += self.sessions[device.host].host.timeout
+        task = asyncio.ensure_future(request)
+        task.add_done_callback(_consume)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done and (claim is None or claim.abandon()):
+                task.cancel()  # its queue entry is skipped by the host worker
+                if claim is None:
+                    raise _Expired(f"no answer from host {device.host} within {timeout:g}s")
+                raise _Expired(
+                    f"not sent: host {device.host} did not take the write within "
+                    f"write_timeout ({timeout:g}s)"
+                )
+            return await task
+        except asyncio.CancelledError:
+            if claim is not None:
+                claim.abandon()
+            task.cancel()
+            raise
+
+    # -- reads (read-back and get) ------------------------------------------
+
+    async def _read(
+        self, device: Device, points: Sequence[Point]
+    ) -> tuple[dict[str, Value], str | None]:
+        """Read just `points` now and publish them like a poll; (values, error or None)."""
+        # Only the asked registers (no gap bridging), whatever their poll intervals.
+        subset = dataclasses.replace(
+            device,
+            points=tuple(dataclasses.replace(p, interval=device.interval) for p in points),
+            max_gap=0,
+        )
+        session = self.sessions[device.host]
+        values: dict[str, Value] = {}
+        for block in plan_device(subset):
+            read = session.read(
+                block.unit, block.table, block.start, block.count, priority=PRIORITY_WRITE
+            )
+            try:
+                data = await self._queued(read, device)
+                values.update(decode_block(block, data))
+            except _Expired as exc:
+                return values, str(exc)
+            except ExceptionReply as exc:
+                # The device answered: it is online, only this read is refused.
+                if values:
+                    self.on_read(device, values, None)
+                return values, exc.reason
+            except ModbusRequestError as exc:
+                self.on_read(device, values, exc)
+                return values, exc.reason
+            except CodecError as exc:
+                error = ModbusRequestError(device.host, device.unit, f"bad reply: {exc}")
+                self.on_read(device, values, error)
+                return values, error.reason
+        self.on_read(device, values, None)
+        return values, None
+
+    async def _get(self, reply: _Reply, name: str, payload: bytes) -> None:
+        device = self.devices.get(name)
+        try:
+            points = parse_get(name if device is None else device, payload)
+        except CommandError as exc:
+            self._reject(reply, exc.reason)
+            return
+        assert device is not None
+        why = self._refusal(device)
+        if why is not None:
+            self._reject(reply, why)
+            return
+        lock = await self._acquire(reply, name)
+        if lock is None:
+            return
+        try:
+            values, error = await self._read(device, points)
+        finally:
+            lock.release()
+        if error is None:
+            log.info("%s: read %d point(s) of %s", reply.message.topic, len(values), name)
+            reply.ok(values)
+        else:
+            self.stats.failed += 1
+            log.warning("%s: read failed: %s", reply.message.topic, error)
+            reply.error(f"read failed: {error}", values)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a request nobody awaits any more (no 'never retrieved' noise)."""
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()
