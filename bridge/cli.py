@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TextIO, TypeVar
 
 from bridge import __version__
 from bridge.app import Bridge, compile_plan
@@ -28,6 +29,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 HARD_EXIT_AFTER = 4.8  # seconds after SIGTERM: the process is gone by then, whatever hangs
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _setup_logging(level: str) -> None:
@@ -99,18 +103,53 @@ def _install_hard_deadline(seconds: float) -> None:
     library may hang in shutdown. A daemon thread ends the process regardless."""
 
     def expire() -> None:
+        # Non-zero: a hung shutdown is a bug that systemd and tests should see.
         log.error("shutdown did not finish in %.1fs; exiting anyway", seconds)
         logging.shutdown()
-        os._exit(EXIT_OK)
+        os._exit(EXIT_FAILURE)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
 
 
+class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: every call in its own daemon thread, never joined.
+
+    Blocking calls end up there: paho's connect with its TLS handshake (up to 5 s against
+    a broker that accepts TCP but does not answer) and DNS lookups. `asyncio.run` and the
+    interpreter join a ThreadPoolExecutor's threads at exit, so one such call would hold
+    the process for seconds after an orderly shutdown. Calls are rare (connect attempts,
+    spaced by backoff), so a thread each is cheap. (A ThreadPoolExecutor subclass only
+    because asyncio accepts nothing else as the default executor; its pool is unused.)
+    """
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=work, name="bridge-blocking", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to wait for: a thread still blocked dies with the process."""
+
+
 async def _run_bridge(config: BridgeConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(_DaemonExecutor())
 
     def on_signal(signame: str) -> None:
         if not stop.is_set():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -52,12 +53,53 @@ class _Pending:
     correlation_data: bytes | None = None
 
 
+# CONNACK codes that mean "your credentials": MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
+# Only for MqttConnectError: other MqttCodeErrors carry paho's MQTT_ERR_* numbers (where
+# 4 is "not connected"), which aiomqtt also uses to word an integer CONNACK code.
+_AUTH_CODES = {
+    4: "bad user name or password",
+    5: "not authorised",
+    134: "bad user name or password",
+    135: "not authorized",
+}
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The innermost cause: aiomqtt re-raises socket and TLS errors as a bare
+    `MqttError(str(exc)) from None`, which hides the type but keeps `__context__`."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
 def _describe(exc: BaseException) -> str:
     """A one-line reason a person can act on."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted ({exc.verify_message}); set tls.ca_file or insecure"
+    root = _cause(exc)
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate not trusted ({root.verify_message}); "
+            "set mqtt.tls.ca_file (or insecure: true to skip verification)"
+        )
     text = str(exc) or type(exc).__name__
+    code = _code(exc.rc) if isinstance(exc, MqttConnectError) else None
+    if code is not None and code in _AUTH_CODES:
+        return (
+            f"broker refused the login ({_AUTH_CODES[code]}, code {code}): "
+            "check mqtt.username and mqtt.password"
+        )
+    if isinstance(root, OSError) and root is not exc:
+        inner = f"{type(root).__name__}: {root}"
+        return inner if str(root) == text else f"{text} ({inner})"
     return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text
+
+
+def _code(rc: object) -> int | None:
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
 
 
 def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
