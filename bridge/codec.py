@@ -105,6 +105,14 @@ _SPECS: Final[dict[DataType, _Spec]] = {
     DataType.FLOAT64: _Spec(">d", 4, -math.inf, math.inf),
 }
 
+def int_range(dtype: DataType) -> tuple[int, int] | None:
+    """Raw value range of an integer type (bool: 0..1); None for floats and strings."""
+    spec = _SPECS.get(dtype)
+    if spec is None or dtype.is_float:
+        return None
+    return int(spec.low), int(spec.high)
+
+
 _F32: Final = struct.Struct(">f")
 _F32_MIN_NORMAL: Final = 2.0**-126
 _F32_DIGITS: Final = (6, 7, 8)

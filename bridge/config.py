@@ -28,6 +28,7 @@ from typing import TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
 from bridge.model import (
     BridgeConfig,
@@ -100,14 +101,6 @@ _POINT_KEYS = (
 # fmt: on
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
 
-_INT_RANGES = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 _BIT_TYPES = (DataType.INT16, DataType.UINT16, DataType.BOOL)
 _MAX_STRING_LENGTH = 125  # registers: one read request
 _ADDRESS_SPACE = 65536
@@ -1229,7 +1222,7 @@ class _Reader:
         if f.has("values"):
             # raw -> label for integers, and for bools (0/1: coils, bits, bool registers)
             yields_bool = t is DataType.BOOL or p.bit is not None
-            lo, hi = (0, 1) if yields_bool else _INT_RANGES.get(t, (0, -1))
+            lo, hi = (0, 1) if yields_bool else (int_range(t) or (0, -1))
             if lo > hi:
                 bad("values", f"values applies to integer and bool points, not {t.value}")
             elif f.has("scale") or f.has("offset"):
