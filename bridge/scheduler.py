@@ -42,6 +42,9 @@ BUSY_RETRIES = 3
 BUSY_DELAY = 0.1  # seconds, doubled per retry
 ADDRESS_CODES = frozenset({2, 3})  # illegal data address / value: the block is wrong
 DEVICE_BACKOFF_MAX = 60.0
+RELEARN_AFTER = 600.0  # seconds before a learned-bad range is tried again
+
+GroupKey = tuple[str, float]  # (device name, interval)
 
 
 @dataclass
@@ -88,6 +91,10 @@ def group_blocks(
     return groups
 
 
+def _key(group: PollGroup) -> GroupKey:
+    return (group.device.name, group.interval)
+
+
 @dataclass
 class _Backoff:
     failures: int = 0
@@ -107,10 +114,22 @@ class Scheduler:
         self.on_poll = on_poll
         self.stats: dict[str, PollStats] = {g.device.name: PollStats() for g in self.groups}
         # The live plan: starts as compiled, changes only when a range is learned bad.
-        self.blocks: dict[tuple[str, float], list[ReadBlock]] = {
-            (g.device.name, g.interval): list(g.blocks) for g in self.groups
+        self.blocks: dict[GroupKey, list[ReadBlock]] = {
+            _key(g): list(g.blocks) for g in self.groups
         }
-        self._backoff: dict[str, _Backoff] = {g.device.name: _Backoff() for g in self.groups}
+        self._compiled: dict[GroupKey, tuple[ReadBlock, ...]] = {
+            _key(g): g.blocks for g in self.groups
+        }
+        self._relearn_at: dict[GroupKey, float] = {}
+        self._learned: dict[GroupKey, set[str]] = {}  # ever learned bad (log once)
+        self._skipping: dict[GroupKey, list[str]] = {}  # skipped now (health)
+        # Backoff and last error per group: a device whose fast group reads fine
+        # while its slow group fails stays offline instead of flapping.
+        self._backoff: dict[GroupKey, _Backoff] = {_key(g): _Backoff() for g in self.groups}
+        self._errors: dict[GroupKey, ModbusRequestError | None] = {}
+        self._device_keys: dict[str, list[GroupKey]] = {}
+        for g in self.groups:
+            self._device_keys.setdefault(g.device.name, []).append(_key(g))
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -124,36 +143,29 @@ class Scheduler:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, result in zip(self._tasks, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("poll task %s had failed: %r", task.get_name(), result)
         self._tasks = []
-
-    def blocks_of(self, device: Device) -> list[ReadBlock]:
-        """Every block currently read for `device`, all intervals."""
-        return [
-            b for (name, _), blocks in self.blocks.items() if name == device.name for b in blocks
-        ]
-
-    async def poll_now(self, device: Device) -> bool:
-        """Read all of `device` now (e.g. for `/get`); True when every block was read."""
-        keys = [k for k in self.blocks if k[0] == device.name]
-        ok = True
-        for key in keys:
-            ok = await self._poll(device, key) and ok
-        return ok
 
     async def _loop(self, group: PollGroup, t0: float) -> None:
         loop = asyncio.get_running_loop()
-        name = group.device.name
-        stats = self.stats[name]
-        backoff = self._backoff[name]
-        key = (name, group.interval)
+        stats = self.stats[group.device.name]
+        key = _key(group)
+        backoff = self._backoff[key]
         deadline = t0 + group.phase
         while True:
             delay = deadline - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if loop.time() >= backoff.retry_at:
-                await self._poll(group.device, key)
+                try:
+                    self._maybe_relearn(key, loop.time())
+                    await self._poll(group.device, key)
+                except Exception:
+                    # A bug must not end this device's polling for good: log, go on.
+                    log.exception("poll of %s failed unexpectedly", group.device.name)
                 stats.cycles += 1
             else:
                 stats.backoff_skips += 1
@@ -164,7 +176,7 @@ class Scheduler:
                 stats.skipped += missed
                 deadline += missed * group.interval
 
-    async def _poll(self, device: Device, key: tuple[str, float]) -> bool:
+    async def _poll(self, device: Device, key: GroupKey) -> bool:
         session = self.sessions[device.host]
         values: dict[str, Value] = {}
         try:
@@ -184,22 +196,42 @@ class Scheduler:
                     raise ModbusRequestError(device.host, device.unit, f"bad reply: {exc}") from exc
                 index += 1
         except ModbusRequestError as exc:
-            self._failed(device, exc)
+            self._failed(device, key, exc)
+            self._errors[key] = exc
             self.on_poll(device, values, exc)
             return False
-        backoff = self._backoff[device.name]
+        backoff = self._backoff[key]
         backoff.failures, backoff.retry_at = 0, 0.0
-        self.on_poll(device, values, None)
+        self._errors[key] = None
+        # Online only when no group of the device is failing.
+        pending = (self._errors.get(k) for k in self._device_keys[device.name])
+        self.on_poll(device, values, next((e for e in pending if e is not None), None))
         return True
 
-    def _failed(self, device: Device, exc: ModbusRequestError) -> None:
+    def _failed(self, device: Device, key: GroupKey, exc: ModbusRequestError) -> None:
         self.stats[device.name].failures += 1
         if isinstance(exc, HostUnavailable):
             return  # the host's session backs off; nothing to add per device
-        b = self._backoff[device.name]
+        b = self._backoff[key]
         b.failures += 1
-        wait = full_jitter(b.failures, low=device.interval, high=DEVICE_BACKOFF_MAX)
+        wait = full_jitter(b.failures, low=key[1], high=DEVICE_BACKOFF_MAX)
         b.retry_at = asyncio.get_running_loop().time() + wait
+
+    def _maybe_relearn(self, key: GroupKey, now: float) -> None:
+        """Every RELEARN_AFTER, go back to the compiled blocks: a device that refused a
+        range while booting gets its points back; one that still refuses is learned
+        again (logged at debug level when the ranges are the same)."""
+        due = self._relearn_at.get(key)
+        if due is not None and now >= due:
+            del self._relearn_at[key]
+            self.blocks[key] = list(self._compiled[key])
+            self._skipping.pop(key, None)
+            self._refresh_skipped(key[0])
+
+    def _refresh_skipped(self, device: str) -> None:
+        self.stats[device].skipped_ranges = [
+            r for k in self._device_keys[device] for r in self._skipping.get(k, ())
+        ]
 
     async def _read(self, session: HostSession, block: ReadBlock) -> list[int] | list[bool]:
         return await self._read_range(session, block.unit, block, block.start, block.count)
@@ -221,7 +253,7 @@ class Scheduler:
         self,
         session: HostSession,
         device: Device,
-        key: tuple[str, float],
+        key: GroupKey,
         index: int,
         exc: ExceptionReply,
     ) -> dict[str, Value]:
@@ -253,8 +285,14 @@ class Scheduler:
             ]
         self.blocks[key][index : index + 1] = replacement
         ranges = [f"{block.table.value} {a}..{b - 1}" for a, b in avoid]
-        self.stats[device.name].skipped_ranges.extend(ranges)
-        log.warning(
+        self._skipping.setdefault(key, []).extend(ranges)
+        self._refresh_skipped(device.name)
+        known = self._learned.setdefault(key, set())
+        again = set(ranges) <= known
+        known.update(ranges)
+        self._relearn_at.setdefault(key, asyncio.get_running_loop().time() + RELEARN_AFTER)
+        log.log(
+            logging.DEBUG if again else logging.WARNING,
             "device %s (host %s, unit %d): %s %d..%d rejected with exception %d; %s%s",
             device.name,
             device.host,
