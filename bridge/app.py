@@ -18,8 +18,8 @@ from typing import Any
 from bridge.errors import ModbusRequestError
 from bridge.health import build_health, rss_bytes
 from bridge.model import BridgeConfig, Device
-from bridge.mqtt import Incoming, MqttLink
-from bridge.payloads import OFFLINE, Value, json_doc
+from bridge.mqtt import MqttLink
+from bridge.payloads import OFFLINE, Incoming, Value, json_doc
 from bridge.planner import ReadBlock, plan_device
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
@@ -72,6 +72,8 @@ class Bridge:
         )
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._fatal = asyncio.Event()
+        self.failed = False  # a task that must not end did: exit non-zero
         self._failing: dict[str, str] = {}
         self.started_at = time.time()
 
@@ -134,9 +136,9 @@ class Bridge:
     async def start(self) -> None:
         for session in self.sessions.values():
             await session.start()
-        self._link_task = asyncio.create_task(self.link.run(), name="mqtt")
+        self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
-        self._health_task = asyncio.create_task(self._health_loop(), name="health")
+        self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
         log.info(
             "bridge started: %d hosts, %d devices, %d read blocks",
             len(self.sessions),
@@ -144,11 +146,29 @@ class Bridge:
             sum(len(b) for b in self.plan.values()),
         )
 
+    def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """A task that must run until shutdown: if it ends otherwise, stop the bridge
+        with `failed` set (exit 1), so a supervisor restarts it instead of it
+        running on half-dead."""
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            log.error("%s ended unexpectedly; stopping", t.get_name(), exc_info=t.exception())
+            self.failed = True
+            self._fatal.set()
+
+        task.add_done_callback(done)
+        return task
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
+        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(self._fatal.wait())}
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for w in waits:
+                w.cancel()
             await self.shutdown()
 
     async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:

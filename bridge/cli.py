@@ -146,7 +146,7 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         """Nothing to wait for: a thread still blocked dies with the process."""
 
 
-async def _run_bridge(config: BridgeConfig) -> None:
+async def _run_bridge(config: BridgeConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_default_executor(_DaemonExecutor())
@@ -161,14 +161,14 @@ async def _run_bridge(config: BridgeConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig.name)
     bridge = Bridge(config)
     await bridge.run(stop)
+    return EXIT_FAILURE if bridge.failed else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr)
     if config is None:
         return EXIT_CONFIG
-    asyncio.run(_run_bridge(config))
-    return EXIT_OK
+    return asyncio.run(_run_bridge(config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.payloads import iso_utc
-from bridge.scheduler import PollStats
-from bridge.session import SessionStats
-from bridge.state import DeviceState
+
+if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
+    from bridge.scheduler import PollStats
+    from bridge.session import SessionStats
+    from bridge.state import DeviceState
 
 
 def rss_bytes() -> int:

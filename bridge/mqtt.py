@@ -27,23 +27,17 @@ from paho.mqtt.properties import Properties
 
 from bridge.backoff import full_jitter
 from bridge.model import Mqtt
-from bridge.payloads import OFFLINE, ONLINE
+from bridge.payloads import OFFLINE, ONLINE, Incoming
 from bridge.topics import Topics
+
+__all__ = ["Incoming", "MqttLink", "build_tls_context"]
 
 log = logging.getLogger("bridge.mqtt")
 
 SEND_CONCURRENCY = 64  # publishes in flight at once
 MAX_ONE_OFF = 1000  # non-coalescing messages (command results) waiting while offline
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A received message, free of aiomqtt types."""
-
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
+MAX_HANDLERS = 256  # commands being handled at once; more are dropped (flood guard)
+STABLE_AFTER = 10.0  # seconds a connection must last before the backoff resets
 
 
 @dataclass(frozen=True)
@@ -145,6 +139,7 @@ class MqttLink:
         self._inflight: set[asyncio.Task[None]] = set()  # publishes awaiting the broker's ack
         self.connects = 0
         self.dropped = 0  # publishes lost because the link went down mid-send
+        self.dropped_commands = 0  # commands dropped by the flood guard
 
     @property
     def connected(self) -> bool:
@@ -214,16 +209,20 @@ class MqttLink:
         """Connect, serve, reconnect with backoff. Returns only when cancelled.
 
         Every failed attempt logs one line (no traceback) naming the broker, the
-        reason (refused, bad credentials, certificate) and the next retry.
+        reason (refused, bad credentials, certificate) and the next retry. The
+        backoff only resets after a connection stayed up STABLE_AFTER seconds, so
+        a broker that accepts and then drops us (a duplicate client id) is no storm.
         """
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
-            client = self._make_client()
-            self._client = client
             error = ""
+            connected_at: float | None = None
             try:
+                client = self._make_client()  # inside: a missing CA file is a retryable error
+                self._client = client
                 async with client:
-                    failures = 0
+                    connected_at = loop.time()
                     self.connects += 1
                     await client.publish(
                         self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
@@ -239,14 +238,26 @@ class MqttLink:
                         group.create_task(self._receiver(client))
             except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group_exc:
                 error = "; ".join(_describe(e) for e in group_exc.exceptions)
+            except* Exception as group_exc:
+                # Not a network error: a bug. Keep the link alive, but say so loudly.
+                log.error("MQTT link failed unexpectedly", exc_info=group_exc)
+                error = "; ".join(repr(e) for e in group_exc.exceptions)
             finally:
-                was_connected = self._connected.is_set()
                 self._connected.clear()
                 self._client = None
+            if connected_at is not None and loop.time() - connected_at >= STABLE_AFTER:
+                failures = 0
             failures += 1
             wait = full_jitter(failures, low=0.5, high=self._backoff_max)
-            if was_connected:
-                log.warning("MQTT connection lost: %s; reconnecting in %.1fs", error, wait)
+            if connected_at is not None:
+                up = loop.time() - connected_at
+                hint = (
+                    f" (dropped after {up:.1f}s: is another client using client_id "
+                    f"{self.settings.client_id!r}?)"
+                    if up < STABLE_AFTER and failures > 2
+                    else ""
+                )
+                log.warning("MQTT connection lost: %s%s; reconnecting in %.1fs", error, hint, wait)
             else:
                 log.error(
                     "MQTT cannot connect to %s:%d (attempt %d): %s; retrying in %.1fs",
@@ -310,6 +321,17 @@ class MqttLink:
             payload = message.payload
             raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
             incoming = Incoming(str(message.topic), bytes(raw), response_topic, correlation)
+            if len(self._handlers) >= MAX_HANDLERS:
+                # A flood of commands: drop instead of growing without bound.
+                self.dropped_commands += 1
+                if self.dropped_commands == 1 or self.dropped_commands % 1000 == 0:
+                    log.warning(
+                        "%d commands waiting; dropped %d (last on %s)",
+                        len(self._handlers),
+                        self.dropped_commands,
+                        incoming.topic,
+                    )
+                continue
             task = asyncio.create_task(self._on_message(incoming))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)

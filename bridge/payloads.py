@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 Value = bool | int | float | str | None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received MQTT message, free of client-library types."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
 
 ONLINE = "online"
 OFFLINE = "offline"

@@ -47,8 +47,7 @@ from bridge.errors import (
     Transaction,
 )
 from bridge.model import BridgeConfig, Device, Point
-from bridge.mqtt import Incoming
-from bridge.payloads import Value
+from bridge.payloads import Incoming, Value
 from bridge.planner import decode_block, plan_device
 from bridge.session import PRIORITY_WRITE, HostSession
 from bridge.state import StateCache
@@ -443,6 +442,8 @@ class CommandHandler:
                 data = await self._queued(read, device)
                 values.update(decode_block(block, data))
             except _Expired as exc:
+                if values:  # what was read is published, so answer and state agree
+                    self.on_read(device, values, None)
                 return values, str(exc)
             except ExceptionReply as exc:
                 # The device answered: it is online, only this read is refused.

@@ -18,8 +18,7 @@ import pytest
 from bridge.config import parse_config
 from bridge.errors import ModbusRequestError
 from bridge.model import BridgeConfig, Device
-from bridge.mqtt import Incoming
-from bridge.payloads import Value
+from bridge.payloads import Incoming, Value
 from bridge.session import HostSession
 from bridge.sim import SimServer
 from bridge.state import StateCache

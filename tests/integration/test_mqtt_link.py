@@ -1,0 +1,31 @@
+"""MqttLink in-process against a real Mosquitto: reconnect discipline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.model import Mqtt
+from bridge.mqtt import MqttLink
+from bridge.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+
+async def test_duplicate_client_id_backs_off_instead_of_storming(broker) -> None:
+    # Two bridges configured with the same client_id: the broker drops whichever
+    # connected first each time the other connects. Without backoff across short
+    # sessions they would kick each other out every half second.
+    settings = Mqtt(host=broker.host, port=broker.port, client_id="same-id")
+    links = [MqttLink(settings, Topics(f"site{i}")) for i in range(2)]
+    tasks = [asyncio.create_task(link.run()) for link in links]
+    try:
+        await asyncio.sleep(10.0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    connects = sum(link.connects for link in links)
+    assert connects >= 3, "both links must have connected at least once"
+    assert connects <= 16, f"{connects} connects in 10 s: a reconnect storm"
