@@ -70,10 +70,6 @@ class ReadBlock:
         """One past the last address read."""
         return self.start + self.count
 
-    def decode(self, data: Data) -> dict[str, Value]:
-        """See `decode_block`."""
-        return decode_block(self, data)
-
 
 def decode_block(block: ReadBlock, data: Data) -> dict[str, Value]:
     """Decode one read of `block` to {point name: value}.

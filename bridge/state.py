@@ -29,7 +29,6 @@ class DeviceState:
     values: dict[str, Value] = field(default_factory=dict)
     last_seen: float | None = None
     available: bool | None = None  # None until the first read finished
-    errors: int = 0
 
 
 class StateCache:
@@ -62,8 +61,6 @@ class StateCache:
         if st.available is available:
             return []
         st.available = available
-        if not available:
-            st.errors += 1
         return [self._availability(st)]
 
     def full(self) -> list[Message]:

@@ -229,7 +229,7 @@ def test_decode_block_short_data() -> None:
     block = plan_device(device(pt("a", 0), pt("b", 1)))[0]
     with pytest.raises(CodecError, match="returned 1 of 2"):
         decode_block(block, [1])
-    assert block.decode([1, 2]) == {"a": 1, "b": 2}
+    assert decode_block(block, [1, 2]) == {"a": 1, "b": 2}
 
 
 # ----------------------------------------------------------------------------- properties
