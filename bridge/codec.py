@@ -105,6 +105,7 @@ _SPECS: Final[dict[DataType, _Spec]] = {
     DataType.FLOAT64: _Spec(">d", 4, -math.inf, math.inf),
 }
 
+
 def int_range(dtype: DataType) -> tuple[int, int] | None:
     """Raw value range of an integer type (bool: 0..1); None for floats and strings."""
     spec = _SPECS.get(dtype)

@@ -34,6 +34,7 @@ from bridge.model import (
     BridgeConfig,
     DataType,
     Device,
+    Framer,
     Host,
     Mqtt,
     Order,
@@ -80,8 +81,8 @@ _TLS_KEYS = (
     "ca_file", "cert_file", "key_file", "insecure",
 )
 _HOST_KEYS = (
-    "name", "address", "port", "timeout", "pause", "max_gap", "write_multiple", "baudrate",
-    "keepalive",
+    "name", "address", "port", "framer", "timeout", "pause", "max_gap", "write_multiple",
+    "baudrate", "keepalive",
 )
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
@@ -841,6 +842,7 @@ class _Reader:
                 self.report(f.value("name"), f.sub("name"), why)
         address = self.req(f, "address", self.nonempty_text)
         port = self.get(f, "port", self.int_in(1, 65535))
+        framer = self.get(f, "framer", self.choice(Framer, "framer"))
         timeout = self.get(f, "timeout", self.duration)
         pause = self.get(f, "pause", self.pause)
         max_gap = self.get(f, "max_gap", self.int_in(0))
@@ -869,6 +871,7 @@ class _Reader:
             keepalive_interval=interval,
             keepalive_count=count,
             baudrate=_or(baudrate, d.baudrate),
+            framer=_or(framer, d.framer),
         )
 
     def templates(self, node: Node) -> dict[str, _Template]:

@@ -77,6 +77,13 @@ class Order(enum.Enum):
     LITTLE = "little"
 
 
+class Framer(enum.Enum):
+    """How Modbus frames travel over a host's TCP connection."""
+
+    TCP = "tcp"  # Modbus TCP: MBAP header with a transaction id
+    RTU = "rtu"  # RTU frames (unit, PDU, CRC) through a transparent serial gateway
+
+
 class Output(enum.Enum):
     """How device state is published."""
 
@@ -150,6 +157,7 @@ class Host:
     keepalive_interval: int = 10
     keepalive_count: int = 3
     baudrate: int = 9600  # only for the bus-time estimate of `check` (RS485 behind a gateway)
+    framer: Framer = Framer.TCP
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ Connecting happens in exactly one place, `_connector`, driven by one tenacity
 loop with full-jitter exponential backoff. A lost session is closed, then
 re-opened; pymodbus's own reconnect and retries are switched off. While the
 host is down, requests fail at once with `HostUnavailable` instead of piling up.
+
+A host with `framer: rtu` (a serial gateway in transparent mode) carries RTU frames,
+which have no transaction id. After a failed request the worker first drains the
+line: it waits until nothing has arrived for a quiet period, so a late reply lands
+while no request is pending and pymodbus drops it, and pymodbus clears its receive
+buffer before the next request. Replies are also checked against the request (unit,
+function code, length or echo); a mismatch is discarded and drained the same way.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.backoff import BACKOFF_MAX, BACKOFF_MIN, full_jitter
 from bridge.errors import ExceptionReply, HostUnavailable, ModbusRequestError, RequestTimeout
-from bridge.model import Host, Table
+from bridge.model import Framer, Host, Table
 
 log = logging.getLogger("bridge.session")
 
@@ -40,6 +48,10 @@ logging.getLogger("pymodbus").propagate = False
 
 PRIORITY_WRITE = 0
 PRIORITY_POLL = 1
+
+RTU_CHAR_BITS = 11  # start, 8 data, parity or second stop, stop
+DRAIN_MAX_PERIODS = 5  # a line that never goes quiet: stop draining after this many periods
+_READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 Job = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 Claim = Callable[[], bool]
@@ -62,6 +74,10 @@ class _ConnectFailed(Exception):
     pass
 
 
+class _Mismatch(Exception):
+    """An RTU reply that cannot belong to the request in flight (a late or stray frame)."""
+
+
 @dataclass
 class SessionStats:
     """Counters a health report or a test reads. Plain numbers, no I/O."""
@@ -71,6 +87,7 @@ class SessionStats:
     requests: int = 0
     errors: int = 0
     timeouts: int = 0
+    drains: int = 0  # RTU: waits for a quiet line after a failed request
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def percentile(self, q: float) -> float | None:
@@ -111,13 +128,20 @@ class HostSession:
         self._consecutive_timeouts = 0
         self._failures = 0  # consecutive failed connects or answerless sessions: the backoff
         self._answered = False  # any reply since the last connect
+        # RTU framing has no transaction id: after a failure, wait for a quiet line.
+        self._rtu = host.framer is Framer.RTU
+        self._quiet = max(host.timeout, 3.5 * RTU_CHAR_BITS / host.baudrate)
+        self._stale_at: float | None = None  # when a failure left the line unsettled
+        self._last_rx = 0.0  # monotonic time bytes last arrived (RTU only)
         self._client = AsyncModbusTcpClient(
             host.address,
             port=host.port,
+            framer=FramerType.RTU if self._rtu else FramerType.SOCKET,
             timeout=host.timeout,
             retries=0,
             reconnect_delay=0,
             name=f"bridge-{host.name}",
+            trace_packet=self._traced_packet if self._rtu else None,
             trace_connect=self._traced_connect,
         )
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
@@ -171,7 +195,13 @@ class HostSession:
                 Table.INPUT: client.read_input_registers,
             }[table]
             rr = await call(start, count=count, device_id=unit)
-            self._check_reply(rr, unit, f"read {table.value} {start}+{count}")
+            what = f"read {table.value} {start}+{count}"
+            self._check_reply(rr, unit, what, _READ_FUNCTION[table])
+            if self._rtu:
+                got = len(rr.bits) if table.is_bits else len(rr.registers)
+                want = (count + 7) // 8 * 8 if table.is_bits else count
+                if got != want:
+                    raise _Mismatch(f"{what}: the reply holds {got} values")
             if table.is_bits:
                 return [bool(b) for b in rr.bits[:count]]
             return list(rr.registers)
@@ -195,11 +225,13 @@ class HostSession:
         """
 
         async def job(client: AsyncModbusTcpClient) -> None:
+            what = f"write holding {address}+{len(values)}"
             if len(values) == 1 and not multiple:
                 rr = await client.write_register(address, values[0], device_id=unit)
+                self._check_reply(rr, unit, what, 6, echo=(address, list(values)))
             else:
                 rr = await client.write_registers(address, list(values), device_id=unit)
-            self._check_reply(rr, unit, f"write holding {address}+{len(values)}")
+                self._check_reply(rr, unit, what, 16, echo=(address, len(values)))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
@@ -209,11 +241,13 @@ class HostSession:
         """FC5, or FC15 with `multiple`."""
 
         async def job(client: AsyncModbusTcpClient) -> None:
+            what = f"write coil {address}"
             if multiple:
                 rr = await client.write_coils(address, [value], device_id=unit)
+                self._check_reply(rr, unit, what, 15, echo=(address, 1))
             else:
                 rr = await client.write_coil(address, value, device_id=unit)
-            self._check_reply(rr, unit, f"write coil {address}")
+                self._check_reply(rr, unit, what, 5, echo=(address, [value]))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
@@ -237,17 +271,22 @@ class HostSession:
                 rr = await client.mask_write_register(
                     address=address, and_mask=and_mask, or_mask=or_mask, device_id=unit
                 )
-                self._check_reply(rr, unit, f"mask write {address}")
+                self._check_reply(rr, unit, f"mask write {address}", 22, echo=(address, None))
                 return
+            what = f"read holding {address} (for bit write)"
             rr = await client.read_holding_registers(address, count=1, device_id=unit)
-            self._check_reply(rr, unit, f"read holding {address} (for bit write)")
+            self._check_reply(rr, unit, what, 3)
+            if self._rtu and len(rr.registers) != 1:
+                raise _Mismatch(f"{what}: the reply holds {len(rr.registers)} values")
             current = rr.registers[0]
             new = (current | (1 << bit)) if value else (current & ~(1 << bit) & 0xFFFF)
+            what = f"write holding {address} (bit {bit})"
             if multiple:
                 wr = await client.write_registers(address, [new], device_id=unit)
+                self._check_reply(wr, unit, what, 16, echo=(address, 1))
             else:
                 wr = await client.write_register(address, new, device_id=unit)
-            self._check_reply(wr, unit, f"write holding {address} (bit {bit})")
+                self._check_reply(wr, unit, what, 6, echo=(address, [new]))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
@@ -263,10 +302,43 @@ class HostSession:
 
     # -- internals -------------------------------------------------------
 
-    def _check_reply(self, rr: Any, unit: int, what: str) -> None:
+    def _check_reply(
+        self,
+        rr: Any,
+        unit: int,
+        what: str,
+        function: int,
+        *,
+        echo: tuple[int, int | list[int] | list[bool] | None] | None = None,
+    ) -> None:
+        """Raise for an exception reply; on RTU also for a reply to another request.
+
+        `echo` is what a write reply repeats: (address, count) for FC 15/16,
+        (address, [value]) for FC 5/6, (address, None) for FC 22.
+        """
+        if self._rtu:
+            # No transaction id: the reply must at least name our unit and function.
+            got_fc = int(rr.function_code) & 0x7F
+            if (unit and rr.dev_id != unit) or got_fc != function:
+                raise _Mismatch(f"{what}: reply from unit {rr.dev_id}, function {got_fc}")
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 0)
             raise ExceptionReply(self.host.name, unit, code, what)
+        if self._rtu and echo is not None:
+            address, detail = echo
+            if rr.address != address:
+                raise _Mismatch(f"{what}: the reply echoes address {rr.address}")
+            if isinstance(detail, int) and rr.count != detail:
+                raise _Mismatch(f"{what}: the reply echoes count {rr.count}")
+            if isinstance(detail, list):
+                got = list(rr.bits[:1]) if function == 5 else list(rr.registers)
+                if got != detail:
+                    raise _Mismatch(f"{what}: the reply echoes value {got}")
+
+    def _traced_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._last_rx = time.monotonic()
+        return data
 
     def _traced_connect(self, connected: bool) -> None:
         if connected:
@@ -358,9 +430,33 @@ class HostSession:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.host.keepalive_interval)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.host.keepalive_count)
 
+    async def _drain(self) -> None:
+        """RTU: wait until nothing has arrived for a quiet period since the failure.
+
+        A late reply then lands while no request is pending, and pymodbus drops it
+        ("received pdu without a corresponding request"); it also clears its receive
+        buffer when it sends the next request. Bytes arriving restart the quiet period,
+        up to DRAIN_MAX_PERIODS periods in all (a line that never goes quiet is left to
+        the reply checks and the silence rule).
+        """
+        stale_at = self._stale_at
+        if stale_at is None:
+            return
+        give_up = stale_at + DRAIN_MAX_PERIODS * self._quiet
+        while True:
+            quiet_from = max(stale_at, self._last_rx)
+            wait = min(quiet_from + self._quiet, give_up) - time.monotonic()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._stale_at = None
+        self.stats.drains += 1
+
     async def _worker(self) -> None:
         """Run queued jobs one at a time, writes first."""
         while True:
+            if self._stale_at is not None and self._up:
+                await self._drain()  # before taking a job: one queued meanwhile may go first
             item = await self._queue.get()
             if item.future.done():  # the caller gave up
                 continue
@@ -374,6 +470,10 @@ class HostSession:
                     HostUnavailable(self.host.name, item.unit, "not connected")
                 )
                 continue
+            if self._stale_at is not None:  # went stale before the session came back
+                await self._drain()
+                if item.future.done():
+                    continue
             await self._run(item)
             if self.host.pause > 0:
                 await asyncio.sleep(self.host.pause)
@@ -390,6 +490,15 @@ class HostSession:
             self._failures = 0
             self.stats.errors += 1
             self._settle(item, exc=exc)
+        except _Mismatch as exc:
+            # RTU: a late or stray frame was taken for this reply; ours may still come.
+            self.stats.errors += 1
+            self._stale_at = time.monotonic()
+            log.warning(
+                "host %s unit %d: discarded a mismatched reply (%s)", self.host.name, item.unit, exc
+            )
+            reason = f"the reply did not match the request ({exc})"
+            self._settle(item, exc=RequestTimeout(self.host.name, item.unit, reason))
         except ConnectionException as exc:
             self.stats.errors += 1
             self._lost(f"connection error: {exc}")
@@ -404,6 +513,8 @@ class HostSession:
                 return
             self.stats.timeouts += 1
             self._consecutive_timeouts += 1
+            if self._rtu:  # a late reply may still come: drain before the next request
+                self._stale_at = time.monotonic()
             reason = f"no answer within {self.host.timeout:g}s"
             self._settle(item, exc=RequestTimeout(self.host.name, item.unit, reason))
             if self._consecutive_timeouts >= self._silence_limit:
@@ -412,6 +523,8 @@ class HostSession:
             self.stats.errors += 1
             if not self._client.connected:
                 self._lost(f"{type(exc).__name__}: {exc}")
+            elif self._rtu:
+                self._stale_at = time.monotonic()
             self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, str(exc)))
         except asyncio.CancelledError:
             if not item.future.done():

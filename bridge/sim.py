@@ -6,6 +6,10 @@ straight from `data_received` unless a delay is in force. It speaks the MBAP fra
 runtime fault switches: silent units, late replies, refused or dropped connections,
 forced exception codes.
 
+With ``framing="rtu"`` it plays a serial gateway in transparent mode instead: RTU
+frames (unit id, PDU, CRC-16/Modbus sent low byte first) over the TCP stream, with
+no MBAP header and so no transaction id. The fault switches work the same way.
+
 Data lives in `SimUnit` banks addressed from 0 (protocol addresses, no 40001 offsets).
 A bank is allocated on its first write; unwritten banks read as zeros.
 
@@ -34,6 +38,7 @@ __all__ = [
     "RequestRecord",
     "SimServer",
     "SimUnit",
+    "crc16",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,11 @@ _MASK = struct.Struct(">HHH")
 _MULTI = struct.Struct(">HHB")  # address, count, byte count
 _MAX_LENGTH = 254  # MBAP length field: unit id + PDU of at most 253 bytes
 
+FRAMINGS: Final = ("tcp", "rtu")
+# RTU request length (unit id .. CRC) by function code; 15 and 16 add their byte count.
+_RTU_FIXED: Final[dict[int, int]] = {1: 8, 2: 8, 3: 8, 4: 8, 5: 8, 6: 8, 22: 10}
+_RTU_MULTI_HEADER: Final = 7  # unit, function, address, count, byte count
+
 # (table, maximum count) per function code
 _READS: Final[dict[int, tuple[str, int]]] = {
     1: ("coils", 2000),
@@ -81,6 +91,28 @@ _READS: Final[dict[int, tuple[str, int]]] = {
     3: ("holding", 125),
     4: ("input", 125),
 }
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE: Final = _crc_table()
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16/Modbus of `data` (on the wire as ``crc.to_bytes(2, "little")``)."""
+    crc = 0xFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
 
 
 def _table_name(table: object) -> str:
@@ -107,7 +139,7 @@ class RequestRecord:
     address: int | None
     count: int | None
     values: tuple[int, ...] | None
-    transaction_id: int
+    transaction_id: int  # 0 with RTU framing
     connection: int  # serial number of the connection, from 1
 
 
@@ -318,8 +350,57 @@ class _Connection(asyncio.Protocol):
                 self.send(tid, unit, reply)
 
 
+class _RtuConnection(_Connection):
+    """RTU framing over the stream: unit id, PDU, CRC; no header, no transaction id.
+
+    A request's length follows from its function code. A frame with a bad CRC, or one
+    with a function code whose length is unknown, is judged on everything buffered
+    (a serial device would wait for the 3.5-character gap): an intact frame of an
+    unknown function gets exception 1, anything damaged is dropped without a reply.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        server = self.server
+        pos = 0
+        size = len(buf)
+        while size - pos >= 4:  # the shortest frame: unit, function, CRC
+            fc = buf[pos + 1]
+            length = _RTU_FIXED.get(fc)
+            if length is None:
+                if fc in (15, 16):
+                    if size - pos < _RTU_MULTI_HEADER:
+                        break
+                    length = _RTU_MULTI_HEADER + buf[pos + 6] + 2
+                else:
+                    length = size - pos
+            end = pos + length
+            if end > size:
+                break
+            body = bytes(buf[pos : end - 2])
+            if crc16(body) != int.from_bytes(buf[end - 2 : end], "little"):
+                log.debug("sim: RTU frame with a bad CRC, dropping %d bytes", size - pos)
+                pos = size
+                break
+            pos = end
+            server._on_request(self, 0, body[0], body[1:])
+        if pos:
+            del buf[:pos]
+
+    def send(self, tid: int, unit: int, pdu: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            frame = bytes((unit,)) + pdu
+            transport.write(frame + crc16(frame).to_bytes(2, "little"))
+            self.server.responses_total += 1
+
+
 class SimServer:
     """A Modbus TCP server holding one `SimUnit` per unit id.
+
+    `framing` is ``"tcp"`` (MBAP, the default) or ``"rtu"`` (RTU frames over TCP, as a
+    serial gateway in transparent mode passes them; see `_RtuConnection`).
 
     Fault switches may be changed at any time:
 
@@ -345,7 +426,12 @@ class SimServer:
         *,
         unknown_unit_exception: int | None = None,
         request_log_size: int = REQUEST_LOG_SIZE,
+        framing: str = "tcp",
     ) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+        self.framing = framing
+        self._protocol: type[_Connection] = _RtuConnection if framing == "rtu" else _Connection
         if isinstance(units, Mapping):
             self.units: dict[int, SimUnit] = dict(units)
         else:
@@ -399,7 +485,7 @@ class SimServer:
             return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self),
+            lambda: self._protocol(self),
             self.host,
             self._port,
             reuse_address=True,

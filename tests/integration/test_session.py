@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from bridge.errors import HostUnavailable, RequestTimeout
-from bridge.model import Host, Table
+from bridge.model import Framer, Host, Table
 from bridge.session import HostSession
 from bridge.sim import SimServer
 
@@ -112,5 +112,75 @@ async def test_peer_restart_gives_one_new_connection(sim_servers) -> None:
         await asyncio.sleep(0.3)
         assert server.connections_total == 2
         assert session.stats.reconnects == 1
+    finally:
+        await session.stop()
+
+
+# -- RTU framing over TCP: no transaction id, so the session drains after a failure ---------
+
+
+@pytest.mark.parametrize("framer", [Framer.TCP, Framer.RTU])
+async def test_late_reply_of_one_unit_is_never_taken_for_the_next(
+    sim_servers, framer: Framer
+) -> None:
+    server: SimServer = await sim_servers([1, 2], framing=framer.value)
+    server.unit(1).set_registers("holding", 0, [101, 102])
+    server.unit(2).set_registers("holding", 0, [201, 202])
+    server.per_unit_delay[2] = 0.45  # past the 0.3 s timeout
+    session = HostSession(_host(server.port, framer=framer), units=2)
+    await session.start()
+    try:
+        for _ in range(4):
+            with pytest.raises(RequestTimeout):
+                await session.read(2, Table.HOLDING, 0, 2)
+            # Same function, address and count: only the unit tells the replies apart.
+            assert await session.read(1, Table.HOLDING, 0, 2) == [101, 102]
+        assert server.responses_total == 8  # every late reply did arrive, and was dropped
+        assert session.stats.drains == (4 if framer is Framer.RTU else 0)
+        assert session.connected
+        assert server.connections_total == 1
+        assert session.stats.sockets_opened == 1
+    finally:
+        await session.stop()
+
+
+async def test_rtu_late_reply_is_drained_before_the_same_unit_asks_again(sim_servers) -> None:
+    server: SimServer = await sim_servers([2], framing="rtu")
+    server.unit(2).set_registers("holding", 0, [201, 202])
+    server.unit(2).set_registers("holding", 10, [211, 212])
+    session = HostSession(_host(server.port, framer=Framer.RTU))
+    await session.start()
+    try:
+        for _ in range(3):
+            server.per_unit_delay[2] = 0.45
+            with pytest.raises(RequestTimeout):
+                await session.read(2, Table.HOLDING, 0, 2)
+            server.per_unit_delay.clear()
+            # Without the drain, the late reply for 0+2 is taken as the answer for 10+2.
+            assert await session.read(2, Table.HOLDING, 10, 2) == [211, 212]
+        assert session.stats.drains == 3
+        assert server.connections_total == 1
+    finally:
+        await session.stop()
+
+
+async def test_rtu_reply_to_another_request_is_discarded(sim_servers) -> None:
+    server: SimServer = await sim_servers([2], framing="rtu")
+    server.unit(2).set_registers("holding", 0, [201, 202])
+    session = HostSession(_host(server.port, framer=Framer.RTU))
+    await session.start()
+    try:
+        # Later than timeout + quiet period (0.3 s + 0.3 s): it meets the next request.
+        server.per_unit_delay[2] = 0.75
+        with pytest.raises(RequestTimeout):
+            await session.write_registers(2, 5, [7], multiple=False)
+        server.per_unit_delay.clear()
+        with pytest.raises(RequestTimeout, match="did not match"):
+            await session.read(2, Table.HOLDING, 0, 1)  # meets the FC6 echo: one register, too
+        assert await session.read(2, Table.HOLDING, 0, 1) == [201]  # its own reply was drained
+        assert await session.read(2, Table.HOLDING, 5, 1) == [7]
+        assert session.stats.drains == 2
+        assert session.connected
+        assert server.connections_total == 1
     finally:
         await session.stop()

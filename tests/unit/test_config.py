@@ -17,6 +17,7 @@ from bridge.model import (
     BridgeConfig,
     DataType,
     Device,
+    Framer,
     Host,
     Mqtt,
     Order,
@@ -534,6 +535,26 @@ def test_device_defaults_and_write_resolution() -> None:
     c, h = device.points
     assert (c.type, c.write_table, c.write_address) == (DataType.BOOL, Table.COIL, 5)
     assert (h.write_table, h.write_address) == (Table.HOLDING, 7)
+
+
+def test_host_framer() -> None:
+    assert parse_config(MINIMAL, env={}).hosts[0].framer is Framer.TCP
+    for word, framer in (("tcp", Framer.TCP), ("rtu", Framer.RTU)):
+        text = MINIMAL.replace("address: 10.0.0.1", f"address: 10.0.0.1, framer: {word}")
+        assert parse_config(text, env={}).hosts[0].framer is framer
+
+
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        ("RTU", "hosts[0].framer: unknown framer 'RTU' (did you mean 'rtu'?)"),
+        ("rtuu", "hosts[0].framer: unknown framer 'rtuu' (did you mean 'rtu'?)"),
+        ("ascii", "hosts[0].framer: unknown framer 'ascii' (expected one of: tcp, rtu)"),
+    ],
+)
+def test_host_framer_errors(word: str, message: str) -> None:
+    text = MINIMAL.replace("address: 10.0.0.1", f"address: 10.0.0.1, framer: {word}")
+    assert problems(text) == [f"c.yaml:3:43: {message}"]
 
 
 def test_units_list_and_single_unit_name_without_placeholder() -> None:

@@ -16,11 +16,12 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from bridge.model import Table
-from bridge.sim import RequestRecord, SimServer, SimUnit
+from bridge.sim import RequestRecord, SimServer, SimUnit, crc16
 
 MakeSim = Callable[..., Awaitable[SimServer]]
 
@@ -28,9 +29,16 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 @asynccontextmanager
-async def modbus_client(server: SimServer, timeout: float = 1.0) -> AsyncIterator[Any]:
+async def modbus_client(
+    server: SimServer, timeout: float = 1.0, framer: FramerType = FramerType.SOCKET
+) -> AsyncIterator[Any]:
     client = AsyncModbusTcpClient(
-        server.host, port=server.port, timeout=timeout, retries=0, reconnect_delay=0
+        server.host,
+        port=server.port,
+        framer=framer,
+        timeout=timeout,
+        retries=0,
+        reconnect_delay=0,
     )
     assert await client.connect()
     try:
@@ -620,3 +628,143 @@ async def test_context_manager_and_fixed_port() -> None:
 def test_rejects_bad_unit_ids() -> None:
     with pytest.raises(ValueError, match="unit id"):
         SimServer([256])
+
+
+# -- RTU framing over TCP (a serial gateway in transparent mode) ------------------------------
+
+
+def rtu(unit: int, pdu: bytes) -> bytes:
+    frame = bytes((unit,)) + pdu
+    return frame + crc16(frame).to_bytes(2, "little")
+
+
+async def rtu_recv(client: RawClient, size: int, timeout: float = 1.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        return await client.reader.readexactly(size)
+
+
+def test_crc16_modbus_check_values() -> None:
+    assert crc16(b"123456789") == 0x4B37  # the CRC-16/MODBUS check value
+    assert rtu(1, bytes.fromhex("030000000A")).hex() == "01030000000ac5cd"  # low byte first
+
+
+async def test_rtu_reads_and_writes_through_pymodbus(sim_servers: MakeSim) -> None:
+    server = await sim_servers([1, 7], framing="rtu")
+    unit = server.unit(7)
+    unit.set_registers("holding", 100, [1, 2, 0xFFFF])
+    unit.set_registers("input", 0, list(range(125)))
+    unit.set_bits("coils", 5, [True, False, True])
+    unit.set_bits("discrete", 0, [True] * 2000)
+    async with modbus_client(server, framer=FramerType.RTU) as client:
+        rr = await client.read_holding_registers(100, count=3, device_id=7)
+        assert (rr.registers, rr.dev_id) == ([1, 2, 0xFFFF], 7)
+        assert (await client.read_input_registers(0, count=125, device_id=7)).registers == list(
+            range(125)
+        )
+        assert (await client.read_coils(5, count=3, device_id=7)).bits[:3] == [True, False, True]
+        assert (await client.read_discrete_inputs(0, count=2000, device_id=7)).bits[:2000] == [
+            True
+        ] * 2000
+        assert (await client.read_holding_registers(100, count=3, device_id=1)).registers == [0] * 3
+        rr = await client.write_register(10, 0xBEEF, device_id=7)
+        assert (rr.address, rr.registers) == (10, [0xBEEF])
+        rr = await client.write_registers(20, [1, 2, 3], device_id=7)
+        assert (rr.address, rr.count) == (20, 3)
+        await client.write_coil(0, True, device_id=7)
+        await client.write_coils(8, [True, True, False, True], device_id=7)
+        await client.mask_write_register(address=10, and_mask=0x00FF, or_mask=0x1200, device_id=7)
+        server.exception_hook = lambda unit, fc, address, count: 2 if address == 999 else None
+        rr = await client.read_holding_registers(999, count=1, device_id=7)
+        assert (rr.isError(), rr.exception_code, rr.dev_id) == (True, 2, 7)
+    assert unit.get_registers("holding", 10) == [0x12EF]
+    assert unit.get_registers("holding", 20, 3) == [1, 2, 3]
+    assert unit.get_bits("coils", 8, 4) == [True, True, False, True]
+    assert unit.get_bits("coils", 0) == [True]
+    assert {r.transaction_id for r in server.request_log} == {0}
+    assert [r.function for r in server.request_log][5:10] == [6, 16, 5, 15, 22]
+
+
+async def test_rtu_frames_on_the_wire(
+    sim_servers: MakeSim, raw_client: Callable[[int], Awaitable[RawClient]]
+) -> None:
+    server = await sim_servers([1], framing="rtu")
+    server.unit(1).set_registers("holding", 0, [0x0102, 0x0304])
+    client = await raw_client(server.port)
+    client.writer.write(rtu(1, b"\x03" + struct.pack(">HH", 0, 2)))
+    reply = await rtu_recv(client, 9)
+    assert reply == rtu(1, b"\x03\x04\x01\x02\x03\x04")
+    assert crc16(reply[:-2]) == int.from_bytes(reply[-2:], "little")
+    client.writer.write(rtu(1, b"\x10" + struct.pack(">HHB", 5, 2, 4) + b"\x00\x07\x00\x08"))
+    assert await rtu_recv(client, 8) == rtu(1, b"\x10" + struct.pack(">HH", 5, 2))
+    client.writer.write(rtu(1, b"\x2b\x0e\x01\x00"))  # FC43: not served, length unknown
+    assert await rtu_recv(client, 5) == rtu(1, b"\xab\x01")
+    assert server.unit(1).get_registers("holding", 5, 2) == [7, 8]
+
+
+async def test_rtu_bad_crc_gets_no_reply(
+    sim_servers: MakeSim, raw_client: Callable[[int], Awaitable[RawClient]]
+) -> None:
+    server = await sim_servers([1], framing="rtu")
+    client = await raw_client(server.port)
+    good = rtu(1, b"\x06" + struct.pack(">HH", 3, 9))
+    client.writer.write(good[:-1] + bytes((good[-1] ^ 0xFF,)))
+    assert await client.no_reply()
+    assert server.unit(1).get_registers("holding", 3) == [0]
+    client.writer.write(good)
+    assert await rtu_recv(client, 8) == good  # FC6 echoes the request
+    assert server.unit(1).get_registers("holding", 3) == [9]
+
+
+async def test_rtu_split_and_coalesced_frames(
+    sim_servers: MakeSim, raw_client: Callable[[int], Awaitable[RawClient]]
+) -> None:
+    server = await sim_servers([1, 2], framing="rtu")
+    server.unit(2).set_registers("input", 0, [0x0102])
+    client = await raw_client(server.port)
+    write = rtu(2, b"\x10" + struct.pack(">HHB", 0, 1, 2) + b"\x00\x05")
+    for byte in write:  # one byte per segment, through the byte count
+        client.writer.write(bytes((byte,)))
+        await client.writer.drain()
+        await asyncio.sleep(0.001)
+    assert await rtu_recv(client, 8) == rtu(2, b"\x10" + struct.pack(">HH", 0, 1))
+    read = b"\x04" + struct.pack(">HH", 0, 1)
+    client.writer.write(rtu(1, read) + rtu(2, read) + write + rtu(1, read))
+    assert await rtu_recv(client, 7) == rtu(1, b"\x04\x02\x00\x00")
+    assert await rtu_recv(client, 7) == rtu(2, b"\x04\x02\x01\x02")
+    assert await rtu_recv(client, 8) == rtu(2, b"\x10" + struct.pack(">HH", 0, 1))
+    assert await rtu_recv(client, 7) == rtu(1, b"\x04\x02\x00\x00")
+
+
+async def test_rtu_late_replies_keep_order_and_silent_units_stay_silent(
+    sim_servers: MakeSim, raw_client: Callable[[int], Awaitable[RawClient]]
+) -> None:
+    server = await sim_servers([1, 2, 3], framing="rtu")
+    server.unit(1).set_registers("holding", 0, [1])
+    server.unit(2).set_registers("holding", 0, [2])
+    server.per_unit_delay[1] = 0.2
+    server.silent_units.add(3)
+    client = await raw_client(server.port)
+    read = b"\x03" + struct.pack(">HH", 0, 1)
+    client.writer.write(rtu(1, read) + rtu(3, read) + rtu(2, read))
+    started = time.monotonic()
+    assert await rtu_recv(client, 7) == rtu(1, b"\x03\x02\x00\x01")
+    assert time.monotonic() - started >= 0.18
+    assert await rtu_recv(client, 7) == rtu(2, b"\x03\x02\x00\x02")
+    assert await client.no_reply()
+    assert [r.unit for r in server.request_log] == [1, 3, 2]
+
+
+async def test_rtu_late_reply_through_pymodbus(sim_servers: MakeSim) -> None:
+    server = await sim_servers([1], framing="rtu")
+    server.unit(1).set_registers("holding", 0, [99])
+    server.delay = 0.25
+    async with modbus_client(server, framer=FramerType.RTU) as client:
+        started = time.monotonic()
+        rr = await client.read_holding_registers(0, count=1, device_id=1)
+        assert rr.registers == [99]
+        assert time.monotonic() - started >= 0.24
+
+
+def test_rejects_unknown_framing() -> None:
+    with pytest.raises(ValueError, match="framing"):
+        SimServer([1], framing="ascii")
