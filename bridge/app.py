@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from bridge.errors import ModbusRequestError
@@ -191,8 +191,8 @@ class Bridge:
         if self._link_task is not None:
             self._link_task.cancel()
             await _bounded(_settle(self._link_task), left(1.0))
-        for session in self.sessions.values():
-            await _bounded(session.stop(), left(0.5))
+        if self.sessions:
+            await _bounded(_stop_all(self.sessions.values()), left(1.0))
         log.info("bridge stopped")
 
     # -- health ------------------------------------------------------------
@@ -223,6 +223,10 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+async def _stop_all(sessions: Iterable[HostSession]) -> None:
+    await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
 
 
 async def _settle(task: asyncio.Task[None]) -> None:

@@ -169,16 +169,21 @@ class HostSession:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._tasks:
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            await asyncio.wait(self._tasks, timeout=1.0)
-        self._tasks = []
-        self._client.close()
-        self._up = False
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(HostUnavailable(self.host.name, item.unit, "stopping"))
+        try:
+            if self._tasks:
+                # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                await asyncio.wait(self._tasks, timeout=1.0)
+        finally:
+            # Even when the caller's deadline cuts the wait short: the socket is closed
+            # and nobody is left waiting on a queued request.
+            self._tasks = []
+            self._client.close()
+            self._up = False
+            while not self._queue.empty():
+                self._settle(
+                    self._queue.get_nowait(),
+                    exc=HostUnavailable(self.host.name, 0, "the bridge is stopping"),
+                )
 
     # -- public requests -------------------------------------------------
 
@@ -466,9 +471,7 @@ class HostSession:
             if self._up and not self._client.connected:
                 self._lost("connection closed by peer")
             if not self._up:
-                item.future.set_exception(
-                    HostUnavailable(self.host.name, item.unit, "not connected")
-                )
+                self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "not connected"))
                 continue
             if self._stale_at is not None:  # went stale before the session came back
                 await self._drain()
@@ -527,9 +530,18 @@ class HostSession:
                 self._stale_at = time.monotonic()
             self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, str(exc)))
         except asyncio.CancelledError:
-            if not item.future.done():
-                item.future.cancel()
+            # The session is stopping: the caller was not cancelled, tell it why.
+            self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "stopping"))
             raise
+        except Exception as exc:
+            # A reply pymodbus could not make sense of, or a bug: this request fails,
+            # the worker (and every other device on the host) carries on.
+            log.exception("host %s unit %d: request failed unexpectedly", self.host.name, item.unit)
+            self.stats.errors += 1
+            if self._rtu:
+                self._stale_at = time.monotonic()
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, reason))
         else:
             self._consecutive_timeouts = 0
             self._answered = True

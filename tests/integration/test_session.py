@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from bridge.errors import HostUnavailable, RequestTimeout
+from bridge.errors import HostUnavailable, ModbusRequestError, RequestTimeout
 from bridge.model import Framer, Host, Table
 from bridge.session import HostSession
 from bridge.sim import SimServer
@@ -184,3 +184,36 @@ async def test_rtu_reply_to_another_request_is_discarded(sim_servers) -> None:
         assert server.connections_total == 1
     finally:
         await session.stop()
+
+
+async def test_a_request_failing_unexpectedly_does_not_kill_the_worker(sim_servers) -> None:
+    server: SimServer = await sim_servers([1])
+    server.unit(1).set_registers("holding", 0, [42])
+    session = HostSession(_host(server.port))
+    await session.start()
+    try:
+        await _connected(session)
+
+        async def broken(client: object) -> None:
+            raise IndexError("reply with no registers")
+
+        with pytest.raises(ModbusRequestError, match="unexpected IndexError"):
+            await asyncio.wait_for(session.submit(1, broken), 2)
+        # Every other request on the host still runs, on the same socket.
+        assert await asyncio.wait_for(session.read(1, Table.HOLDING, 0, 1), 2) == [42]
+        assert server.connections_total == 1
+    finally:
+        await session.stop()
+
+
+async def test_stop_fails_queued_requests_instead_of_leaving_them_hanging(sim_servers) -> None:
+    server: SimServer = await sim_servers([1])
+    server.delay = 0.2
+    session = HostSession(_host(server.port, pause=0.0))
+    await session.start()
+    await _connected(session)
+    reads = [asyncio.create_task(session.read(1, Table.HOLDING, 0, 1)) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    await session.stop()
+    results = await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 2)
+    assert all(isinstance(r, HostUnavailable) for r in results), results
