@@ -43,6 +43,7 @@ from bridge.model import (
     Table,
     Tls,
 )
+from bridge.topics import RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES, level_problem
 
 __all__ = [
     "load_config",
@@ -59,8 +60,6 @@ CONFIG_VERSION = 1
 DEFAULT_INTERVAL = 1.0  # seconds, when a device gives no `interval`
 
 # Names that cannot be an MQTT topic level of a device or a point.
-RESERVED_POINT_NAMES = frozenset({"set", "get", "availability"})
-RESERVED_DEVICE_NAMES = RESERVED_POINT_NAMES | {"bridge"}
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -363,15 +362,9 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 
 def _level_problem(name: str, reserved: Collection[str]) -> str | None:
-    """Why `name` cannot be one MQTT topic level, or None."""
-    if not name:
-        return "must not be empty"
-    for bad in ("/", "+", "#", "\x00"):
-        if bad in name:
-            return f"{_show(name)} must not contain {bad!r} (it is used as an MQTT topic level)"
-    if name in reserved:
-        return f"{_show(name)} is reserved (it would clash with a topic of the bridge)"
-    return None
+    """Why `name` cannot be one MQTT topic level, or None (rules in bridge.topics)."""
+    why = level_problem(name, reserved)
+    return why if why is None or not name else f"{_show(name)} {why}"
 
 
 def _kind(node: Node) -> str:

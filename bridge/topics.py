@@ -5,18 +5,24 @@ Nothing else builds topic strings. The base topic is added here and only here.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
-RESERVED_LEVELS = frozenset({"set", "get", "availability", "result"})
+# Names that would clash with the bridge's own topics at that level.
+RESERVED_POINT_NAMES = frozenset({"set", "get", "availability"})
+RESERVED_DEVICE_NAMES = RESERVED_POINT_NAMES | {"bridge"}
 
 
-def check_level(name: str) -> str | None:
-    """Why `name` cannot be one MQTT topic level, or None when it can."""
+def level_problem(name: str, reserved: Collection[str] = ()) -> str | None:
+    """Why `name` cannot be one MQTT topic level of ours (a phrase to follow the
+    name in a message), or None when it can."""
     if not name:
         return "must not be empty"
     for bad in ("/", "+", "#", "\x00"):
         if bad in name:
-            return f"must not contain {bad!r}"
+            return f"must not contain {bad!r} (it is used as an MQTT topic level)"
+    if name in reserved:
+        return "is reserved (it would clash with a topic of the bridge)"
     return None
 
 
@@ -70,6 +76,14 @@ class Topics:
     @property
     def command_filters(self) -> tuple[str, ...]:
         return (self._join("+", "set"), self._join("+", "+", "set"), self._join("+", "get"))
+
+    def first_level(self, topic: str) -> str | None:
+        """The level right under the base (a device name, or "bridge"), or None
+        when `topic` is not under the base."""
+        prefix = self.base + "/"
+        if not topic.startswith(prefix):
+            return None
+        return topic[len(prefix) :].split("/", 1)[0]
 
     def parse_command(self, topic: str) -> tuple[str, str | None, str] | None:
         """Split a command topic into (device, point or None, verb), or None if it is not one."""

@@ -240,11 +240,9 @@ class CommandHandler:
             return "too long"
         if self.topics.parse_command(topic) is not None:
             return "it is a command topic of this bridge"
-        prefix = self.topics.base + "/"
-        if topic.startswith(prefix):
-            first = topic[len(prefix) :].split("/", 1)[0]
-            if first in self.devices or first == "bridge":
-                return "the bridge publishes state there"
+        first = self.topics.first_level(topic)
+        if first is not None and (first in self.devices or first == "bridge"):
+            return "the bridge publishes state there"
         return None
 
     # -- set -----------------------------------------------------------------

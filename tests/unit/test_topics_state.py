@@ -10,7 +10,7 @@ from bridge.backoff import full_jitter
 from bridge.model import DataType, Device, Output, Point, Table
 from bridge.payloads import iso_utc, plain_value, state_json
 from bridge.state import StateCache
-from bridge.topics import Topics, check_level
+from bridge.topics import RESERVED_DEVICE_NAMES, Topics, level_problem
 
 
 def _device(name: str = "meter-1") -> Device:
@@ -42,6 +42,12 @@ class TestTopics:
         with pytest.raises(ValueError, match="base topic"):
             Topics(base)
 
+    def test_first_level(self) -> None:
+        t = Topics("site/modbus")
+        assert t.first_level("site/modbus/meter-1/voltage") == "meter-1"
+        assert t.first_level("site/modbus/bridge") == "bridge"
+        assert t.first_level("site/other/x") is None
+
     def test_parse_command(self) -> None:
         t = Topics("modbus")
         assert t.parse_command("modbus/meter-1/set") == ("meter-1", None, "set")
@@ -54,8 +60,12 @@ class TestTopics:
     @pytest.mark.parametrize(
         ("name", "ok"), [("a", True), ("", False), ("a/b", False), ("a+", False), ("#", False)]
     )
-    def test_check_level(self, name: str, ok: bool) -> None:
-        assert (check_level(name) is None) is ok
+    def test_level_problem(self, name: str, ok: bool) -> None:
+        assert (level_problem(name) is None) is ok
+
+    def test_reserved_names(self) -> None:
+        assert level_problem("bridge", RESERVED_DEVICE_NAMES) is not None
+        assert level_problem("bridge") is None
 
 
 class TestPayloads:
