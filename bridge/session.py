@@ -37,6 +37,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.backoff import BACKOFF_MAX, BACKOFF_MIN, full_jitter
+from bridge.codec import apply_bit
 from bridge.errors import ExceptionReply, HostUnavailable, ModbusRequestError, RequestTimeout
 from bridge.model import Framer, Host, Table
 
@@ -114,13 +115,11 @@ class HostSession:
         host: Host,
         *,
         units: int = 1,
-        on_state: Callable[[str, bool], None] | None = None,
         backoff_min: float = BACKOFF_MIN,
         backoff_max: float = BACKOFF_MAX,
     ) -> None:
         self.host = host
         self.stats = SessionStats()
-        self._on_state = on_state
         self._backoff = (backoff_min, backoff_max)
         # Recycle the socket after this many timeouts in a row with no answer at all:
         # a dead unit alone never reaches it while its neighbours answer.
@@ -284,7 +283,7 @@ class HostSession:
             if self._rtu and len(rr.registers) != 1:
                 raise _Mismatch(f"{what}: the reply holds {len(rr.registers)} values")
             current = rr.registers[0]
-            new = (current | (1 << bit)) if value else (current & ~(1 << bit) & 0xFFFF)
+            new = apply_bit(current, bit, value)  # `bit` is already the wire bit
             what = f"write holding {address} (bit {bit})"
             if multiple:
                 wr = await client.write_registers(address, [new], device_id=unit)
@@ -300,10 +299,6 @@ class HostSession:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(priority, next(self._seq), job, unit, future))
         return await future
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
 
     # -- internals -------------------------------------------------------
 
@@ -408,8 +403,6 @@ class HostSession:
                 self.stats.reconnects += 1
             first = False
             log.info("host %s connected (%s:%d)", self.host.name, self.host.address, self.host.port)
-            if self._on_state:
-                self._on_state(self.host.name, True)
 
     def _lost(self, reason: str) -> None:
         """Mark the session lost and hand it to the connector. Idempotent."""
@@ -420,8 +413,6 @@ class HostSession:
         if not self._answered:
             self._failures += 1
         log.warning("host %s: session lost (%s); reconnecting", self.host.name, reason)
-        if self._on_state:
-            self._on_state(self.host.name, False)
         self._need_connect.set()
 
     def _set_keepalive(self) -> None:
