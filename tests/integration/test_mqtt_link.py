@@ -27,5 +27,7 @@ async def test_duplicate_client_id_backs_off_instead_of_storming(broker) -> None
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     connects = sum(link.connects for link in links)
-    assert connects >= 3, "both links must have connected at least once"
+    # (A link kicked while awaiting the ack of its `online` publish waits out aiomqtt's
+    # 10 s timeout before it notices, so only "each connected once" is certain.)
+    assert connects >= 2, f"{connects} connects: both links must have connected"
     assert connects <= 16, f"{connects} connects in 10 s: a reconnect storm"
