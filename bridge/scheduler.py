@@ -99,6 +99,7 @@ def _key(group: PollGroup) -> GroupKey:
 class _Backoff:
     failures: int = 0
     retry_at: float = 0.0
+    socket: int = 0  # the host's sockets_opened when the group last failed
 
 
 class Scheduler:
@@ -159,7 +160,11 @@ class Scheduler:
             delay = deadline - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if loop.time() >= backoff.retry_at:
+            # Backing off, unless the host has a new session since the failure: after
+            # a hung or rebooted gateway comes back, every device is tried at once.
+            session = self.sessions[group.device.host]
+            fresh = session.stats.sockets_opened != backoff.socket and session.connected
+            if loop.time() >= backoff.retry_at or fresh:
                 try:
                     self._maybe_relearn(key, loop.time())
                     await self._poll(group.device, key)
@@ -214,6 +219,7 @@ class Scheduler:
             return  # the host's session backs off; nothing to add per device
         b = self._backoff[key]
         b.failures += 1
+        b.socket = self.sessions[device.host].stats.sockets_opened
         wait = full_jitter(b.failures, low=key[1], high=DEVICE_BACKOFF_MAX)
         b.retry_at = asyncio.get_running_loop().time() + wait
 
