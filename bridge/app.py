@@ -15,11 +15,12 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
-from bridge.errors import ModbusRequestError
-from bridge.health import build_health, rss_bytes
+from bridge.errors import HostUnavailable, ModbusRequestError
+from bridge.health import build_health, fit_health, rss_bytes
+from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device
 from bridge.mqtt import MqttLink
-from bridge.payloads import OFFLINE, Incoming, Value, json_doc
+from bridge.payloads import OFFLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
@@ -56,7 +57,9 @@ class Bridge:
             self.topics,
             on_connected=self._republish,
             on_message=self._on_message,
-            subscriptions=self.topics.command_filters,
+            on_overload=self._on_overload,
+            # Commands must be live: the broker is asked not to replay retained ones.
+            subscriptions=[Subscription(f, retained=False) for f in self.topics.command_filters],
         )
         # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
         self.commands = CommandHandler(
@@ -74,7 +77,11 @@ class Bridge:
         self._health_task: asyncio.Task[None] | None = None
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
-        self._failing: dict[str, str] = {}
+        self._failing: dict[str, ModbusRequestError] = {}  # offline devices and why
+        # Devices offline only because their host is down: logged per host, not per device.
+        self._host_down: dict[str, set[str]] = {}
+        self._host_back: dict[str, int] = {}
+        self._throttle = Throttle(log)
         self.started_at = time.time()
 
     # -- wiring ----------------------------------------------------------
@@ -94,33 +101,66 @@ class Bridge:
         if error is None:
             # Availability first, so a subscriber sees `online` before the values.
             messages += self.state.set_available(device.name, True)
-            if self._failing.pop(device.name, None) is not None:
-                log.info(
-                    "device %s (host %s, unit %d) is back online",
-                    device.name,
-                    device.host,
-                    device.unit,
-                )
+            self._log_online(device)
         else:
             messages += self.state.set_available(device.name, False)
-            reason = error.reason
-            previous = self._failing.get(device.name)
-            # Once per state change, not on every poll; a new reason while still
-            # offline (timeout, then host down) only at debug level.
-            level = logging.WARNING if previous is None else logging.DEBUG
-            if previous != reason:
-                log.log(
-                    level,
-                    "device %s (host %s, unit %d) offline: %s",
-                    device.name,
-                    device.host,
-                    device.unit,
-                    reason,
-                )
-                self._failing[device.name] = reason
+            self._log_offline(device, error)
         if values:
             messages += self.state.update(device.name, values, time.time())
         self._send(messages)
+
+    def _log_offline(self, device: Device, error: ModbusRequestError) -> None:
+        """Once per state change, not on every poll. A device that is offline because
+        its host is down is not logged one by one (the session logs the host once);
+        a device-level reason is, at WARNING when it is new."""
+        previous = self._failing.get(device.name)
+        self._failing[device.name] = error
+        if isinstance(error, HostUnavailable):
+            self._host_down.setdefault(device.host, set()).add(device.name)
+            level = logging.DEBUG
+        else:
+            self._leave_host_down(device)
+            if previous is not None and previous.reason == error.reason:
+                return
+            new = previous is None or isinstance(previous, HostUnavailable)
+            level = logging.WARNING if new else logging.DEBUG
+        if previous is None or previous.reason != error.reason:
+            log.log(
+                level,
+                "device %s (host %s, unit %d) offline: %s",
+                device.name,
+                device.host,
+                device.unit,
+                error.reason,
+            )
+
+    def _log_online(self, device: Device) -> None:
+        if self._failing.pop(device.name, None) is None:
+            return
+        down = self._host_down.get(device.host)
+        if down is not None and device.name in down:
+            self._host_back[device.host] = self._host_back.get(device.host, 0) + 1
+            self._leave_host_down(device)
+            return
+        log.info(
+            "device %s (host %s, unit %d) is back online", device.name, device.host, device.unit
+        )
+
+    def _leave_host_down(self, device: Device) -> None:
+        """`device` no longer waits for its host; when none does, one line for the host."""
+        down = self._host_down.get(device.host)
+        if down is None or device.name not in down:
+            return
+        down.discard(device.name)
+        if down:
+            return
+        del self._host_down[device.host]
+        back = self._host_back.pop(device.host, 0)
+        if back:
+            log.info("host %s: %d device(s) back online", device.host, back)
+
+    def _on_overload(self, message: Incoming) -> None:
+        self.commands.refuse_overloaded(message)
 
     async def _on_message(self, message: Incoming) -> None:
         await self.commands.handle(message)
@@ -198,6 +238,7 @@ class Bridge:
     # -- health ------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        link, commands = self.link.stats, self.commands.stats
         return build_health(
             now=time.time(),
             started=self.started_at,
@@ -205,7 +246,37 @@ class Bridge:
             devices=self.state.devices,
             polls=self.scheduler.stats,
             rss=rss_bytes(),
+            mqtt={
+                "connected": int(self.link.connected),
+                "connects": link.connects,
+                "published": link.published,
+                "dropped": link.dropped,
+                "requeued": link.requeued,
+                "oversize": link.oversize,
+                "refused": link.refused,
+                "max_packet_size": self.link.max_packet_size,
+                "commands_written": commands.writes,
+                "commands_rejected": commands.rejected,
+                "commands_failed": commands.failed,
+                "commands_retained": commands.retained,
+                "commands_overloaded": commands.overloaded,
+            },
         )
+
+    def _publish_health(self) -> None:
+        topic = self.topics.bridge_health
+        payload = fit_health(self.health(), self.link.payload_limit(topic))
+        if payload is None:
+            self._throttle.log(
+                logging.WARNING,
+                "health",
+                "health reports not published",
+                "the health report does not fit the broker's maximum packet size (%d bytes) "
+                "even trimmed: not published",
+                self.link.max_packet_size,
+            )
+            return
+        self.link.publish(topic, payload, retain=True)
 
     async def _health_loop(self) -> None:
         """Retained health report every `health_interval`, on monotonic deadlines."""
@@ -214,7 +285,10 @@ class Bridge:
         deadline = loop.time() + min(interval, 5.0)  # a first report soon after start
         while True:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
-            self.link.publish(self.topics.bridge_health, json_doc(self.health()), retain=True)
+            self._publish_health()
+            for throttled in (self._throttle, self.commands.throttle):
+                throttled.flush()
+            self.link.flush_logs()
             deadline += interval
             deadline = max(deadline, loop.time())
 

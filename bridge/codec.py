@@ -486,10 +486,6 @@ def _encode_number(point: Point, value: int | float) -> list[int]:
     dtype = point.type
     if isinstance(value, float) and not math.isfinite(value):
         raise CodecError(f"{value!r} is not a finite number")
-    if point.minimum is not None and value < point.minimum:
-        raise CodecError(f"{value} is below the minimum {point.minimum:g}")
-    if point.maximum is not None and value > point.maximum:
-        raise CodecError(f"{value} is above the maximum {point.maximum:g}")
     out_of_range = f"{value} is out of range for {dtype.value} ({_range_text(dtype)})"
 
     raw: int | float = value
@@ -506,6 +502,16 @@ def _encode_number(point: Point, value: int | float) -> list[int]:
             raw = round(raw)  # nearest integer, halves to even
     except OverflowError:
         raise CodecError(out_of_range) from None
+    # min/max apply to what the device will hold: the value after rounding to the
+    # register (with scale 0.1, 80.04 is written as 80.0 and fits `max: 80`).
+    written: int | float = value
+    if not dtype.is_float:
+        written = raw if _is_identity(point) else _denoise(raw * point.scale + point.offset)
+    shown = "" if written == value else f" (it would be written as {written:g})"
+    if point.minimum is not None and written < point.minimum:
+        raise CodecError(f"{value} is below the minimum {point.minimum:g}{shown}")
+    if point.maximum is not None and written > point.maximum:
+        raise CodecError(f"{value} is above the maximum {point.maximum:g}{shown}")
     spec = _SPECS[dtype]
     if not spec.low <= raw <= spec.high:
         if raw != value:

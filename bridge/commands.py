@@ -55,9 +55,11 @@ __all__ = [
     "parse_get",
     "parse_set",
     "result_payload",
+    "transaction_of",
 ]
 
 MAX_PAYLOAD: Final = 64 * 1024  # bytes
+MAX_DEPTH: Final = 32  # nesting levels of a JSON command (the transaction may nest a little)
 TRANSACTION_KEY: Final = "transaction"
 
 _TRUE: Final = frozenset({"true", "1", "on"})
@@ -246,7 +248,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _json(text: str) -> Any:
     try:
-        return json.loads(
+        doc = json.loads(
             text,
             parse_constant=_no_constant,
             parse_float=_finite_float,
@@ -258,7 +260,41 @@ def _json(text: str) -> Any:
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise CommandError(f"not valid JSON: {exc}") from None
     except RecursionError:
-        raise CommandError("not valid JSON: nested too deeply") from None
+        raise CommandError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(doc) > MAX_DEPTH:
+        # Refused before anything is written: the answer, which echoes the transaction,
+        # could not be serialised (Python's JSON encoder recurses).
+        raise CommandError(f"JSON nested more than {MAX_DEPTH} levels deep")
+    return doc
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            stack.extend((v, level) for v in value)
+    return deepest
+
+
+def transaction_of(payload: bytes) -> Transaction | None:
+    """The `transaction` of a JSON command, when it can be read (for answers to commands
+    that are refused before they are parsed)."""
+    try:
+        doc = _json(_text(payload))
+    except CommandError:
+        return None
+    if isinstance(doc, dict) and TRANSACTION_KEY in doc:
+        return Transaction(doc[TRANSACTION_KEY])
+    return None
 
 
 def _json_kind(doc: object) -> str:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -43,7 +45,13 @@ from bridge.model import (
     Table,
     Tls,
 )
-from bridge.topics import RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES, level_problem
+from bridge.topics import (
+    RESERVED_DEVICE_NAMES,
+    RESERVED_POINT_NAMES,
+    level_problem,
+    name_problem,
+    text_problem,
+)
 
 __all__ = [
     "load_config",
@@ -74,14 +82,14 @@ _ROOT_KEYS = (
 )
 _MQTT_KEYS = (
     "host", "port", "client_id", "username", "password", "base_topic", "qos", "retain",
-    "output", "keepalive", "protocol", "tls",
+    "output", "keepalive", "protocol", "tls", "max_packet_size",
 )
 _TLS_KEYS = (
     "ca_file", "cert_file", "key_file", "insecure",
 )
 _HOST_KEYS = (
     "name", "address", "port", "framer", "timeout", "pause", "max_gap", "write_multiple",
-    "baudrate", "keepalive",
+    "baudrate", "keepalive", "allow_zero_tid",
 )
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
@@ -104,6 +112,10 @@ _PROTOCOLS = {"5": 5, "3.1.1": 4}
 _BIT_TYPES = (DataType.INT16, DataType.UINT16, DataType.BOOL)
 _MAX_STRING_LENGTH = 125  # registers: one read request
 _ADDRESS_SPACE = 65536
+_MAX_BASE_TOPIC = 1024  # characters: every topic of the bridge stays far below MQTT's 65535 bytes
+_MIN_PACKET = 32  # bytes: below this not even `online` on bridge/state would fit
+_MAX_PACKET = 268_435_460  # MQTT's largest packet
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 # --------------------------------------------------------------------------
@@ -462,6 +474,8 @@ class _Reader:
         self._seen: set[Problem] = set()
         self._pairs_cache: dict[int, list[tuple[Node, Node]]] = {}
         self._declared_hosts: set[str] = set()  # valid or not: no "unknown host" noise
+        # Relative file names (TLS) are read from the configuration file's folder.
+        self.base_dir = "" if source.startswith("<") else os.path.dirname(os.path.abspath(source))
 
     # -- problems
 
@@ -590,6 +604,42 @@ class _Reader:
             self.report(node, path, "must not be empty")
             return None
         return value
+
+    def checked_text(
+        self, node: Node, path: str, rule: Callable[[str], str | None] = text_problem
+    ) -> str | None:
+        """Non-empty text that passes `rule` (by default: it can travel in MQTT)."""
+        value = self.nonempty_text(node, path)
+        if value is None:
+            return None
+        why = rule(value)
+        if why is not None:
+            self.report(node, path, f"{_show(value)} {why}")
+            return None
+        return value
+
+    def address(self, node: Node, path: str) -> str | None:
+        """A host name or an IP address."""
+        return self.checked_text(node, path, _address_problem)
+
+    def readable_file(self, node: Node, path: str) -> str | None:
+        """The absolute path of an existing, readable file (relative to the config's folder)."""
+        text = self.nonempty_text(node, path)
+        if text is None:
+            return None
+        full = os.path.join(self.base_dir, os.path.expanduser(text))
+        if not os.path.isfile(full):
+            what = "is a folder, not a file" if os.path.isdir(full) else "does not exist"
+            self.report(node, path, f"{full} {what}")
+            return None
+        if not os.access(full, os.R_OK):
+            self.report(
+                node,
+                path,
+                f"{full} is not readable by this user (uid {os.getuid()}): check its permissions",
+            )
+            return None
+        return full
 
     def _typed_text(self, node: Node, path: str, what: str) -> str | None:
         """Scalar text for a number/boolean field; quoted literals are a type error."""
@@ -742,10 +792,14 @@ class _Reader:
         if f is None:
             return None
         d = Mqtt()
-        host = self.get(f, "host", self.nonempty_text)
+        host = self.get(f, "host", self.address)
         port = self.get(f, "port", self.int_in(1, 65535))
-        client_id = self.get(f, "client_id", self.nonempty_text)
+        client_id = self.get(f, "client_id", lambda n, p: self.checked_text(n, p, name_problem))
         username = self.get(f, "username", self.text)
+        if username:
+            why = text_problem(username)
+            if why is not None:
+                self.report(f.value("username"), f.sub("username"), f"the user name {why}")
         password = self.get(f, "password", self.text)
         base_topic = self.get(f, "base_topic", self.text)
         if base_topic is not None:
@@ -757,6 +811,7 @@ class _Reader:
         output = self.get(f, "output", self.choice(Output, "output"))
         keepalive = self.get(f, "keepalive", self.int_in(0, 65535))
         protocol = self.get(f, "protocol", self.protocol)
+        max_packet_size = self.get(f, "max_packet_size", self.int_in(_MIN_PACKET, _MAX_PACKET))
         tls_node = f.value("tls")
         tls = None if tls_node is None else self.tls(tls_node, f.sub("tls"))
         return Mqtt(
@@ -772,6 +827,7 @@ class _Reader:
             keepalive=d.keepalive if keepalive is None else keepalive,
             protocol=d.protocol if protocol is None else protocol,
             tls=tls,
+            max_packet_size=max_packet_size,
         )
 
     def protocol(self, node: Node, path: str) -> int | None:
@@ -790,12 +846,21 @@ class _Reader:
         f = self.mapping(node, path, _TLS_KEYS)
         if f is None:
             return None
-        ca_file = self.get(f, "ca_file", self.nonempty_text)
-        cert_file = self.get(f, "cert_file", self.nonempty_text)
-        key_file = self.get(f, "key_file", self.nonempty_text)
+        ca_file = self.get(f, "ca_file", self.readable_file)
+        cert_file = self.get(f, "cert_file", self.readable_file)
+        key_file = self.get(f, "key_file", self.readable_file)
         insecure = self.get(f, "insecure", self.boolean)
         if f.has("key_file") and not f.has("cert_file"):
             self.report(f.key_node("key_file"), f.sub("key_file"), "key_file needs cert_file")
+        # What the bridge will load at run time, loaded now: a wrong file fails here.
+        if ca_file is not None:
+            why = _tls_load_problem(ca_file=ca_file)
+            if why is not None:
+                self.report(f.value("ca_file"), f.sub("ca_file"), f"{ca_file}: {why}")
+        if cert_file is not None and (key_file is not None or not f.has("key_file")):
+            why = _tls_load_problem(cert_file=cert_file, key_file=key_file)
+            if why is not None:
+                self.report(f.value("cert_file"), f.sub("cert_file"), f"{cert_file}: {why}")
         return Tls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, insecure=bool(insecure))
 
     def hosts(self, root: _Fields) -> dict[str, Host]:
@@ -833,7 +898,7 @@ class _Reader:
             why = _level_problem(name, ())
             if why is not None:
                 self.report(f.value("name"), f.sub("name"), why)
-        address = self.req(f, "address", self.nonempty_text)
+        address = self.req(f, "address", self.address)
         port = self.get(f, "port", self.int_in(1, 65535))
         framer = self.get(f, "framer", self.choice(Framer, "framer"))
         timeout = self.get(f, "timeout", self.duration)
@@ -841,6 +906,7 @@ class _Reader:
         max_gap = self.get(f, "max_gap", self.int_in(0))
         write_multiple = self.get(f, "write_multiple", self.boolean)
         baudrate = self.get(f, "baudrate", self.int_in(1))
+        allow_zero_tid = self.get(f, "allow_zero_tid", self.boolean)
         d = Host(name="", address="")
         idle, interval, count = d.keepalive_idle, d.keepalive_interval, d.keepalive_count
         ka_node = f.value("keepalive")
@@ -865,6 +931,7 @@ class _Reader:
             keepalive_count=count,
             baudrate=_or(baudrate, d.baudrate),
             framer=_or(framer, d.framer),
+            allow_zero_tid=_or(allow_zero_tid, d.allow_zero_tid),
         )
 
     def templates(self, node: Node) -> dict[str, _Template]:
@@ -1276,9 +1343,54 @@ def _base_topic_problem(base: str) -> str | None:
         return f"{_show(base)} must not start or end with '/'"
     if "//" in base:
         return f"{_show(base)} must not contain an empty level"
-    for bad in ("+", "#", "\x00"):
+    for bad in ("+", "#"):
         if bad in base:
             return f"{_show(base)} must not contain {bad!r}"
+    if base.startswith("$"):
+        return f"{_show(base)} must not start with '$' (topics reserved for the broker)"
+    if len(base) > _MAX_BASE_TOPIC:
+        return f"is {len(base)} characters long (at most {_MAX_BASE_TOPIC})"
+    why = text_problem(base)
+    if why is not None:
+        return f"{_show(base)} {why}"
+    return None
+
+
+def _address_problem(text: str) -> str | None:
+    """Why `text` is neither an IP address nor a host name, or None."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return None
+    hint = "is not an IP address or a host name"
+    if len(text) > 253:
+        return f"{hint} (longer than 253 characters)"
+    labels = text.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels):
+        return "is not a valid IPv4 address"
+    if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return hint
+    return None
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key file is encrypted; only unencrypted keys are supported")
+
+
+def _tls_load_problem(
+    *, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> str | None:
+    """Load TLS files the way the MQTT link will; why they cannot be used, or None."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        if cert_file is not None:
+            ctx.load_cert_chain(cert_file, key_file, password=_no_password)
+    except ssl.SSLError as exc:
+        return f"not usable for TLS ({exc.reason or exc})"
+    except (OSError, ValueError) as exc:
+        return str(exc)
     return None
 
 

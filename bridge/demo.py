@@ -38,7 +38,7 @@ from typing import Any, TextIO
 from bridge.app import Bridge
 from bridge.config import parse_config
 from bridge.errors import ConfigError
-from bridge.mqtt import Incoming, MqttLink
+from bridge.mqtt import Incoming, MqttLink, Subscription
 from bridge.sim import SimServer, SimUnit
 from bridge.topics import Topics
 
@@ -526,7 +526,7 @@ async def _demo_run(
             console_settings,
             Topics(CONSOLE_BASE),
             on_message=console.on_message,
-            subscriptions=(f"{BASE_TOPIC}/#",),
+            subscriptions=(Subscription(f"{BASE_TOPIC}/#"),),
             backoff_max=2.0,
         )
         print(banner(gateways, broker, devices, duration), file=out, flush=True)

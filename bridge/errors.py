@@ -68,6 +68,11 @@ class RequestTimeout(ModbusRequestError):
     """The device did not answer within the host's timeout; the socket is kept."""
 
 
+class BadReply(ModbusRequestError):
+    """An answer that does not fit the request: malformed, or for another function,
+    count, address or unit. The request failed; on Modbus TCP the link stays in step."""
+
+
 EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",

@@ -6,12 +6,14 @@ import resource
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bridge.payloads import iso_utc
+from bridge.payloads import iso_utc, json_doc
 
 if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
     from bridge.scheduler import PollStats
     from bridge.session import SessionStats
     from bridge.state import DeviceState
+
+TRIMMED = "details left out: the full report is larger than the broker's maximum packet size"
 
 
 def rss_bytes() -> int:
@@ -36,12 +38,14 @@ def build_health(
     devices: Mapping[str, DeviceState],
     polls: Mapping[str, PollStats],
     rss: int,
+    mqtt: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The health document: per host, per device, and the process."""
+    """The health document: per host, per device, MQTT and the process."""
     return {
         "time": iso_utc(now),
         "uptime_s": round(now - started, 1),
         "rss_bytes": rss,
+        "mqtt": dict(mqtt or {}),
         "hosts": {
             name: {
                 "connected": connected,
@@ -50,6 +54,9 @@ def build_health(
                 "requests": s.requests,
                 "errors": s.errors,
                 "timeouts": s.timeouts,
+                "bad_replies": s.bad_replies,
+                "stray_frames": s.stray_frames,
+                "drains": s.drains,
                 "latency_p50_ms": _ms(s.percentile(0.50)),
                 "latency_p99_ms": _ms(s.percentile(0.99)),
             }
@@ -67,3 +74,56 @@ def build_health(
             for name, st in devices.items()
         },
     }
+
+
+def fit_health(doc: Mapping[str, Any], limit: int) -> bytes | None:
+    """The health report as a payload of at most `limit` bytes, or None.
+
+    A broker with a small maximum packet size (Mosquitto's `max_packet_size`) would
+    disconnect the bridge for a report that does not fit, so it is trimmed in steps
+    until it does: first the per-device details give way to counts and the names of
+    the devices that are offline (as many as fit), then the per-host details to
+    counts. What was left out is said in `trimmed`.
+    """
+    full = json_doc(doc)
+    if len(full) <= limit:
+        return full
+    devices: Mapping[str, Mapping[str, Any]] = doc.get("devices", {})
+    hosts: Mapping[str, Mapping[str, Any]] = doc.get("hosts", {})
+    offline = sorted(name for name, d in devices.items() if d.get("available") is not True)
+    summary = {
+        "total": len(devices),
+        "offline": len(offline),
+        "offline_names": offline,
+    }
+    trimmed: dict[str, Any] = {**doc, "devices": summary, "trimmed": TRIMMED}
+    # As many offline names as fit (they are what a person looks for at 3 a.m.).
+    low, high = 0, len(offline)
+    while low < high:
+        mid = (low + high + 1) // 2
+        summary["offline_names"] = offline[:mid]
+        if len(json_doc(trimmed)) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    summary["offline_names"] = offline[:low]
+    payload = json_doc(trimmed)
+    if len(payload) <= limit:
+        return payload
+    trimmed["hosts"] = {
+        "total": len(hosts),
+        "connected": sum(1 for h in hosts.values() if h.get("connected")),
+    }
+    summary["offline_names"] = []
+    payload = json_doc(trimmed)
+    if len(payload) <= limit:
+        return payload
+    minimal = {
+        "time": doc.get("time"),
+        "uptime_s": doc.get("uptime_s"),
+        "devices": {"total": len(devices), "offline": len(offline)},
+        "hosts": trimmed["hosts"],
+        "trimmed": "most details left out (maximum packet size)",
+    }
+    payload = json_doc(minimal)
+    return payload if len(payload) <= limit else None

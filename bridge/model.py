@@ -158,6 +158,7 @@ class Host:
     keepalive_count: int = 3
     baudrate: int = 9600  # only for the bus-time estimate of `check` (RS485 behind a gateway)
     framer: Framer = Framer.TCP
+    allow_zero_tid: bool = False  # TCP: take a reply with transaction id 0 as the answer
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class Mqtt:
     keepalive: int = 30
     protocol: int = 5  # 5 or 4 (3.1.1)
     tls: Tls | None = None
+    max_packet_size: int | None = None  # bytes the broker accepts (MQTT 5 brokers announce it)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ growth, and a value that changed ten times while offline is sent once.
 `run()` owns the connection: connect, announce `online` (the last will says
 `offline`), let the owner re-queue its full state, subscribe to command topics,
 then send and receive until the broker goes away; back off and repeat.
+
+Broker limits are respected rather than discovered by being disconnected: a
+message larger than the broker's maximum packet size (MQTT 5 CONNACK, or
+`mqtt.max_packet_size`) is skipped with one log line, and the bridge tells the
+broker the largest packet it accepts itself (MQTT 5 CONNECT), with a hard cap on
+incoming packets for MQTT 3.1.1. A publish the broker refuses (MQTT 5 PUBACK
+reason code 0x80 or above, e.g. an ACL) is logged and counted, not retried.
 """
 
 from __future__ import annotations
@@ -24,20 +31,35 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import full_jitter
+from bridge.logs import Throttle
 from bridge.model import Mqtt
-from bridge.payloads import OFFLINE, ONLINE, Incoming
+from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription
 from bridge.topics import Topics
 
-__all__ = ["Incoming", "MqttLink", "build_tls_context"]
+__all__ = [
+    "Incoming",
+    "LinkStats",
+    "MqttLink",
+    "Subscription",
+    "build_tls_context",
+    "publish_packet_size",
+]
 
 log = logging.getLogger("bridge.mqtt")
 
 SEND_CONCURRENCY = 64  # publishes in flight at once
-MAX_ONE_OFF = 1000  # non-coalescing messages (command results) waiting while offline
-MAX_HANDLERS = 256  # commands being handled at once; more are dropped (flood guard)
+MAX_ONE_OFF = 10_000  # non-coalescing messages (command results) waiting; ~200 bytes each
+MAX_HANDLERS = 256  # commands being handled at once; more are refused (flood guard)
 STABLE_AFTER = 10.0  # seconds a connection must last before the backoff resets
+# The largest packet the bridge takes from the broker: a command is at most 64 KiB
+# (commands.MAX_PAYLOAD) plus its topic. Announced in the MQTT 5 CONNECT, so the broker
+# never sends more; enforced on MQTT 3.1.1 by dropping the connection before reading it.
+MAX_INCOMING_PACKET = 128 * 1024
+PROTOCOL_MAX_PACKET = 268_435_455 + 5  # remaining length limit plus the fixed header
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client used our client id
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,45 @@ class _Pending:
     payload: bytes
     retain: bool
     correlation_data: bytes | None = None
+
+
+@dataclass
+class LinkStats:
+    """Counters of the MQTT link (health report). Plain numbers, no I/O."""
+
+    connects: int = 0
+    published: int = 0  # acknowledged by the broker (QoS 1/2) or written (QoS 0)
+    dropped: int = 0  # queued messages given up: the one-off queue overflowed
+    requeued: int = 0  # cut off by a disconnect mid-send, sent again after the reconnect
+    oversize: int = 0  # skipped: larger than the broker's maximum packet size
+    refused: int = 0  # the broker answered the publish with a failure reason code
+    overloaded: int = 0  # commands refused by the flood guard (each answered)
+    retained_commands: int = 0  # replayed retained commands received (never executed)
+
+
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+def publish_packet_size(
+    topic: str, payload_size: int, *, qos: int, v5: bool, correlation_data: bytes | None = None
+) -> int:
+    """Bytes of the PUBLISH packet carrying `payload_size` bytes on `topic`, headers included.
+
+    The broker's maximum packet size counts whole packets: fixed header, topic,
+    packet id (QoS 1/2), MQTT 5 properties, payload.
+    """
+    remaining = 2 + len(topic.encode("utf-8")) + payload_size
+    if qos > 0:
+        remaining += 2
+    if v5:
+        props = 0 if correlation_data is None else 1 + 2 + len(correlation_data)
+        remaining += _varint_size(props) + props
+    return 1 + _varint_size(remaining) + remaining
 
 
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
@@ -97,16 +158,114 @@ def _code(rc: object) -> int | None:
 
 
 def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
+    """The TLS context of `settings`; an error names the file it could not use."""
     tls = settings.tls
     if tls is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(f"mqtt.tls.ca_file {tls.ca_file!r}: {exc}") from exc
     if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            files = tls.cert_file if tls.key_file is None else f"{tls.cert_file}, {tls.key_file}"
+            raise TlsSetupError(f"mqtt.tls.cert_file/key_file {files!r}: {exc}") from exc
     if tls.insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _no_password() -> bytes:
+    # Without this callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ValueError("the key file is encrypted; only unencrypted keys are supported")
+
+
+class TlsSetupError(Exception):
+    """A TLS file could not be loaded (it was removed or changed after `check`)."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, plus what aiomqtt does not pass on: the CONNACK properties
+    (the broker's maximum packet size), PUBACK failure reason codes, and a cap on
+    the size of incoming packets.
+
+    Built on aiomqtt 2.5 / paho-mqtt 2.2 internals (`_client`, `_in_packet`,
+    `_sock_recv`, `_out_messages`); `aiomqtt>=2.5,<3` is pinned for that reason and
+    tests/integration/test_hostile_mqtt.py exercises each hook against Mosquitto.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_refused: Callable[[str, int, str], None],
+        max_incoming: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.connack: Properties | None = None
+        self.disconnect_reason: int | None = None  # the broker's DISCONNECT reason (MQTT 5)
+        self.oversize_in: int | None = None  # size of an incoming packet over the cap
+        self._on_refused = on_refused
+        paho = self._client
+        receive = paho._sock_recv
+
+        def capped_receive(bufsize: int) -> bytes:
+            packet = paho._in_packet
+            if packet["have_remaining"] and packet["remaining_length"] > max_incoming:
+                # Dropping the connection costs a reconnect; reading the packet would
+                # cost its whole size in memory. (MQTT 5 brokers never send it.)
+                self.oversize_in = int(packet["remaining_length"])
+                return b""  # paho: connection lost
+            data: bytes = receive(bufsize)
+            return data
+
+        paho._sock_recv = capped_receive  # type: ignore[method-assign]
+
+    @property
+    def broker_max_packet(self) -> int | None:
+        value = getattr(self.connack, "MaximumPacketSize", None) if self.connack else None
+        return value if isinstance(value, int) and value > 0 else None
+
+    def _on_connect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        self.connack = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        self.disconnect_reason = _code(reason_code)
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        # Mark the error as seen: aiomqtt replaces this future unawaited when the drop
+        # comes during connect, and asyncio would then log "Future exception was never
+        # retrieved" with a traceback. Whoever awaits it still gets the error.
+        future = self._disconnected
+        if future.done() and not future.cancelled():
+            future.exception()
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        code = _code(reason_code)
+        if code is not None and code >= 0x80:
+            message = self._client._out_messages.get(mid)
+            topic = getattr(message, "topic", "?")
+            self._on_refused(topic, code, str(reason_code))
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
 class MqttLink:
@@ -119,35 +278,59 @@ class MqttLink:
         *,
         on_connected: Callable[[], None] | None = None,
         on_message: Callable[[Incoming], Coroutine[Any, Any, None]] | None = None,
-        subscriptions: Iterable[str] = (),
+        on_overload: Callable[[Incoming], None] | None = None,
+        subscriptions: Iterable[Subscription] = (),
         backoff_max: float = 30.0,
     ) -> None:
         self.settings = settings
         self.topics = topics
         self._on_connected = on_connected
         self._on_message = on_message
+        self._on_overload = on_overload
         self._subscriptions = tuple(subscriptions)
         self._backoff_max = backoff_max
         # Keyed by topic (state: newest wins) or by (topic, n) for messages that must
         # each be delivered (command results). Bounded by topics + MAX_ONE_OFF.
         self._pending: dict[str | tuple[str, int], _Pending] = {}
         self._one_off = 0
+        self._one_off_waiting = 0
         self._wake = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         self._connected = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._inflight: set[asyncio.Task[None]] = set()  # publishes awaiting the broker's ack
-        self.connects = 0
-        self.dropped = 0  # publishes lost because the link went down mid-send
-        self.dropped_commands = 0  # commands dropped by the flood guard
+        self._broker_max: int | None = None  # from the last CONNACK (MQTT 5)
+        self.stats = LinkStats()
+        self._throttle = Throttle(log)
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
     @property
+    def connects(self) -> int:
+        return self.stats.connects
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def max_packet_size(self) -> int:
+        """The largest packet the broker takes: the smaller of `mqtt.max_packet_size` and
+        what the broker announced at the last connect (MQTT 5)."""
+        limits = [PROTOCOL_MAX_PACKET]
+        if self.settings.max_packet_size is not None:
+            limits.append(self.settings.max_packet_size)
+        if self._broker_max is not None:
+            limits.append(self._broker_max)
+        return min(limits)
+
+    def payload_limit(self, topic: str) -> int:
+        """The largest payload that fits in one packet on `topic` (for trimming reports)."""
+        v5 = self.settings.protocol == 5
+        overhead = publish_packet_size(topic, 0, qos=self.settings.qos, v5=v5)
+        return max(0, self.max_packet_size - overhead)
 
     async def wait_connected(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -169,25 +352,49 @@ class MqttLink:
         Without it (command results) every message is kept, up to MAX_ONE_OFF
         waiting; beyond that the oldest is dropped and counted.
         """
-        key: str | tuple[str, int]
-        if coalesce:
-            key = topic
+        self._queue(topic if coalesce else None, topic, _Pending(payload, retain, correlation_data))
+
+    def _queue(self, key: str | tuple[str, int] | None, topic: str, item: _Pending) -> None:
+        if isinstance(key, str):
             self._pending.pop(key, None)  # re-insert at the end: oldest first stays fair
         else:
-            self._one_off += 1
-            key = (topic, self._one_off)
-            waiting = [k for k in self._pending if isinstance(k, tuple)]
-            if len(waiting) >= MAX_ONE_OFF:
-                del self._pending[waiting[0]]
-                self.dropped += 1
-        self._pending[key] = _Pending(payload, retain, correlation_data)
+            if key is None:
+                self._one_off += 1
+                key = (topic, self._one_off)
+            if self._one_off_waiting >= MAX_ONE_OFF:
+                oldest = next(k for k in self._pending if isinstance(k, tuple))
+                del self._pending[oldest]
+                self._one_off_waiting -= 1
+                self.stats.dropped += 1
+                self._throttle.log(
+                    logging.WARNING,
+                    "one-off overflow",
+                    "unsent answers dropped",
+                    "%d answers waiting for the broker: dropped the oldest (on %s)",
+                    MAX_ONE_OFF,
+                    oldest[0],
+                )
+            self._one_off_waiting += 1
+        self._pending[key] = item
         self._wake.set()
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _take(self) -> tuple[str | tuple[str, int], _Pending]:
+        key = next(iter(self._pending))
+        item = self._pending.pop(key)
+        if isinstance(key, tuple):
+            self._one_off_waiting -= 1
+        return key, item
+
+    def _make_client(self) -> _Client:
         s = self.settings
-        protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        v5 = s.protocol == 5
+        protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
         will = aiomqtt.Will(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
-        client = aiomqtt.Client(
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_INCOMING_PACKET
+        client = _Client(
             s.host,
             s.port,
             username=s.username,
@@ -198,12 +405,37 @@ class MqttLink:
             keepalive=s.keepalive,
             timeout=10.0,
             tls_context=build_tls_context(s),
+            properties=properties,
             # Session state is not kept: we republish everything after a reconnect.
-            clean_session=True if protocol != aiomqtt.ProtocolVersion.V5 else None,
+            clean_session=None if v5 else True,
+            on_refused=self._refused,
+            max_incoming=MAX_INCOMING_PACKET,
         )
         # We bound concurrency ourselves (SEND_CONCURRENCY); silence its warning below that.
         client.pending_calls_threshold = SEND_CONCURRENCY + 16
         return client
+
+    async def _subscribe(self, client: _Client) -> None:
+        v5 = self.settings.protocol == 5
+        for sub in self._subscriptions:
+            options = None
+            if v5 and not sub.retained:
+                options = SubscribeOptions(
+                    qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+                )
+            if options is None:
+                granted = await client.subscribe(sub.filter, qos=1)
+            else:  # paho takes the QoS from the options then
+                granted = await client.subscribe(sub.filter, options=options)
+            codes = [_code(g) for g in granted]
+            if any(c is not None and c >= 0x80 for c in codes):
+                log.error(
+                    "the broker refused the subscription to %s (%s): messages there will "
+                    "not arrive; check the broker's ACL for client %r",
+                    sub.filter,
+                    ", ".join(str(g) for g in granted),
+                    self.settings.client_id,
+                )
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff. Returns only when cancelled.
@@ -215,20 +447,28 @@ class MqttLink:
         """
         loop = asyncio.get_running_loop()
         failures = 0
+        short_sessions = 0  # dropped soon after a successful connect, in a row
+        if self.settings.tls is not None and self.settings.tls.insecure:
+            log.warning(
+                "mqtt.tls.insecure is true: the broker's certificate is NOT verified, so "
+                "anyone on the network path can pose as the broker"
+            )
         while True:
             error = ""
             connected_at: float | None = None
+            taken_over = False
+            client: _Client | None = None
             try:
                 client = self._make_client()  # inside: a missing CA file is a retryable error
                 self._client = client
                 async with client:
                     connected_at = loop.time()
-                    self.connects += 1
+                    self.stats.connects += 1
+                    self._broker_max = client.broker_max_packet
                     await client.publish(
                         self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
                     )
-                    for flt in self._subscriptions:
-                        await client.subscribe(flt, qos=1)
+                    await self._subscribe(client)
                     self._connected.set()
                     log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
                     if self._on_connected:
@@ -236,7 +476,7 @@ class MqttLink:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._sender(client))
                         group.create_task(self._receiver(client))
-            except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group_exc:
+            except* (aiomqtt.MqttError, OSError, ssl.SSLError, TlsSetupError) as group_exc:
                 error = "; ".join(_describe(e) for e in group_exc.exceptions)
             except* Exception as group_exc:
                 # Not a network error: a bug. Keep the link alive, but say so loudly.
@@ -245,19 +485,33 @@ class MqttLink:
             finally:
                 self._connected.clear()
                 self._client = None
-            if connected_at is not None and loop.time() - connected_at >= STABLE_AFTER:
+                # Publishes still waiting for an acknowledgement would otherwise wait out
+                # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
+                # sent after the reconnect.
+                for task in list(self._inflight):
+                    task.cancel()
+            if client is not None and client.disconnect_reason == SESSION_TAKEN_OVER:
+                taken_over = True
+                error = "the broker ended the session: another client connected with its id"
+            if client is not None and client.oversize_in is not None:
+                error = (
+                    f"the broker sent a packet of {client.oversize_in} bytes, more than the "
+                    f"{MAX_INCOMING_PACKET} this bridge accepts; connection dropped unread "
+                    "(with mqtt.protocol 5 the broker is told the limit and never sends it)"
+                )
+            up = None if connected_at is None else loop.time() - connected_at
+            if up is not None and up >= STABLE_AFTER:
                 failures = 0
             failures += 1
+            short_sessions = short_sessions + 1 if up is not None and up < STABLE_AFTER else 0
             wait = full_jitter(failures, low=0.5, high=self._backoff_max)
-            if connected_at is not None:
-                up = loop.time() - connected_at
-                hint = (
-                    f" (dropped after {up:.1f}s: is another client using client_id "
-                    f"{self.settings.client_id!r}?)"
-                    if up < STABLE_AFTER and failures > 2
-                    else ""
+            if up is not None:
+                log.warning(
+                    "MQTT connection lost: %s%s; reconnecting in %.1fs",
+                    error,
+                    self._drop_hint(up, taken_over=taken_over, short_sessions=short_sessions),
+                    wait,
                 )
-                log.warning("MQTT connection lost: %s%s; reconnecting in %.1fs", error, hint, wait)
             else:
                 log.error(
                     "MQTT cannot connect to %s:%d (attempt %d): %s; retrying in %.1fs",
@@ -269,10 +523,57 @@ class MqttLink:
                 )
             await asyncio.sleep(wait)
 
-    async def _sender(self, client: aiomqtt.Client) -> None:
+    def _drop_hint(self, up: float, *, taken_over: bool, short_sessions: int) -> str:
+        """A hint about a duplicate client id, only where the evidence points there."""
+        client_id = self.settings.client_id
+        if taken_over:
+            return f" (another client connected with client_id {client_id!r})"
+        if short_sessions >= 3:
+            # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
+            # dropped right after a successful connect, several times in a row, with no
+            # failed connect between them, are what a duplicate client id looks like.
+            return (
+                f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
+                f"connecting: is another client using client_id {client_id!r}?)"
+            )
+        return ""
+
+    def _refused(self, topic: str, code: int, reason: str) -> None:
+        self.stats.refused += 1
+        self._throttle.log(
+            logging.WARNING,
+            ("refused", topic),
+            f"refused publishes to {topic}",
+            "the broker refused the publish to %s: %s (reason code %d); check its ACL for "
+            "client %r",
+            topic,
+            reason,
+            code,
+            self.settings.client_id,
+        )
+
+    def _too_large(self, topic: str, size: int) -> bool:
+        limit = self.max_packet_size
+        if size <= limit:
+            return False
+        self.stats.oversize += 1
+        self._throttle.log(
+            logging.WARNING,
+            ("oversize", topic),
+            f"oversize messages on {topic}",
+            "not publishing %s: %d bytes, more than the broker's maximum packet size of %d",
+            topic,
+            size,
+            limit,
+        )
+        return True
+
+    async def _sender(self, client: _Client) -> None:
         limit = asyncio.Semaphore(SEND_CONCURRENCY)
         inflight = self._inflight
         failed: list[BaseException] = []
+        qos = self.settings.qos
+        v5 = self.settings.protocol == 5
 
         async def send_one(key: str | tuple[str, int], item: _Pending) -> None:
             topic = key if isinstance(key, str) else key[0]
@@ -280,15 +581,26 @@ class MqttLink:
                 await client.publish(
                     topic,
                     item.payload,
-                    qos=self.settings.qos,
+                    qos=qos,
                     retain=item.retain,
                     properties=self._properties(item),
                 )
+                self.stats.published += 1
             except aiomqtt.MqttError as exc:
-                self.dropped += 1
+                requeue(key, topic, item)
                 failed.append(exc)
+            except asyncio.CancelledError:
+                requeue(key, topic, item)  # the connection ended under it
+                raise
             finally:
                 limit.release()
+
+        def requeue(key: str | tuple[str, int], topic: str, item: _Pending) -> None:
+            # Cut off by a disconnect: send it again after the reconnect (a newer
+            # payload for the same topic, queued meanwhile, wins).
+            if not (isinstance(key, str) and key in self._pending):
+                self.stats.requeued += 1
+                self._queue(key, topic, item)
 
         while True:
             if failed:
@@ -297,8 +609,13 @@ class MqttLink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            key = next(iter(self._pending))
-            item = self._pending.pop(key)
+            key, item = self._take()
+            topic = key if isinstance(key, str) else key[0]
+            size = publish_packet_size(
+                topic, len(item.payload), qos=qos, v5=v5, correlation_data=item.correlation_data
+            )
+            if self._too_large(topic, size):
+                continue
             await limit.acquire()
             task = asyncio.create_task(send_one(key, item))
             inflight.add(task)
@@ -320,21 +637,30 @@ class MqttLink:
             correlation = getattr(props, "CorrelationData", None) if props else None
             payload = message.payload
             raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            incoming = Incoming(str(message.topic), bytes(raw), response_topic, correlation)
+            incoming = Incoming(
+                str(message.topic), bytes(raw), response_topic, correlation, bool(message.retain)
+            )
             if len(self._handlers) >= MAX_HANDLERS:
-                # A flood of commands: drop instead of growing without bound.
-                self.dropped_commands += 1
-                if self.dropped_commands == 1 or self.dropped_commands % 1000 == 0:
-                    log.warning(
-                        "%d commands waiting; dropped %d (last on %s)",
-                        len(self._handlers),
-                        self.dropped_commands,
-                        incoming.topic,
-                    )
+                # A flood of commands: refuse (and answer) instead of growing without bound.
+                self.stats.overloaded += 1
+                self._throttle.log(
+                    logging.WARNING,
+                    "overloaded",
+                    "commands refused by the flood guard",
+                    "%d commands in progress: refusing new ones until they finish (first: %s)",
+                    len(self._handlers),
+                    incoming.topic,
+                )
+                if self._on_overload is not None:
+                    self._on_overload(incoming)
                 continue
             task = asyncio.create_task(self._on_message(incoming))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+
+    def flush_logs(self) -> None:
+        """Summarise throttled log lines whose window has ended."""
+        self._throttle.flush()
 
     async def flush(self, timeout: float) -> None:
         """Wait until everything queued is sent and acknowledged (or `timeout`), e.g. before

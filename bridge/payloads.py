@@ -13,12 +13,30 @@ Value = bool | int | float | str | None
 
 @dataclass(frozen=True)
 class Incoming:
-    """A received MQTT message, free of client-library types."""
+    """A received MQTT message, free of client-library types.
+
+    `retained` is the retain flag on delivery: the broker replayed a message stored
+    earlier (on subscribe), rather than forwarding one published just now.
+    """
 
     topic: str
     payload: bytes
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    retained: bool = False
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A topic filter the bridge subscribes to.
+
+    `retained=False` asks the broker not to replay retained messages on subscribe
+    (MQTT 5 retain handling 2; an MQTT 3.1.1 broker replays them regardless, so
+    receivers still check `Incoming.retained`).
+    """
+
+    filter: str
+    retained: bool = True
 
 
 ONLINE = "online"

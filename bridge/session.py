@@ -10,6 +10,14 @@ loop with full-jitter exponential backoff. A lost session is closed, then
 re-opened; pymodbus's own reconnect and retries are switched off. While the
 host is down, requests fail at once with `HostUnavailable` instead of piling up.
 
+Replies are checked before they are believed. On Modbus TCP every frame is
+checked against the request on the wire (transaction id, unit, function, a byte
+count that fits the frame) before pymodbus decodes it; a reply that fails a check
+fails its request with `BadReply` and the socket stays, because MBAP frames carry
+their length. A stream that cannot be framed (a bad MBAP header) is closed and
+reopened through the backoff, and answers on such a session never reset it.
+Nothing a device sends can raise inside pymodbus's protocol handler.
+
 A host with `framer: rtu` (a serial gateway in transparent mode) carries RTU frames,
 which have no transaction id. After a failed request the worker first drains the
 line: it waits until nothing has arrived for a quiet period, so a late reply lands
@@ -25,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,10 +47,18 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from bridge.backoff import BACKOFF_MAX, BACKOFF_MIN, full_jitter
 from bridge.codec import apply_bit
-from bridge.errors import ExceptionReply, HostUnavailable, ModbusRequestError, RequestTimeout
+from bridge.errors import (
+    BadReply,
+    ExceptionReply,
+    HostUnavailable,
+    ModbusRequestError,
+    RequestTimeout,
+)
+from bridge.logs import Throttle
 from bridge.model import Framer, Host, Table
 
 log = logging.getLogger("bridge.session")
+_throttle = Throttle(log, window=60.0)
 
 # pymodbus logs every timeout at ERROR with raw frames of all clients; we log ourselves.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)
@@ -52,6 +69,9 @@ PRIORITY_POLL = 1
 
 RTU_CHAR_BITS = 11  # start, 8 data, parity or second stop, stop
 DRAIN_MAX_PERIODS = 5  # a line that never goes quiet: stop draining after this many periods
+CLEAN_AFTER = 60.0  # seconds a session must last before earlier garbage is forgiven
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit
+_MBAP_MAX_LENGTH = 254  # unit id + a PDU of at most 253 bytes
 _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 Job = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
@@ -76,7 +96,12 @@ class _ConnectFailed(Exception):
 
 
 class _Mismatch(Exception):
-    """An RTU reply that cannot belong to the request in flight (a late or stray frame)."""
+    """A reply that cannot belong to the request in flight (another function, count,
+    address or unit: on RTU a late or stray frame)."""
+
+
+class _Malformed(Exception):
+    """A reply frame that cannot be decoded; set on the pending request by the frame guard."""
 
 
 @dataclass
@@ -89,6 +114,8 @@ class SessionStats:
     errors: int = 0
     timeouts: int = 0
     drains: int = 0  # RTU: waits for a quiet line after a failed request
+    bad_replies: int = 0  # malformed or mismatched replies (the request failed)
+    stray_frames: int = 0  # TCP replies with a transaction id no request is waiting for
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def percentile(self, q: float) -> float | None:
@@ -132,6 +159,9 @@ class HostSession:
         self._quiet = max(host.timeout, 3.5 * RTU_CHAR_BITS / host.baudrate)
         self._stale_at: float | None = None  # when a failure left the line unsettled
         self._last_rx = 0.0  # monotonic time bytes last arrived (RTU only)
+        self._sent: tuple[int, int] | None = None  # (transaction id, unit) on the wire (TCP)
+        self._garbage = 0  # sessions in a row lost to an unframeable stream
+        self._connected_at = 0.0
         self._client = AsyncModbusTcpClient(
             host.address,
             port=host.port,
@@ -140,11 +170,15 @@ class HostSession:
             retries=0,
             reconnect_delay=0,
             name=f"bridge-{host.name}",
-            trace_packet=self._traced_packet if self._rtu else None,
+            trace_packet=self._traced_packet,
             trace_connect=self._traced_connect,
         )
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
+        # Every received byte passes the frame guard before pymodbus decodes it.
+        ctx = self._client.ctx
+        self._decode = ctx.callback_data
+        ctx.callback_data = self._on_data  # type: ignore[method-assign]
         self._queue: asyncio.PriorityQueue[_Queued] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._up = False
@@ -201,11 +235,10 @@ class HostSession:
             rr = await call(start, count=count, device_id=unit)
             what = f"read {table.value} {start}+{count}"
             self._check_reply(rr, unit, what, _READ_FUNCTION[table])
-            if self._rtu:
-                got = len(rr.bits) if table.is_bits else len(rr.registers)
-                want = (count + 7) // 8 * 8 if table.is_bits else count
-                if got != want:
-                    raise _Mismatch(f"{what}: the reply holds {got} values")
+            got = len(rr.bits) if table.is_bits else len(rr.registers)
+            want = (count + 7) // 8 * 8 if table.is_bits else count
+            if got != want:
+                raise _Mismatch(f"{what}: the reply holds {got} values")
             if table.is_bits:
                 return [bool(b) for b in rr.bits[:count]]
             return list(rr.registers)
@@ -280,7 +313,7 @@ class HostSession:
             what = f"read holding {address} (for bit write)"
             rr = await client.read_holding_registers(address, count=1, device_id=unit)
             self._check_reply(rr, unit, what, 3)
-            if self._rtu and len(rr.registers) != 1:
+            if len(rr.registers) != 1:
                 raise _Mismatch(f"{what}: the reply holds {len(rr.registers)} values")
             current = rr.registers[0]
             new = apply_bit(current, bit, value)  # `bit` is already the wire bit
@@ -311,20 +344,18 @@ class HostSession:
         *,
         echo: tuple[int, int | list[int] | list[bool] | None] | None = None,
     ) -> None:
-        """Raise for an exception reply; on RTU also for a reply to another request.
+        """Raise for an exception reply, and for a reply to another request.
 
         `echo` is what a write reply repeats: (address, count) for FC 15/16,
         (address, [value]) for FC 5/6, (address, None) for FC 22.
         """
-        if self._rtu:
-            # No transaction id: the reply must at least name our unit and function.
-            got_fc = int(rr.function_code) & 0x7F
-            if (unit and rr.dev_id != unit) or got_fc != function:
-                raise _Mismatch(f"{what}: reply from unit {rr.dev_id}, function {got_fc}")
+        got_fc = int(rr.function_code) & 0x7F
+        if (unit and rr.dev_id != unit) or got_fc != function:
+            raise _Mismatch(f"{what}: reply from unit {rr.dev_id}, function {got_fc}")
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 0)
             raise ExceptionReply(self.host.name, unit, code, what)
-        if self._rtu and echo is not None:
+        if echo is not None:
             address, detail = echo
             if rr.address != address:
                 raise _Mismatch(f"{what}: the reply echoes address {rr.address}")
@@ -338,7 +369,107 @@ class HostSession:
     def _traced_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self._last_rx = time.monotonic()
+        elif not self._rtu and len(data) >= _MBAP.size:
+            tid, _pid, _length, unit = _MBAP.unpack_from(data)
+            self._sent = (tid, unit)
         return data
+
+    # -- the frame guard -------------------------------------------------------
+
+    def _on_data(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
+        """Everything received, before pymodbus decodes it; returns the bytes used.
+
+        pymodbus raises inside its protocol handler on some malformed replies (a byte
+        count larger than the data, an exception reply without its code): asyncio
+        then logs a traceback and closes the socket. Here such a reply fails only its
+        request. On RTU there are no frame lengths to check: anything undecodable is
+        discarded and the line drained.
+        """
+        if self._rtu:
+            try:
+                used: int = self._decode(data, addr)
+            except Exception as exc:
+                self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
+                return len(data)
+            return used
+        used = 0
+        while len(data) - used > _MBAP.size:
+            tid, pid, length, unit = _MBAP.unpack_from(data, used)
+            if pid != 0 or not 2 <= length <= _MBAP_MAX_LENGTH:
+                # No frame boundary to trust: the stream cannot be resynchronised.
+                reason = f"invalid Modbus TCP header (protocol id {pid}, length {length})"
+                self._reject_reply(reason)
+                self._lost(f"{reason}: the byte stream is out of step", garbage=True)
+                return len(data)
+            end = used + 6 + length
+            if len(data) < end:
+                break  # wait for the rest of the frame
+            admitted = self._admit(data[used:end], tid, unit)
+            used = end
+            if admitted is None:
+                continue
+            try:
+                self._decode(admitted, addr)
+            except Exception as exc:
+                self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
+        return used
+
+    def _admit(self, frame: bytes, tid: int, unit: int) -> bytes | None:
+        """A TCP frame for the request on the wire (possibly with its transaction id
+        filled in), or None when it is not one (dropped or failed here)."""
+        sent = self._sent
+        if sent is None or tid != sent[0]:
+            if tid == 0 and sent is not None and self.host.allow_zero_tid:
+                frame = sent[0].to_bytes(2, "big") + frame[2:]
+            elif tid == 0 and sent is not None:
+                self.stats.stray_frames += 1
+                _throttle.log(
+                    logging.WARNING,
+                    ("tid 0", self.host.name),
+                    f"replies with transaction id 0 from host {self.host.name}",
+                    "host %s: ignored a reply with transaction id 0 (the request had %d); if "
+                    "this device always answers so, set allow_zero_tid: true on the host",
+                    self.host.name,
+                    sent[0],
+                )
+                return None
+            else:
+                # A late reply to a request that timed out, or a reply that names no
+                # request (transaction id 0 without allow_zero_tid): never believed.
+                self.stats.stray_frames += 1
+                log.debug(
+                    "host %s: dropped a reply with transaction id %d (waiting for %s)",
+                    self.host.name,
+                    tid,
+                    "none" if sent is None else sent[0],
+                )
+                return None
+        function = frame[7]
+        problem = None
+        if sent is not None and sent[1] and unit != sent[1]:
+            problem = f"reply from unit {unit} to a request for unit {sent[1]}"
+        elif function & 0x80:
+            if len(frame) != 9:
+                problem = f"exception reply of {len(frame) - 7} bytes (a code byte expected)"
+        elif function in (1, 2, 3, 4):
+            if len(frame) < 9 or frame[8] != len(frame) - 9:
+                counted = frame[8] if len(frame) > 8 else "no"
+                problem = f"byte count {counted} for {len(frame) - 9} data bytes"
+        elif function in (5, 6, 15, 16) and len(frame) != 12:
+            problem = f"function {function} reply of {len(frame) - 7} bytes (5 expected)"
+        elif function == 22 and len(frame) != 14:
+            problem = f"function 22 reply of {len(frame) - 7} bytes (7 expected)"
+        if problem is not None:
+            self._reject_reply(problem)
+            return None
+        return frame
+
+    def _reject_reply(self, reason: str) -> None:
+        """Fail the request on the wire with `reason` (a reply arrived, unusable)."""
+        self.stats.bad_replies += 1
+        future = self._client.ctx.response_future
+        if not future.done():
+            future.set_exception(_Malformed(reason))
 
     def _traced_connect(self, connected: bool) -> None:
         if connected:
@@ -398,19 +529,28 @@ class HostSession:
             self._need_connect.clear()
             self._consecutive_timeouts = 0
             self._answered = False
+            self._sent = None
+            self._connected_at = time.monotonic()
             self._up = True
             if not first:
                 self.stats.reconnects += 1
             first = False
             log.info("host %s connected (%s:%d)", self.host.name, self.host.address, self.host.port)
 
-    def _lost(self, reason: str) -> None:
-        """Mark the session lost and hand it to the connector. Idempotent."""
+    def _lost(self, reason: str, *, garbage: bool = False) -> None:
+        """Mark the session lost and hand it to the connector. Idempotent.
+
+        `garbage`: the peer sent bytes that cannot be framed. Such a session counts
+        as failed however many answers it gave, so a device that poisons every
+        session is retried with a growing backoff, not at once.
+        """
         if not self._up:
             return
         self._up = False
         self._client.close()
-        if not self._answered:
+        if garbage:
+            self._garbage += 1
+        if garbage or not self._answered:
             self._failures += 1
         log.warning("host %s: session lost (%s); reconnecting", self.host.name, reason)
         self._need_connect.set()
@@ -480,19 +620,20 @@ class HostSession:
         except ModbusRequestError as exc:
             # The device answered (an exception reply): the link is healthy.
             self._consecutive_timeouts = 0
-            self._answered = True
-            self._failures = 0
+            self._answered_now()
             self.stats.errors += 1
             self._settle(item, exc=exc)
-        except _Mismatch as exc:
-            # RTU: a late or stray frame was taken for this reply; ours may still come.
+        except (_Mismatch, _Malformed) as exc:
+            # An answer that does not fit the request. On RTU it may be a late or stray
+            # frame and ours may still come: drain. On TCP the frames stay in step.
             self.stats.errors += 1
-            self._stale_at = time.monotonic()
-            log.warning(
-                "host %s unit %d: discarded a mismatched reply (%s)", self.host.name, item.unit, exc
-            )
+            if isinstance(exc, _Mismatch):
+                self.stats.bad_replies += 1
+            if self._rtu:
+                self._stale_at = time.monotonic()
+            log.debug("host %s unit %d: bad reply (%s)", self.host.name, item.unit, exc)
             reason = f"the reply did not match the request ({exc})"
-            self._settle(item, exc=RequestTimeout(self.host.name, item.unit, reason))
+            self._settle(item, exc=BadReply(self.host.name, item.unit, reason))
         except ConnectionException as exc:
             self.stats.errors += 1
             self._lost(f"connection error: {exc}")
@@ -535,11 +676,20 @@ class HostSession:
             self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, reason))
         else:
             self._consecutive_timeouts = 0
-            self._answered = True
-            self._failures = 0
+            self._answered_now()
             self.stats.latencies.append(time.monotonic() - started)
             if not item.future.done():
                 item.future.set_result(result)
+
+    def _answered_now(self) -> None:
+        """A well-formed answer arrived: the link works, the backoff may reset, unless
+        the host poisoned recent sessions (then only a session lasting CLEAN_AFTER
+        forgives it)."""
+        self._answered = True
+        if self._garbage and time.monotonic() - self._connected_at >= CLEAN_AFTER:
+            self._garbage = 0
+        if not self._garbage:
+            self._failures = 0
 
     @staticmethod
     def _settle(item: _Queued, *, exc: BaseException) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -38,14 +39,18 @@ from bridge.commands import (
     parse_get,
     parse_set,
     result_payload,
+    transaction_of,
 )
 from bridge.errors import (
+    BadReply,
     CommandError,
     ExceptionReply,
+    HostUnavailable,
     ModbusRequestError,
     RequestTimeout,
     Transaction,
 )
+from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device, Point
 from bridge.payloads import Incoming, Value
 from bridge.planner import decode_block, plan_device
@@ -56,6 +61,8 @@ from bridge.topics import Topics
 log = logging.getLogger("bridge.commands")
 
 T = TypeVar("T")
+
+MAX_RETAINED_SEEN = 1024  # retained commands remembered, so each is answered once
 
 OnRead = Callable[[Device, dict[str, Value], ModbusRequestError | None], None]
 """The poll callback (`Bridge._on_poll`): read values and the error that stopped the read."""
@@ -105,6 +112,8 @@ class CommandStats:
     writes: int = 0  # points written
     rejected: int = 0  # commands refused before anything was sent
     failed: int = 0  # commands that failed while executing
+    retained: int = 0  # replayed retained commands, refused (answered once each)
+    overloaded: int = 0  # refused by the flood guard
 
 
 class _Reply:
@@ -116,12 +125,45 @@ class _Reply:
         self.message = message
         self.transaction: Transaction | None = None
         self.sent = False
+        self.response_topic = message.response_topic
+        self.response_problem: str | None = None
+        if self.response_topic is not None:
+            self.response_problem = handler.topics.response_topic_problem(
+                self.response_topic, handler.devices
+            )
+            if self.response_problem is not None:
+                handler.throttle.log(
+                    logging.WARNING,
+                    ("response topic", self.response_topic),
+                    f"commands with response topic {self.response_topic!r}",
+                    "%s: not answering on the response topic %r: %s",
+                    message.topic,
+                    self.response_topic,
+                    self.response_problem,
+                )
+
+    def _note(self, warning: str | None) -> str | None:
+        """`warning`, plus why the response topic was not used."""
+        if self.response_problem is None:
+            return warning
+        note = f"not answered on response topic {self.response_topic!r}: {self.response_problem}"
+        return note if warning is None else f"{warning}; {note}"
 
     def ok(self, data: Mapping[str, Value], warning: str | None = None) -> None:
-        self._send(result_payload("ok", data, transaction=self.transaction, warning=warning))
+        self._send(
+            result_payload("ok", data, transaction=self.transaction, warning=self._note(warning))
+        )
 
     def error(self, reason: str, data: Mapping[str, Value] | None = None) -> None:
-        self._send(result_payload("error", data or {}, error=reason, transaction=self.transaction))
+        self._send(
+            result_payload(
+                "error",
+                data or {},
+                error=reason,
+                transaction=self.transaction,
+                warning=self._note(None),
+            )
+        )
 
     def _send(self, payload: bytes) -> None:
         if self.sent:
@@ -130,17 +172,10 @@ class _Reply:
         self.handler.publish(
             self.handler.topics.set_result(self.device), payload, retain=False, coalesce=False
         )
-        response = self.message.response_topic
-        if response is None:
-            return
-        why = self.handler.response_topic_problem(response)
-        if why is not None:
-            log.warning(
-                "%s: not answering on response topic %r: %s", self.message.topic, response, why
-            )
+        if self.response_topic is None or self.response_problem is not None:
             return
         self.handler.publish(
-            response,
+            self.response_topic,
             payload,
             retain=False,
             coalesce=False,
@@ -174,9 +209,12 @@ class CommandHandler:
             d.name: RateLimiter(d.write_rate) for d in config.devices if d.write_rate is not None
         }
         self.stats = CommandStats()
+        self.throttle = Throttle(log)
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # Retained commands already answered: (topic, hash of payload), oldest first.
+        self._retained_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     # -- entry points ------------------------------------------------------
 
@@ -188,6 +226,9 @@ class CommandHandler:
             return
         device, point, verb = parsed
         reply = _Reply(self, device, message)
+        if message.retained:
+            self._refuse_retained(reply)
+            return
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
@@ -230,26 +271,58 @@ class CommandHandler:
         if pending:
             await asyncio.wait(pending, timeout=0.5)
 
-    def response_topic_problem(self, topic: str) -> str | None:
-        """Why an MQTT v5 response topic is not answered on, or None."""
-        if not topic:
-            return "empty"
-        if any(c in topic for c in "+#\x00"):
-            return "it contains a wildcard or NUL"
-        if len(topic.encode("utf-8", "surrogatepass")) > 65535:
-            return "too long"
-        if self.topics.parse_command(topic) is not None:
-            return "it is a command topic of this bridge"
-        first = self.topics.first_level(topic)
-        if first is not None and (first in self.devices or first == "bridge"):
-            return "the bridge publishes state there"
-        return None
+    def _refuse_retained(self, reply: _Reply) -> None:
+        """A command the broker replayed from its retained store is never executed: it
+        would run again on every reconnect. Answered once per distinct message."""
+        message = reply.message
+        key = (message.topic, hash(message.payload))
+        if key in self._retained_seen:
+            return
+        self._retained_seen[key] = None
+        if len(self._retained_seen) > MAX_RETAINED_SEEN:
+            self._retained_seen.popitem(last=False)
+        self.stats.retained += 1
+        reply.transaction = transaction_of(message.payload)
+        reason = (
+            "not executed: this command is a retained message replayed by the broker, and a "
+            "retained command would run again on every reconnect; publish commands without "
+            f"the retain flag, and clear this one (an empty retained message on {message.topic})"
+        )
+        self.throttle.log(
+            logging.WARNING,
+            ("retained", reply.device),
+            f"retained commands refused for {reply.device}",
+            "%s: %s",
+            message.topic,
+            reason,
+        )
+        reply.error(reason)
+
+    def refuse_overloaded(self, message: Incoming) -> None:
+        """Answer a command the flood guard turned away (nothing was written)."""
+        parsed = self.topics.parse_command(message.topic)
+        if parsed is None:
+            return
+        self.stats.overloaded += 1
+        reply = _Reply(self, parsed[0], message)
+        reply.transaction = transaction_of(message.payload)
+        reply.error(
+            "refused: the bridge is overloaded with commands (too many in progress); "
+            "nothing was written, retry later"
+        )
 
     # -- set -----------------------------------------------------------------
 
     def _reject(self, reply: _Reply, reason: str) -> None:
         self.stats.rejected += 1
-        log.warning("%s: command rejected: %s", reply.message.topic, reason)
+        self.throttle.log(
+            logging.WARNING,
+            ("rejected", reply.device),
+            f"commands rejected for {reply.device}",
+            "%s: command rejected: %s",
+            reply.message.topic,
+            reason,
+        )
         reply.error(reason)
 
     async def _set(self, reply: _Reply, name: str, point: str | None, payload: bytes) -> None:
@@ -321,18 +394,30 @@ class CommandHandler:
         written: list[Point] = []
         failure: str | None = None
         for op in command.ops:
+            claim = Claim()
+            maybe = "the write may or may not have been applied"
             try:
-                await self._write(session, device, op)
+                await self._write(session, device, op, claim)
             except _Expired as exc:
                 failure = f"{op.point.name}: {exc}"
             except RequestTimeout:
                 failure = (
                     f"{op.point.name}: no answer from host {device.host} unit {device.unit} "
-                    "within its timeout; the write may or may not have been applied"
+                    f"within its timeout; {maybe}"
                 )
+            except BadReply as exc:
+                failure = f"{op.point.name}: {exc.reason}; {maybe}"
             except ExceptionReply as exc:
                 failure = f"{op.point.name}: the device refused the write: {exc.reason}"
-            except ModbusRequestError as exc:  # host down or lost while queued, ...
+            except HostUnavailable as exc:
+                if claim.state == "sent":  # the device may have acted before the link died
+                    failure = (
+                        f"{op.point.name}: the connection to host {device.host} was lost while "
+                        f"the write was on the wire; {maybe}"
+                    )
+                else:
+                    failure = f"{op.point.name}: {exc}"
+            except ModbusRequestError as exc:
                 failure = f"{op.point.name}: {exc}"
             if failure is not None:
                 break
@@ -361,11 +446,17 @@ class CommandHandler:
         if written:
             failure += f" (already written: {', '.join(p.name for p in written)})"
         self.stats.failed += 1
-        log.warning("%s: command failed: %s", topic, failure)
+        self.throttle.log(
+            logging.WARNING,
+            ("failed", device.name),
+            f"failed commands for {device.name}",
+            "%s: command failed: %s",
+            topic,
+            failure,
+        )
         reply.error(failure, data)
 
-    async def _write(self, session: HostSession, device: Device, op: WriteOp) -> None:
-        claim = Claim()
+    async def _write(self, session: HostSession, device: Device, op: WriteOp, claim: Claim) -> None:
         request: Coroutine[Any, Any, None]
         if op.kind is WriteKind.COIL:
             request = session.write_coil(

@@ -151,3 +151,4 @@ async def test_broker_restart_republishes_everything(
         )
     assert bridge.alive()
     assert server.connections_total == 1, "a broker restart must not touch Modbus sessions"
+    assert "another client" not in bridge.log()  # a restart is not a duplicate client id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,15 @@ def test_check_warns_when_a_host_cannot_keep_up(tmp_path: Path) -> None:
     result = _cli("check", "-c", str(cfg))
     assert result.returncode == 0, result.stderr
     assert "WARNING: host slow" in result.stdout
+
+
+def test_check_output_is_one_line_per_problem_whatever_the_input() -> None:
+    # Control characters, a newline inside an address and a 70,000-character name:
+    # every problem is still exactly one line, with its position.
+    result = _cli("check", "-c", str(BAD / "hostile_names.yaml"))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    header, problems = lines[0], lines[1:]
+    assert header.endswith(f"{len(problems)} problems in the configuration:")
+    assert all(re.match(r"  \S+hostile_names\.yaml:\d+:\d+: ", line) for line in problems)
+    assert max(len(line) for line in problems) < 300

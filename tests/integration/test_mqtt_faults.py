@@ -162,5 +162,47 @@ async def test_tls_untrusted_server_refused_unless_insecure(
         assert "ca_file" in reason, reason
     assert "MQTT connected" not in strict.log()
     assert "Traceback" not in strict.log() + lax.log()
+    warning = "mqtt.tls.insecure is true: the broker's certificate is NOT verified"
+    assert lax.log().count(warning) == 1  # said once, at start
+    assert warning not in strict.log()
     assert await strict.terminate() == 0
     assert await lax.terminate() == 0
+
+
+async def test_host_down_at_start_is_one_line_not_one_per_device(
+    broker, mqtt_watcher, run_bridge
+) -> None:
+    # 50 devices behind a gateway that is down when the bridge starts, then comes up.
+    from broker import free_port
+
+    port = free_port()
+    config = {
+        "version": 1,
+        "mqtt": mqtt_section(broker),
+        "hosts": [{"name": "gw", "address": "127.0.0.1", "port": port, "timeout": 0.5}],
+        "devices": [
+            {"name": "d{unit}", "host": "gw", "units": "1-50", "interval": "250ms",
+             "points": POINTS}
+        ],
+    }  # fmt: skip
+    watcher = await mqtt_watcher(broker, "modbus/#")
+    bridge = await run_bridge(config)
+    await asyncio.sleep(2.0)
+    server = SimServer(range(1, 51), port=port)
+    await server.start()
+    try:
+        for unit in (1, 50):
+            await watcher.wait_for(
+                lambda m, u=unit: m.topic == f"modbus/d{u}/availability" and m.payload == b"online",
+                timeout=15,
+            )
+        await asyncio.sleep(1.0)
+        log = bridge.log()
+        info = [line for line in log.splitlines() if " DEBUG " not in line]
+        assert sum("offline" in line for line in info) == 0, info
+        assert sum("unreachable" in line for line in info) == 1, info
+        assert sum("back online" in line for line in info) == 1, info
+        assert "host gw: 50 device(s) back online" in log
+    finally:
+        await bridge.terminate()
+        await server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -13,10 +14,13 @@ from bridge.topics import Topics
 pytestmark = pytest.mark.integration
 
 
-async def test_duplicate_client_id_backs_off_instead_of_storming(broker) -> None:
+async def test_duplicate_client_id_backs_off_instead_of_storming(
+    broker, caplog: pytest.LogCaptureFixture
+) -> None:
     # Two bridges configured with the same client_id: the broker drops whichever
     # connected first each time the other connects. Without backoff across short
     # sessions they would kick each other out every half second.
+    caplog.set_level(logging.WARNING)
     settings = Mqtt(host=broker.host, port=broker.port, client_id="same-id")
     links = [MqttLink(settings, Topics(f"site{i}")) for i in range(2)]
     tasks = [asyncio.create_task(link.run()) for link in links]
@@ -31,3 +35,7 @@ async def test_duplicate_client_id_backs_off_instead_of_storming(broker) -> None
     # 10 s timeout before it notices, so only "each connected once" is certain.)
     assert connects >= 2, f"{connects} connects: both links must have connected"
     assert connects <= 16, f"{connects} connects in 10 s: a reconnect storm"
+    # Sessions dropped right after connecting, again and again: the log suggests why.
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("is another client using client_id 'same-id'?" in m for m in messages), messages
+    assert not any("never retrieved" in m for m in messages), messages

@@ -583,7 +583,8 @@ def test_encode_point_bits_return_bool() -> None:
         (point(type=DataType.STRING, length=1), "ABC", "more than the 2"),
         (point(type=DataType.STRING, length=1), 12, "expected text"),
         (point(minimum=0, maximum=100), 101, "101 is above the maximum 100"),
-        (point(minimum=10, maximum=100), 9.5, "9.5 is below the minimum 10"),
+        (point(minimum=10, maximum=100), 9.4, "9.4 is below the minimum 10"),
+        (point(minimum=10, maximum=100), 100.6, "above the maximum 100 (it would be written as"),
         (point(scale=0), 1, "scale 0"),
     ],
 )

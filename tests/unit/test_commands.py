@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.commands import (
+    MAX_DEPTH,
     MAX_PAYLOAD,
     RateLimiter,
     WriteKind,
@@ -23,6 +24,7 @@ from bridge.commands import (
     parse_get,
     parse_set,
     result_payload,
+    transaction_of,
 )
 from bridge.config import parse_config
 from bridge.errors import CommandError, Transaction
@@ -281,7 +283,7 @@ BAD_SET: list[tuple[bytes, str | None, str]] = [
     (b"{}", None, "no point"),
     (b'{"transaction": 1}', None, "no point"),
     (b'{"level": 1, "level": 2}', None, "more than once"),
-    (b"[" * 60_000, None, "nested too deeply"),
+    (b"[" * 60_000, None, "levels deep"),
 ]
 
 
@@ -479,3 +481,33 @@ def test_fuzz_json_objects(doc: dict[str, Any]) -> None:
 def test_fuzz_plain_payloads(point: str, text: str) -> None:
     with contextlib.suppress(CommandError):
         parse_set(DEV, point, text.encode("utf-8", "surrogatepass"), read_only=False)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_min_max_apply_to_the_value_written() -> None:
+    # setpoint: int16, scale 0.1, offset -40, max 80. 80.04 lands as raw 1200 = 80.0.
+    assert one({"setpoint": 80.04}).registers == words("h", 1200)
+    reason = refused(b'{"setpoint": 80.06}').reason
+    assert "80.06 is above the maximum 80 (it would be written as 80.1)" in reason
+    assert one(b"-20.04", "setpoint").registers == words("h", 200)
+
+
+def test_over_deep_json_is_refused_before_anything_is_planned() -> None:
+    # 979 nested lists in the transaction: json.loads copes, the answer's json.dumps
+    # would not. Refused whole, like any bad value: nothing is written.
+    deep = "[" * 979 + "]" * 979
+    error = refused(f'{{"transaction": {deep}, "setpoint": 29}}'.encode())
+    assert f"nested more than {MAX_DEPTH} levels" in error.reason
+    ok = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    command = parse_set(DEV, None, f'{{"transaction": {ok}, "level": 1}}'.encode(), read_only=False)
+    assert result_payload("ok", {}, transaction=command.transaction)  # serialisable
+
+
+def test_transaction_of_reads_what_it_can() -> None:
+    assert transaction_of(b'{"transaction": 7, "x": 1}') == Transaction(7)
+    assert transaction_of(b'{"transaction": null}') == Transaction(None)
+    assert transaction_of(b"21.5") is None
+    assert transaction_of(b"\xff") is None
+    assert transaction_of(b'{"transaction": ' + b"[" * 100 + b"]" * 100 + b"}") is None

@@ -87,10 +87,10 @@ def test_contract_mqtt_with_env_substitution(contract: BridgeConfig) -> None:
         output=Output.JSON,
         keepalive=30,
         protocol=4,  # 3.1.1
-        tls=Tls(
-            ca_file="/etc/ssl/ca.pem",
-            cert_file="/etc/ssl/client.pem",
-            key_file="/etc/ssl/client.key",
+        tls=Tls(  # relative file names are read from the config file's folder
+            ca_file=str(CONFIGS / "good" / "tls" / "ca.pem"),
+            cert_file=str(CONFIGS / "good" / "tls" / "client.pem"),
+            key_file=str(CONFIGS / "good" / "tls" / "client.key"),
             insecure=False,
         ),
     )
@@ -728,7 +728,7 @@ yaml_values = st.recursive(
 
 SMALL_VALID: dict[str, Any] = {
     "version": 1,
-    "mqtt": {"host": "h", "tls": {"ca_file": "ca"}},
+    "mqtt": {"host": "h", "tls": {"ca_file": str(CONFIGS / "good" / "tls" / "ca.pem")}},
     "hosts": [{"name": "gw", "address": "a", "keepalive": {"idle": 5}}],
     "templates": {
         "t": {
@@ -847,3 +847,37 @@ def test_null_values_count_as_absent() -> None:
 def test_deep_nesting_is_a_config_error() -> None:
     _check_only_config_error("[" * 5000)
     _check_only_config_error("a: " + "[" * 900 + "]" * 900)
+
+
+# --------------------------------------------------------------------------
+# what `check` must catch because `run` would certainly fail
+
+
+def test_long_names_are_refused_with_their_length() -> None:
+    text = MINIMAL.replace("name: d", "name: " + "d" * 70_000, 1)
+    with pytest.raises(ConfigError, match=r"is 70000 characters long \(at most 128\)"):
+        parse_config(text, env={})
+
+
+def test_tls_files_are_loaded_by_check(tmp_path: Path) -> None:
+    tls = CONFIGS / "good" / "tls"
+    config = tmp_path / "bridge.yaml"
+    (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    config.write_text(
+        MINIMAL + f"mqtt: {{tls: {{ca_file: missing.pem, cert_file: {tls / 'client.pem'}, "
+        "key_file: not-a-cert.pem}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config, env={})
+    got = "\n".join(str(p) for p in info.value.problems)
+    assert f"{tmp_path / 'missing.pem'} does not exist" in got  # the path, resolved
+    assert "mqtt.tls.cert_file" in got and "not usable for TLS" in got
+
+
+def test_relative_tls_files_are_read_next_to_the_config(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(CONFIGS / "good" / "tls" / "ca.pem", tmp_path / "ca.pem")
+    config = tmp_path / "bridge.yaml"
+    config.write_text(MINIMAL + "mqtt: {tls: {ca_file: ca.pem}}\n")
+    assert load_config(config, env={}).mqtt.tls == Tls(ca_file=str(tmp_path / "ca.pem"))

@@ -10,7 +10,7 @@ from bridge.backoff import full_jitter
 from bridge.model import DataType, Device, Output, Point, Table
 from bridge.payloads import iso_utc, plain_value, state_json
 from bridge.state import StateCache
-from bridge.topics import RESERVED_DEVICE_NAMES, Topics, level_problem
+from bridge.topics import RESERVED_DEVICE_NAMES, Topics, level_problem, text_problem
 
 
 def _device(name: str = "meter-1") -> Device:
@@ -66,6 +66,60 @@ class TestTopics:
     def test_reserved_names(self) -> None:
         assert level_problem("bridge", RESERVED_DEVICE_NAMES) is not None
         assert level_problem("bridge") is None
+
+    @pytest.mark.parametrize(
+        ("name", "why"),
+        [
+            ("tab\there", "control character U+0009"),
+            ("del\x7f", "control character U+007F"),
+            ("nel\x85", "control character U+0085"),
+            ("nul\x00", "control character U+0000"),
+            ("non\ufffe", "noncharacter U+FFFE"),
+            ("non\ufdd0", "noncharacter U+FDD0"),
+            ("bidi\u202e", "invisible format character"),
+            ("zero\u200bwidth", "invisible format character"),
+            ("line\u2028", "line separator"),
+            (" lead", "start or end with a space"),
+            ("x" * 129, "129 characters long"),
+        ],
+    )
+    def test_names_that_break_or_surprise(self, name: str, why: str) -> None:
+        problem = level_problem(name)
+        assert problem is not None and why in problem
+
+    @pytest.mark.parametrize("name", ["Kessel 2", "zähler-1", "메타", "a.b_c-d", "x" * 128])
+    def test_names_people_use(self, name: str) -> None:
+        assert level_problem(name) is None
+
+    def test_text_problem_is_what_mqtt_strings_refuse(self) -> None:
+        assert text_problem("a b\u200b") is None  # legal in MQTT, only surprising in names
+        assert text_problem("\ud800") is not None
+        assert text_problem("é" * 40_000) is not None  # 80,000 bytes
+
+    @pytest.mark.parametrize(
+        ("topic", "why"),
+        [
+            ("$SYS/x", "starts with '$'"),
+            ("$share/g/t", "starts with '$'"),
+            ("replies/+", "wildcard"),
+            ("replies/#", "wildcard"),
+            ("", "empty"),
+            ("replies/\x07", "control character"),
+            ("modbus/boiler/set", "command topic"),
+            ("modbus/boiler/mode/set", "command topic"),
+            ("modbus/boiler/get", "command topic"),
+            ("modbus/boiler", "publishes state"),
+            ("modbus/boiler/set/result", "publishes state"),
+            ("modbus/bridge/state", "publishes state"),
+        ],
+    )
+    def test_response_topics_refused(self, topic: str, why: str) -> None:
+        problem = Topics("modbus").response_topic_problem(topic, {"boiler"})
+        assert problem is not None and why in problem
+
+    @pytest.mark.parametrize("topic", ["replies/app-1", "modbus/replies/x", "app/$x"])
+    def test_response_topics_answered(self, topic: str) -> None:
+        assert Topics("modbus").response_topic_problem(topic, {"boiler"}) is None
 
 
 class TestPayloads:

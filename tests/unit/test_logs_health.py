@@ -1,0 +1,100 @@
+"""Throttled logs, the health report under a packet limit, and MQTT packet sizes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from bridge.health import TRIMMED, fit_health
+from bridge.logs import MAX_KINDS, Throttle
+from bridge.mqtt import publish_packet_size
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_logs_the_first_then_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    throttle = Throttle(logging.getLogger("t"), window=10.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="t"):
+        for i in range(5000):
+            throttle.log(logging.WARNING, "rejected", "rejected commands", "rejected %d", i)
+        throttle.log(logging.WARNING, "other", "other things", "other")
+        assert [r.getMessage() for r in caplog.records] == ["rejected 0", "other"]
+        clock.now = 10.0
+        throttle.flush()
+        assert caplog.records[-1].getMessage().startswith("... and 4999 more rejected commands")
+        assert caplog.records[-1].levelno == logging.WARNING
+        throttle.log(logging.WARNING, "rejected", "rejected commands", "rejected again")
+        assert caplog.records[-1].getMessage() == "rejected again"  # a new window
+        assert len(caplog.records) == 4  # "other" had no repeats: no summary
+
+
+def test_throttle_remembers_a_bounded_number_of_kinds() -> None:
+    clock = Clock()
+    throttle = Throttle(logging.getLogger("t"), clock=clock)
+    for i in range(MAX_KINDS * 3):
+        throttle.log(logging.INFO, i, "x", "x")
+    assert len(throttle._kinds) <= MAX_KINDS
+
+
+def _health(devices: int, offline: set[int]) -> dict[str, Any]:
+    return {
+        "time": "2026-11-30T00:00:00.000Z",
+        "uptime_s": 12.0,
+        "rss_bytes": 1,
+        "mqtt": {"connected": 1},
+        "hosts": {f"gw{h}": {"connected": True, "requests": 10} for h in range(3)},
+        "devices": {
+            f"meter-{i:03d}": {
+                "available": i not in offline,
+                "last_seen": "2026-11-30T00:00:00.000Z",
+                "errors": 0,
+                "cycles": 100,
+                "missed_cycles": 0,
+                "skipped_ranges": [],
+            }
+            for i in range(devices)
+        },
+    }
+
+
+def test_health_that_fits_is_untouched() -> None:
+    doc = _health(3, set())
+    assert json.loads(fit_health(doc, 100_000) or b"") == doc
+
+
+@pytest.mark.parametrize("limit", [4000, 1500, 600, 300])
+def test_health_is_trimmed_to_the_limit_keeping_offline_names(limit: int) -> None:
+    doc = _health(100, offline={5, 17, 42})
+    payload = fit_health(doc, limit)
+    assert payload is not None and len(payload) <= limit
+    trimmed = json.loads(payload)
+    assert trimmed["devices"]["total"] == 100
+    assert trimmed["devices"]["offline"] == 3
+    assert "trimmed" in trimmed
+    if limit >= 600:
+        assert trimmed["devices"]["offline_names"] == ["meter-005", "meter-017", "meter-042"]
+        assert trimmed["trimmed"] == TRIMMED
+
+
+def test_health_that_cannot_fit_is_none() -> None:
+    assert fit_health(_health(100, set()), 60) is None
+
+
+def test_publish_packet_size_counts_every_header_byte() -> None:
+    # QoS 0, MQTT 3.1.1: 1 fixed header + 1 length byte + 2 topic length + topic + payload.
+    assert publish_packet_size("a/b", 10, qos=0, v5=False) == 1 + 1 + 2 + 3 + 10
+    # QoS 1 adds the packet id; MQTT 5 the property length (0 here).
+    assert publish_packet_size("a/b", 10, qos=1, v5=True) == 1 + 1 + 2 + 3 + 2 + 1 + 10
+    # Correlation data: 1 id + 2 length + data. A remaining length over 127 takes 2 bytes.
+    size = publish_packet_size("t", 200, qos=1, v5=True, correlation_data=b"abc")
+    assert size == 1 + 2 + (2 + 1 + 2 + 1 + 6 + 200)
