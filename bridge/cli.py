@@ -62,9 +62,9 @@ def render_plan(config: BridgeConfig) -> str:
         devices = config.devices_on(host.name)
         load = host_load(host, devices, {d.name: plan[d.name] for d in devices})
         lines.append(
-            f"host {host.name} ({host.address}:{host.port}): {len(devices)} devices, "
+            f"host {host.name} ({host.describe()}): {len(devices)} devices, "
             f"{len(load.blocks)} blocks, {load.requests_per_second:.1f} requests/s, "
-            f"bus time ~{load.bus_seconds_per_second:.2f} s/s at {host.baudrate} baud"
+            f"bus time ~{load.bus_seconds_per_second:.2f} s/s at {host.bus_baudrate} baud"
         )
         for device in devices:
             lines.append(
@@ -80,7 +80,7 @@ def render_plan(config: BridgeConfig) -> str:
             warnings.append(
                 f"WARNING: host {host.name} needs ~{load.bus_seconds_per_second:.2f} s of bus time "
                 f"per second: it cannot keep its devices' intervals (if it is an RS485 gateway at "
-                f"{host.baudrate} baud); lengthen intervals or split the devices"
+                f"{host.bus_baudrate} baud); lengthen intervals or split the devices"
             )
     total = sum(len(b) for b in plan.values())
     lines.append(

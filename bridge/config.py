@@ -43,6 +43,7 @@ from bridge.model import (
     Output,
     Point,
     Table,
+    TcpLink,
     Tls,
 )
 from bridge.topics import (
@@ -906,8 +907,28 @@ class _Reader:
         max_gap = self.get(f, "max_gap", self.int_in(0))
         write_multiple = self.get(f, "write_multiple", self.boolean)
         baudrate = self.get(f, "baudrate", self.int_in(1))
+        link = self.tcp_link(f, address, port, baudrate)
+        if name is None or link is None or len(self.problems) > before:
+            return None
+        d = Host(name="", link=link)
+        return Host(
+            name=name,
+            link=link,
+            timeout=_or(timeout, d.timeout),
+            pause=_or(pause, d.pause),
+            max_gap=_or(max_gap, d.max_gap),
+            write_multiple=_or(write_multiple, d.write_multiple),
+            framer=_or(framer, d.framer),
+        )
+
+    def tcp_link(
+        self, f: _Fields, address: str | None, port: int | None, baudrate: int | None
+    ) -> TcpLink | None:
+        """The TCP keys of a host (`f`), with its already read address, port and baudrate;
+        None when anything is wrong (reported)."""
+        before = len(self.problems)
         allow_zero_tid = self.get(f, "allow_zero_tid", self.boolean)
-        d = Host(name="", address="")
+        d = TcpLink(address="")
         idle, interval, count = d.keepalive_idle, d.keepalive_interval, d.keepalive_count
         ka_node = f.value("keepalive")
         if ka_node is not None:
@@ -916,22 +937,16 @@ class _Reader:
                 idle = _or(self.get(ka, "idle", self.int_in(1)), idle)
                 interval = _or(self.get(ka, "interval", self.int_in(1)), interval)
                 count = _or(self.get(ka, "count", self.int_in(1)), count)
-        if name is None or address is None or len(self.problems) > before:
+        if address is None or len(self.problems) > before:
             return None
-        return Host(
-            name=name,
+        return TcpLink(
             address=address,
             port=_or(port, d.port),
-            timeout=_or(timeout, d.timeout),
-            pause=_or(pause, d.pause),
-            max_gap=_or(max_gap, d.max_gap),
-            write_multiple=_or(write_multiple, d.write_multiple),
             keepalive_idle=idle,
             keepalive_interval=interval,
             keepalive_count=count,
-            baudrate=_or(baudrate, d.baudrate),
-            framer=_or(framer, d.framer),
             allow_zero_tid=_or(allow_zero_tid, d.allow_zero_tid),
+            baudrate=_or(baudrate, d.baudrate),
         )
 
     def templates(self, node: Node) -> dict[str, _Template]:

@@ -143,22 +143,79 @@ class Point:
 
 
 @dataclass(frozen=True)
-class Host:
-    """One Modbus TCP endpoint: one persistent session."""
+class TcpLink:
+    """A host reached over TCP: a Modbus TCP device, or a gateway to a serial bus."""
 
-    name: str
     address: str
     port: int = 502
+    keepalive_idle: int = 30
+    keepalive_interval: int = 10
+    keepalive_count: int = 3
+    allow_zero_tid: bool = False  # MBAP: take a reply with transaction id 0 as the answer
+    baudrate: int = 9600  # the serial bus behind a gateway: only for `check`'s estimate
+
+    def describe(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+class Parity(enum.Enum):
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
+@dataclass(frozen=True)
+class SerialLink:
+    """A host that is a serial port: an RS485 bus with the devices on it (Modbus RTU)."""
+
+    port: str  # e.g. /dev/serial/by-id/usb-FTDI_...-if00-port0
+    baudrate: int = 9600
+    parity: Parity = Parity.NONE
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @property
+    def char_bits(self) -> int:
+        """Bits on the wire per character: start, data, parity, stop."""
+        return 1 + self.bytesize + (self.parity is not Parity.NONE) + self.stopbits
+
+    def describe(self) -> str:
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity.value}{self.stopbits}"
+
+
+Link = TcpLink | SerialLink
+
+RTU_CHAR_BITS = 11  # a character on an RS485 bus when its framing is not known (8E1/8N2)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One Modbus endpoint, one persistent session: a TCP host or a serial port."""
+
+    name: str
+    link: Link
     timeout: float = 1.0
     pause: float = 0.0
     max_gap: int = 10
     write_multiple: bool = False
-    keepalive_idle: int = 30
-    keepalive_interval: int = 10
-    keepalive_count: int = 3
-    baudrate: int = 9600  # only for the bus-time estimate of `check` (RS485 behind a gateway)
-    framer: Framer = Framer.TCP
-    allow_zero_tid: bool = False  # TCP: take a reply with transaction id 0 as the answer
+    framer: Framer = Framer.TCP  # a serial link always carries RTU
+
+    @property
+    def rtu(self) -> bool:
+        """RTU frames (no transaction id): a serial port, or a gateway in transparent mode."""
+        return isinstance(self.link, SerialLink) or self.framer is Framer.RTU
+
+    @property
+    def bus_baudrate(self) -> int | None:
+        """The speed of the serial bus this host's requests travel, when there is one."""
+        return self.link.baudrate
+
+    @property
+    def char_bits(self) -> int:
+        return self.link.char_bits if isinstance(self.link, SerialLink) else RTU_CHAR_BITS
+
+    def describe(self) -> str:
+        return self.link.describe()
 
 
 @dataclass(frozen=True)

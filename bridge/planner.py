@@ -188,11 +188,13 @@ def plan_device(device: Device) -> tuple[ReadBlock, ...]:
 # --------------------------------------------------------------------------- bus load
 
 
-def request_bus_seconds(table: Table, count: int, baudrate: int, pause: float = 0.0) -> float:
+def request_bus_seconds(
+    table: Table, count: int, baudrate: int, pause: float = 0.0, char_bits: int = 11
+) -> float:
     """Estimated seconds one read of `count` registers/bits holds an RS485 bus.
 
-    Models Modbus RTU behind a TCP gateway at `baudrate`, 11 bits per character
-    (start, 8 data, parity or second stop, stop):
+    Models Modbus RTU at `baudrate`, `char_bits` bits per character (11 when the
+    framing is not known: start, 8 data, parity or second stop, stop):
 
     - request: 8 characters (unit, function, address, count, CRC);
     - response: 5 characters (unit, function, byte count, CRC) plus the data,
@@ -206,7 +208,7 @@ def request_bus_seconds(table: Table, count: int, baudrate: int, pause: float = 
         raise PlanError(f"baudrate must be positive, got {baudrate}")
     data = math.ceil(count / 8) if table.is_bits else 2 * count
     characters = 8 + (5 + data) + 2 * 3.5
-    return characters * 11 / baudrate + pause
+    return characters * char_bits / baudrate + pause
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ def host_load(
     blocks: list[ReadBlock] = []
     requests = 0.0
     bus = 0.0
+    baudrate = host.bus_baudrate
     for device in devices:
         if blocks_by_device is not None and device.name in blocks_by_device:
             planned: Sequence[ReadBlock] = blocks_by_device[device.name]
@@ -242,7 +245,10 @@ def host_load(
         for block in planned:
             rate = 1.0 / block.interval if block.interval > 0 else math.inf
             requests += rate
-            bus += rate * request_bus_seconds(block.table, block.count, host.baudrate, host.pause)
+            if baudrate is not None:
+                bus += rate * request_bus_seconds(
+                    block.table, block.count, baudrate, host.pause, host.char_bits
+                )
         blocks.extend(planned)
     return HostLoad(
         host=host,

@@ -99,7 +99,7 @@ def _key(group: PollGroup) -> GroupKey:
 class _Backoff:
     failures: int = 0
     retry_at: float = 0.0
-    socket: int = 0  # the host's sockets_opened when the group last failed
+    generation: int = 0  # the host session's generation when the group last failed
 
 
 class Scheduler:
@@ -163,7 +163,7 @@ class Scheduler:
             # Backing off, unless the host has a new session since the failure: after
             # a hung or rebooted gateway comes back, every device is tried at once.
             session = self.sessions[group.device.host]
-            fresh = session.stats.sockets_opened != backoff.socket and session.connected
+            fresh = session.generation != backoff.generation and session.connected
             if loop.time() >= backoff.retry_at or fresh:
                 try:
                     self._maybe_relearn(key, loop.time())
@@ -219,7 +219,7 @@ class Scheduler:
             return  # the host's session backs off; nothing to add per device
         b = self._backoff[key]
         b.failures += 1
-        b.socket = self.sessions[device.host].stats.sockets_opened
+        b.generation = self.sessions[device.host].generation
         wait = full_jitter(b.failures, low=key[1], high=DEVICE_BACKOFF_MAX)
         b.retry_at = asyncio.get_running_loop().time() + wait
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus import FramerType
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
@@ -55,7 +55,7 @@ from bridge.errors import (
     RequestTimeout,
 )
 from bridge.logs import Throttle
-from bridge.model import Framer, Host, Table
+from bridge.model import Host, Table, TcpLink
 
 log = logging.getLogger("bridge.session")
 _throttle = Throttle(log, window=60.0)
@@ -67,14 +67,13 @@ logging.getLogger("pymodbus").propagate = False
 PRIORITY_WRITE = 0
 PRIORITY_POLL = 1
 
-RTU_CHAR_BITS = 11  # start, 8 data, parity or second stop, stop
 DRAIN_MAX_PERIODS = 5  # a line that never goes quiet: stop draining after this many periods
 CLEAN_AFTER = 60.0  # seconds a session must last before earlier garbage is forgiven
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit
 _MBAP_MAX_LENGTH = 254  # unit id + a PDU of at most 253 bytes
 _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
-Job = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
+Job = Callable[[ModbusBaseClient], Awaitable[Any]]
 Claim = Callable[[], bool]
 """Asked when a write job reaches the socket: False means the caller gave up, skip it."""
 
@@ -83,7 +82,7 @@ def _claimed(job: Job, claim: Claim | None) -> Job:
     if claim is None:
         return job
 
-    async def guarded(client: AsyncModbusTcpClient) -> Any:
+    async def guarded(client: ModbusBaseClient) -> Any:
         if not claim():
             return None
         return await job(client)
@@ -102,6 +101,69 @@ class _Mismatch(Exception):
 
 class _Malformed(Exception):
     """A reply frame that cannot be decoded; set on the pending request by the frame guard."""
+
+
+Trace = Callable[[bool, bytes], bytes]
+TraceConnect = Callable[[bool], None]
+
+
+class _Transport:
+    """What a host's link means to the session: how to build its one pymodbus client,
+    what to do once it is open, and how to say why it could not be opened. Connecting,
+    reopening and the request path are the session's, the same for every link."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def client(self, *, trace_packet: Trace, trace_connect: TraceConnect) -> ModbusBaseClient:
+        raise NotImplementedError
+
+    def opened(self, client: ModbusBaseClient) -> None:
+        """Called after every successful open."""
+
+    def unreachable(self) -> str:
+        """Why the last open failed, for the log."""
+        return f"cannot connect to {self.host.describe()}"
+
+
+class _TcpTransport(_Transport):
+    """A TCP connection: Modbus TCP (MBAP) or RTU frames through a transparent gateway."""
+
+    def __init__(self, host: Host, link: TcpLink) -> None:
+        super().__init__(host)
+        self.link = link
+
+    def client(self, *, trace_packet: Trace, trace_connect: TraceConnect) -> ModbusBaseClient:
+        return AsyncModbusTcpClient(
+            self.link.address,
+            port=self.link.port,
+            framer=FramerType.RTU if self.host.rtu else FramerType.SOCKET,
+            timeout=self.host.timeout,
+            retries=0,
+            reconnect_delay=0,
+            name=f"bridge-{self.host.name}",
+            trace_packet=trace_packet,
+            trace_connect=trace_connect,
+        )
+
+    def opened(self, client: ModbusBaseClient) -> None:
+        """TCP keepalive on the socket: a dead peer is noticed even while idle."""
+        transport = getattr(client.ctx, "transport", None)
+        sock = transport.get_extra_info("socket") if transport else None
+        if sock is None:
+            return
+        link = self.link
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, link.keepalive_idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, link.keepalive_interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, link.keepalive_count)
+
+
+def _transport_for(host: Host) -> _Transport:
+    if isinstance(host.link, TcpLink):
+        return _TcpTransport(host, host.link)
+    raise TypeError(f"host {host.name}: no transport for {type(host.link).__name__}")
 
 
 @dataclass
@@ -155,24 +217,20 @@ class HostSession:
         self._failures = 0  # consecutive failed connects or answerless sessions: the backoff
         self._answered = False  # any reply since the last connect
         # RTU framing has no transaction id: after a failure, wait for a quiet line.
-        self._rtu = host.framer is Framer.RTU
-        self._quiet = max(host.timeout, 3.5 * RTU_CHAR_BITS / host.baudrate)
+        self._rtu = host.rtu
+        self._allow_zero_tid = isinstance(host.link, TcpLink) and host.link.allow_zero_tid
+        baudrate = host.bus_baudrate or 9600
+        self._quiet = max(host.timeout, 3.5 * host.char_bits / baudrate)
         self._stale_at: float | None = None  # when a failure left the line unsettled
         self._last_rx = 0.0  # monotonic time bytes last arrived (RTU only)
         self._sent: tuple[int, int] | None = None  # (transaction id, unit) on the wire (TCP)
         self._garbage = 0  # sessions in a row lost to an unframeable stream
         self._connected_at = 0.0
-        self._client = AsyncModbusTcpClient(
-            host.address,
-            port=host.port,
-            framer=FramerType.RTU if self._rtu else FramerType.SOCKET,
-            timeout=host.timeout,
-            retries=0,
-            reconnect_delay=0,
-            name=f"bridge-{host.name}",
-            trace_packet=self._traced_packet,
-            trace_connect=self._traced_connect,
+        self._transport = _transport_for(host)
+        self._client = self._transport.client(
+            trace_packet=self._traced_packet, trace_connect=self._traced_connect
         )
+        self.generation = 0  # sessions opened so far: "a new connection since" for backoffs
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
         # Every received byte passes the frame guard before pymodbus decodes it.
@@ -225,7 +283,7 @@ class HostSession:
     ) -> list[int] | list[bool]:
         """Read `count` registers or bits; raises a ModbusRequestError subclass on failure."""
 
-        async def job(client: AsyncModbusTcpClient) -> list[int] | list[bool]:
+        async def job(client: ModbusBaseClient) -> list[int] | list[bool]:
             call = {
                 Table.COIL: client.read_coils,
                 Table.DISCRETE: client.read_discrete_inputs,
@@ -261,7 +319,7 @@ class HostSession:
         returns False the caller gave up waiting and nothing is sent.
         """
 
-        async def job(client: AsyncModbusTcpClient) -> None:
+        async def job(client: ModbusBaseClient) -> None:
             what = f"write holding {address}+{len(values)}"
             if len(values) == 1 and not multiple:
                 rr = await client.write_register(address, values[0], device_id=unit)
@@ -277,7 +335,7 @@ class HostSession:
     ) -> None:
         """FC5, or FC15 with `multiple`."""
 
-        async def job(client: AsyncModbusTcpClient) -> None:
+        async def job(client: ModbusBaseClient) -> None:
             what = f"write coil {address}"
             if multiple:
                 rr = await client.write_coils(address, [value], device_id=unit)
@@ -301,7 +359,7 @@ class HostSession:
     ) -> None:
         """Set one bit of a holding register: FC22, or read-modify-write as ONE queued job."""
 
-        async def job(client: AsyncModbusTcpClient) -> None:
+        async def job(client: ModbusBaseClient) -> None:
             if mask_write:
                 and_mask = 0xFFFF ^ (1 << bit)
                 or_mask = (1 << bit) if value else 0
@@ -419,7 +477,7 @@ class HostSession:
         filled in), or None when it is not one (dropped or failed here)."""
         sent = self._sent
         if sent is None or tid != sent[0]:
-            if tid == 0 and sent is not None and self.host.allow_zero_tid:
+            if tid == 0 and sent is not None and self._allow_zero_tid:
                 frame = sent[0].to_bytes(2, "big") + frame[2:]
             elif tid == 0 and sent is not None:
                 self.stats.stray_frames += 1
@@ -485,10 +543,9 @@ class HostSession:
         if self._failures == 1:
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
-                "host %s (%s:%d) unreachable: %s; retrying with backoff",
+                "host %s (%s) unreachable: %s; retrying with backoff",
                 self.host.name,
-                self.host.address,
-                self.host.port,
+                self.host.describe(),
                 exc,
             )
 
@@ -498,8 +555,8 @@ class HostSession:
         ok = await self._client.connect()
         if not ok or not self._client.connected:
             self._failures += 1
-            raise _ConnectFailed(f"cannot connect to {self.host.address}:{self.host.port}")
-        self._set_keepalive()
+            raise _ConnectFailed(self._transport.unreachable())
+        self._transport.opened(self._client)
 
     async def _connector(self) -> None:
         """The only place that opens the socket."""
@@ -531,11 +588,12 @@ class HostSession:
             self._answered = False
             self._sent = None
             self._connected_at = time.monotonic()
+            self.generation += 1
             self._up = True
             if not first:
                 self.stats.reconnects += 1
             first = False
-            log.info("host %s connected (%s:%d)", self.host.name, self.host.address, self.host.port)
+            log.info("host %s connected (%s)", self.host.name, self.host.describe())
 
     def _lost(self, reason: str, *, garbage: bool = False) -> None:
         """Mark the session lost and hand it to the connector. Idempotent.
@@ -554,17 +612,6 @@ class HostSession:
             self._failures += 1
         log.warning("host %s: session lost (%s); reconnecting", self.host.name, reason)
         self._need_connect.set()
-
-    def _set_keepalive(self) -> None:
-        transport = getattr(self._client.ctx, "transport", None)
-        sock = transport.get_extra_info("socket") if transport else None
-        if sock is None:
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.host.keepalive_idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.host.keepalive_interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.host.keepalive_count)
 
     async def _drain(self) -> None:
         """RTU: wait until nothing has arrived for a quiet period since the failure.

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bridge.errors import ModbusRequestError
-from bridge.model import DataType, Device, Host, Point, Table
+from bridge.model import DataType, Device, Host, Point, Table, TcpLink
 from bridge.payloads import Value
 from bridge.planner import plan_device
 from bridge.scheduler import Scheduler, group_blocks
@@ -32,7 +32,7 @@ async def test_failing_slow_group_keeps_device_offline_without_flapping(sim_serv
             Point("slow", Table.HOLDING, 50, DataType.UINT16, interval=0.5),
         ),
     )
-    session = HostSession(Host(name="gw", address="127.0.0.1", port=server.port, timeout=0.3))
+    session = HostSession(Host(name="gw", link=TcpLink("127.0.0.1", port=server.port), timeout=0.3))
     seen: list[tuple[dict[str, Value], bool]] = []
 
     def on_poll(dev: Device, values: dict[str, Value], error: ModbusRequestError | None) -> None:

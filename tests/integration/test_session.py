@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import pytest
 
 from bridge.errors import BadReply, HostUnavailable, ModbusRequestError, RequestTimeout
-from bridge.model import Framer, Host, Table
+from bridge.model import Framer, Host, Table, TcpLink
 from bridge.session import HostSession
 from bridge.sim import SimServer
 
 pytestmark = pytest.mark.integration
 
 
-def _host(port: int, **kw: object) -> Host:
-    return Host(name="gw", address="127.0.0.1", port=port, timeout=0.3, **kw)  # type: ignore[arg-type]
+def _host(port: int, *, framer: Framer = Framer.TCP, pause: float = 0.0, **link: Any) -> Host:
+    tcp = TcpLink("127.0.0.1", port=port, **link)
+    return Host(name="gw", link=tcp, timeout=0.3, pause=pause, framer=framer)
 
 
 async def _connected(session: HostSession, timeout: float = 5.0) -> None:

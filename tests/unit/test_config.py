@@ -24,6 +24,7 @@ from bridge.model import (
     Output,
     Point,
     Table,
+    TcpLink,
     Tls,
 )
 
@@ -100,21 +101,22 @@ def test_contract_hosts(contract: BridgeConfig) -> None:
     assert contract.hosts == (
         Host(
             name="gw-a",
-            address="127.0.0.1",
-            port=502,
+            link=TcpLink(
+                address="127.0.0.1",
+                port=502,
+                keepalive_idle=30,
+                keepalive_interval=10,
+                keepalive_count=3,
+                baudrate=9600,
+            ),
             timeout=1.0,
             pause=0.0,
             max_gap=10,
             write_multiple=False,
-            keepalive_idle=30,
-            keepalive_interval=10,
-            keepalive_count=3,
-            baudrate=9600,
         ),
         Host(
             name="gw-b",
-            address="10.0.0.7",
-            port=5020,
+            link=TcpLink(address="10.0.0.7", port=5020),
             timeout=0.5,
             pause=0.02,
             max_gap=4,
@@ -463,7 +465,7 @@ def test_env_substitution_in_any_string() -> None:
         "name: d", "name: ${SITE:-plant}-d"
     )
     config = parse_config(text, env={"GW": "192.168.0.9"})
-    assert config.hosts[0].address == "192.168.0.9"
+    assert config.hosts[0].link == TcpLink(address="192.168.0.9")
     assert config.devices[0].name == "plant-d"
 
 
@@ -489,7 +491,7 @@ def test_env_unset_names_variable_and_path() -> None:
 def test_env_substitution_default_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_TEST_GW", "1.2.3.4")
     config = parse_config(MINIMAL.replace("10.0.0.1", '"${BRIDGE_TEST_GW}"'))
-    assert config.hosts[0].address == "1.2.3.4"
+    assert config.hosts[0].link == TcpLink(address="1.2.3.4")
 
 
 # --------------------------------------------------------------------------

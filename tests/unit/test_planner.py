@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.codec import CodecError, encode_registers
-from bridge.model import BridgeConfig, DataType, Device, Host, Mqtt, Order, Point, Table
+from bridge.model import (
+    BridgeConfig,
+    DataType,
+    Device,
+    Host,
+    Mqtt,
+    Order,
+    Point,
+    Table,
+    TcpLink,
+)
 from bridge.planner import (
     HostLoad,
     PlanError,
@@ -66,7 +76,7 @@ def test_meter_golden() -> None:
     holding = blocks[1]
     assert [p.name for p in holding.points] == ["energy", "mode", "alarm", "serial"]
     assert all(b.unit == 1 and b.interval == 1.0 for b in blocks)
-    assert host_load(Host("h", "x"), [meter()]).requests_per_second == 3.0
+    assert host_load(Host("h", TcpLink("x")), [meter()]).requests_per_second == 3.0
 
 
 def test_meter_decode() -> None:
@@ -391,7 +401,7 @@ def test_request_bus_seconds() -> None:
 
 
 def test_host_load_meter() -> None:
-    host = Host("h", "10.0.0.1", baudrate=9600, pause=0.01)
+    host = Host("h", TcpLink("10.0.0.1", baudrate=9600), pause=0.01)
     dev = meter()
     load = host_load(host, [dev], {dev.name: plan_device(dev)})
     assert isinstance(load, HostLoad)
@@ -416,12 +426,12 @@ def test_host_load_overloaded() -> None:
         )
         for u in range(1, 4)
     ]
-    load = host_load(Host("h", "x", baudrate=9600), fast)
+    load = host_load(Host("h", TcpLink("x", baudrate=9600)), fast)
     # one 125-register read is (8 + 255 + 7) * 11 / 9600 = 0.309 s; 3 devices x 10/s
     assert load.requests_per_second == pytest.approx(30.0)
     assert load.bus_seconds_per_second == pytest.approx(30 * 270 * 11 / 9600)
     assert load.overloaded
-    relaxed = host_load(Host("h", "x", baudrate=115200), fast)
+    relaxed = host_load(Host("h", TcpLink("x", baudrate=115200)), fast)
     assert not relaxed.overloaded
 
 
@@ -430,7 +440,7 @@ def test_plan_summary() -> None:
     other = Device(name="other", host="h2", unit=2, interval=1.0, points=())
     config = BridgeConfig(
         mqtt=Mqtt(),
-        hosts=(Host("h", "x"), Host("h2", "y"), Host("h3", "z")),
+        hosts=(Host("h", TcpLink("x")), Host("h2", TcpLink("y")), Host("h3", TcpLink("z"))),
         devices=(dev, other),
     )
     loads = plan_summary(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from bridge.model import Host
+from bridge.model import Host, TcpLink
 from bridge.session import CLEAN_AFTER, HostSession
 
 
@@ -17,7 +17,7 @@ def _up(session: HostSession, *, since: float = 0.0) -> None:
 
 
 async def test_answers_on_a_poisoned_session_do_not_reset_the_backoff() -> None:
-    session = HostSession(Host(name="gw", address="127.0.0.1"))
+    session = HostSession(Host(name="gw", link=TcpLink("127.0.0.1")))
     failures = []
     for _ in range(4):
         _up(session)
@@ -33,7 +33,7 @@ async def test_answers_on_a_poisoned_session_do_not_reset_the_backoff() -> None:
 
 
 async def test_an_ordinary_lost_session_after_answers_does_not_count() -> None:
-    session = HostSession(Host(name="gw", address="127.0.0.1"))
+    session = HostSession(Host(name="gw", link=TcpLink("127.0.0.1")))
     _up(session)
     session._answered_now()
     session._lost("connection closed")
