@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint unit integration mosquitto clean
+.PHONY: test demo lint unit integration mosquitto clean dist
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -38,6 +38,9 @@ test: $(STAMP) mosquitto lint
 demo: $(STAMP)
 	$(PY) -m pip install -q -e '.[demo]'
 	$(VENV)/bin/modbus-bridge demo
+
+dist: $(STAMP)
+	$(PY) -m build --outdir dist .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
