@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint unit integration mosquitto clean dist
+.PHONY: test demo lint unit integration mosquitto deploy-tools clean dist
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -21,6 +21,16 @@ mosquitto:
 	fi
 	@command -v openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
 
+# tests/deploy: systemd-analyze and systemctl (package systemd) and shellcheck.
+deploy-tools:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bridge tests bench
 	$(VENV)/bin/ruff format --check bridge tests bench
@@ -32,7 +42,7 @@ unit: $(STAMP)
 integration: $(STAMP) mosquitto
 	$(PY) -m pytest tests/integration -q
 
-test: $(STAMP) mosquitto lint
+test: $(STAMP) mosquitto deploy-tools lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -48,7 +48,7 @@ def test_artifacts_carry_the_version(dist: Dist) -> None:
     assert dist.wheel.name == f"modbus_mqtt_bridge-{__version__}-py3-none-any.whl"
 
 
-def test_sdist_carries_the_example_config_and_docs(dist: Dist) -> None:
+def test_sdist_carries_the_example_config_docs_and_deploy(dist: Dist) -> None:
     top = f"modbus_mqtt_bridge-{__version__}"
     with tarfile.open(dist.sdist) as sdist:
         names = set(sdist.getnames())
@@ -60,10 +60,22 @@ def test_sdist_carries_the_example_config_and_docs(dist: Dist) -> None:
         "README.md",
         "CHANGELOG.md",
         "docs/commands.md",
+        "deploy/install.sh",
+        "deploy/raspberry-pi.md",
+        "deploy/systemd/modbus-bridge.service",
+        "deploy/systemd/modbus-bridge@.service",
+        "deploy/systemd/serial.conf",
+        "deploy/docker/Dockerfile",
         "bridge/cli.py",
     ):
         assert f"{top}/{path}" in names, path
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_install_script_stays_executable_in_the_sdist(dist: Dist) -> None:
+    with tarfile.open(dist.sdist) as sdist:
+        member = sdist.getmember(f"modbus_mqtt_bridge-{__version__}/deploy/install.sh")
+    assert member.mode & 0o111
 
 
 def test_wheel_holds_the_package_and_the_command(dist: Dist) -> None:
