@@ -4,7 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint unit integration mosquitto deploy-tools clean dist
+.PHONY: test demo lint unit integration mosquitto deploy-tools clean dist node-red
+
+# Node-RED is no dependency of the project: `make node-red` installs it from npm here.
+NODE_RED_DIR     ?= $(HOME)/.cache/modbus-bridge/node-red
+NODE_RED_VERSION ?= 4
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -51,6 +55,14 @@ demo: $(STAMP)
 
 dist: $(STAMP)
 	$(PY) -m build --outdir dist .
+
+# deploy/node-red/flows.json in a real Node-RED against the bridge, Mosquitto and a
+# simulated device (tests/integration/test_node_red.py; skipped by `make test`).
+node-red: $(STAMP) mosquitto
+	@command -v npm >/dev/null || { echo "need Node.js 18+ and npm"; exit 1; }
+	@test -f $(NODE_RED_DIR)/node_modules/node-red/red.js || \
+		npm install --prefix $(NODE_RED_DIR) --no-audit --no-fund node-red@$(NODE_RED_VERSION)
+	NODE_RED_HOME=$(NODE_RED_DIR) $(PY) -m pytest tests/integration/test_node_red.py -v -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

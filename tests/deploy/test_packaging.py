@@ -66,6 +66,7 @@ def test_sdist_carries_the_example_config_docs_and_deploy(dist: Dist) -> None:
         "deploy/systemd/modbus-bridge@.service",
         "deploy/systemd/serial.conf",
         "deploy/docker/Dockerfile",
+        "deploy/node-red/flows.json",
         "bridge/cli.py",
     ):
         assert f"{top}/{path}" in names, path
