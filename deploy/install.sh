@@ -77,7 +77,7 @@ if staged; then
     [ "$PREFIX" != / ] || PREFIX=""
 fi
 if ! staged && [ "$(id -u)" -ne 0 ]; then
-    die "run as root (sudo $0 $*), or use --prefix DIR for a scratch install"
+    die "run as root (sudo $0 ...), or use --prefix DIR for a scratch install"
 fi
 R="$PREFIX" # every path below is written as $R/... so --prefix moves all of them
 
@@ -250,6 +250,14 @@ install_units() {
     fi
 }
 
+serial_hint() {
+    if [ -e "$R$UNIT_DIR/modbus-bridge.service.d/serial.conf" ]; then
+        echo "Serial ports: the drop-in is installed; use /dev/serial/by-id/... paths."
+    else
+        echo "Serial ports (USB RS485): run this script again with --serial."
+    fi
+}
+
 next_steps() {
     cat <<EOF
 
@@ -258,7 +266,7 @@ modbus-mqtt-bridge $VERSION is installed${PREFIX:+ below $PREFIX}. Next:
   2. Check it:   sudo $VENV/bin/modbus-bridge check -c $ETC/config.yaml
   3. Start it:   sudo systemctl start modbus-bridge   (enabled: it starts at boot)
   4. Watch it:   journalctl -u modbus-bridge -f
-Serial ports (USB RS485): run this script again with --serial.
+$(serial_hint)
 Several bridges: $ETC/NAME.yaml and 'systemctl enable --now modbus-bridge@NAME'.
 EOF
 }
