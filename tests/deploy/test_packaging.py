@@ -1,0 +1,122 @@
+"""Packaging: `python -m build` makes an sdist and a wheel that install and run.
+
+The wheel goes into a fresh virtual environment (its dependencies from the package
+index, as a user gets them) and through `pipx install`, and the installed command must
+report the one version the project has: `bridge.__version__`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from release import REPO, Dist
+
+from bridge import __version__
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_the_version_lives_in_one_place() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    dynamic = project["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "bridge.__version__"}
+
+
+def test_artifacts_carry_the_version(dist: Dist) -> None:
+    assert dist.sdist.name == f"modbus_mqtt_bridge-{__version__}.tar.gz"
+    assert dist.wheel.name == f"modbus_mqtt_bridge-{__version__}-py3-none-any.whl"
+
+
+def test_sdist_carries_the_example_config_docs_and_deploy(dist: Dist) -> None:
+    top = f"modbus_mqtt_bridge-{__version__}"
+    with tarfile.open(dist.sdist) as sdist:
+        names = set(sdist.getnames())
+        example = sdist.extractfile(f"{top}/config.example.yaml")
+        assert example is not None
+        assert example.read() == (REPO / "config.example.yaml").read_bytes()
+    for path in (
+        "config.example.yaml",
+        "README.md",
+        "CHANGELOG.md",
+        "docs/commands.md",
+        "deploy/install.sh",
+        "deploy/raspberry-pi.md",
+        "deploy/systemd/modbus-bridge.service",
+        "deploy/systemd/modbus-bridge@.service",
+        "deploy/systemd/serial.conf",
+        "deploy/docker/Dockerfile",
+        "deploy/node-red/flows.json",
+        "bridge/cli.py",
+    ):
+        assert f"{top}/{path}" in names, path
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_install_script_stays_executable_in_the_sdist(dist: Dist) -> None:
+    with tarfile.open(dist.sdist) as sdist:
+        member = sdist.getmember(f"modbus_mqtt_bridge-{__version__}/deploy/install.sh")
+    assert member.mode & 0o111
+
+
+def test_wheel_holds_the_package_and_the_command(dist: Dist) -> None:
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        names = wheel.namelist()
+        info = f"modbus_mqtt_bridge-{__version__}.dist-info"
+        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
+    assert "bridge/cli.py" in names and "bridge/sim.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "deploy/"))]
+    assert "modbus-bridge = bridge.cli:main" in entry_points
+
+
+def test_wheel_installs_in_a_fresh_venv_and_runs(dist: Dist, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    # An empty venv (no pip of its own: this interpreter's pip installs into it; faster).
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", dist.wheel)
+    frozen = run(sys.executable, "-m", "pip", "--python", python, "freeze").splitlines()
+    installed = {re.split(r"[=@ ]", line, maxsplit=1)[0].lower() for line in frozen}
+    assert installed >= {"modbus-mqtt-bridge", "pymodbus", "aiomqtt", "pyyaml", "tenacity"}
+    assert not installed & {"pytest", "ruff", "mypy", "build", "pipx"}, "the venv is clean"
+    assert run(venv / "bin" / "modbus-bridge", "--version").strip() == (
+        f"modbus-bridge {__version__}"
+    )
+    # The installed command accepts the example configuration shipped in the sdist.
+    with tarfile.open(dist.sdist) as sdist:
+        sdist.extract(f"modbus_mqtt_bridge-{__version__}/config.example.yaml", tmp_path)
+    example = tmp_path / f"modbus_mqtt_bridge-{__version__}" / "config.example.yaml"
+    assert "configuration OK" in run(venv / "bin" / "modbus-bridge", "check", "-c", example)
+
+
+def test_pipx_installs_the_wheel(dist: Dist, tmp_path: Path) -> None:
+    pytest.importorskip("pipx", reason="pipx is in the [test] extra; make test installs it")
+    env = {
+        **os.environ,
+        "PIPX_HOME": str(tmp_path / "pipx"),
+        "PIPX_BIN_DIR": str(tmp_path / "bin"),
+        "PIPX_MAN_DIR": str(tmp_path / "man"),
+    }
+    run(sys.executable, "-m", "pipx", "install", dist.wheel, env=env)
+    command = tmp_path / "bin" / "modbus-bridge"
+    assert run(command, "--version", env=env).strip() == f"modbus-bridge {__version__}"
