@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Tests start their own Mosquitto; install the binary where it is missing.
+# Tests start their own Mosquitto; install the binary where it is missing. socat makes
+# the virtual null-modem cables of the serial tests.
 mosquitto:
 	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
 	fi
 	@command -v openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
+	@command -v socat >/dev/null || { apt-get update -q && apt-get install -y -q socat; }
 
 # tests/deploy: systemd-analyze and systemctl (package systemd) and shellcheck.
 deploy-tools:

@@ -20,7 +20,7 @@ from bridge import __version__
 from bridge.app import Bridge, compile_plan
 from bridge.config import load_config
 from bridge.errors import ConfigError
-from bridge.model import BridgeConfig
+from bridge.model import BridgeConfig, SerialLink
 from bridge.planner import host_load
 
 log = logging.getLogger("bridge")
@@ -61,10 +61,20 @@ def render_plan(config: BridgeConfig) -> str:
     for host in config.hosts:
         devices = config.devices_on(host.name)
         load = host_load(host, devices, {d.name: plan[d.name] for d in devices})
+        baudrate = host.bus_baudrate
+        if isinstance(host.link, SerialLink):
+            bus = f", bus time ~{load.bus_seconds_per_second:.2f} s/s (serial port)"
+        elif baudrate is not None:
+            assumed = " assumed" if host.link.baudrate is None else ""
+            bus = (
+                f", bus time ~{load.bus_seconds_per_second:.2f} s/s at {baudrate} baud"
+                f"{assumed} behind the gateway"
+            )
+        else:
+            bus = ""  # native Modbus TCP: no serial bus to fill
         lines.append(
             f"host {host.name} ({host.describe()}): {len(devices)} devices, "
-            f"{len(load.blocks)} blocks, {load.requests_per_second:.1f} requests/s, "
-            f"bus time ~{load.bus_seconds_per_second:.2f} s/s at {host.bus_baudrate} baud"
+            f"{len(load.blocks)} blocks, {load.requests_per_second:.1f} requests/s{bus}"
         )
         for device in devices:
             lines.append(
@@ -79,8 +89,8 @@ def render_plan(config: BridgeConfig) -> str:
         if load.overloaded:
             warnings.append(
                 f"WARNING: host {host.name} needs ~{load.bus_seconds_per_second:.2f} s of bus time "
-                f"per second: it cannot keep its devices' intervals (if it is an RS485 gateway at "
-                f"{host.bus_baudrate} baud); lengthen intervals or split the devices"
+                f"per second at {baudrate} baud: it cannot keep its devices' intervals; "
+                "lengthen intervals, raise the baud rate or split the devices over more buses"
             )
     total = sum(len(b) for b in plan.values())
     lines.append(
@@ -211,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `modbus-bridge check -c x | head`: the reader left, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     return code
 

@@ -574,3 +574,28 @@ def apply_bit(register: int, bit: int, value: bool, *, byte_order: Order = Order
         bit ^= 8
     mask = 1 << bit
     return register | mask if value else register & ~mask
+
+
+# --------------------------------------------------------------------------- RTU frames
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE: Final = _crc_table()
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16/Modbus of an RTU frame's body (on the wire as ``crc.to_bytes(2, "little")``)."""
+    crc = 0xFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc

@@ -41,7 +41,9 @@ from bridge.model import (
     Mqtt,
     Order,
     Output,
+    Parity,
     Point,
+    SerialLink,
     Table,
     TcpLink,
     Tls,
@@ -89,8 +91,9 @@ _TLS_KEYS = (
     "ca_file", "cert_file", "key_file", "insecure",
 )
 _HOST_KEYS = (
-    "name", "address", "port", "framer", "timeout", "pause", "max_gap", "write_multiple",
-    "baudrate", "keepalive", "allow_zero_tid",
+    "name", "address", "port", "serial", "framer", "timeout", "pause", "max_gap",
+    "write_multiple", "baudrate", "parity", "stopbits", "bytesize", "keepalive",
+    "allow_zero_tid",
 )
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
@@ -115,6 +118,7 @@ _MAX_STRING_LENGTH = 125  # registers: one read request
 _ADDRESS_SPACE = 65536
 _MAX_BASE_TOPIC = 1024  # characters: every topic of the bridge stays far below MQTT's 65535 bytes
 _MIN_PACKET = 32  # bytes: below this not even `online` on bridge/state would fit
+_MIN_BAUDRATE, _MAX_BAUDRATE = 50, 4_000_000
 _MAX_PACKET = 268_435_460  # MQTT's largest packet
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -872,11 +876,22 @@ class _Reader:
             self.report(root.value("hosts"), "hosts", "at least one host is required")
         hosts: dict[str, Host] = {}
         first_seen: dict[str, int] = {}
+        ports: dict[str, int] = {}  # serial port -> hosts[i]: a port opens once
         for i, node in enumerate(nodes):
             path = f"hosts[{i}]"
             host = self.host(node, path)
             if host is None:
                 continue
+            if isinstance(host.link, SerialLink):
+                other = ports.setdefault(host.link.port, i)
+                if other != i:
+                    self.report(
+                        _child(node, "serial"),
+                        f"{path}.serial",
+                        f"serial port {_show(host.link.port)} is already hosts[{other}] "
+                        "(one host per port: put all its devices on that host)",
+                    )
+                    continue
             if host.name in hosts:
                 self.report(
                     _child(node, "name"),
@@ -899,15 +914,29 @@ class _Reader:
             why = _level_problem(name, ())
             if why is not None:
                 self.report(f.value("name"), f.sub("name"), why)
-        address = self.req(f, "address", self.address)
-        port = self.get(f, "port", self.int_in(1, 65535))
         framer = self.get(f, "framer", self.choice(Framer, "framer"))
         timeout = self.get(f, "timeout", self.duration)
         pause = self.get(f, "pause", self.pause)
         max_gap = self.get(f, "max_gap", self.int_in(0))
         write_multiple = self.get(f, "write_multiple", self.boolean)
-        baudrate = self.get(f, "baudrate", self.int_in(1))
-        link = self.tcp_link(f, address, port, baudrate)
+        baudrate = self.get(f, "baudrate", self.int_in(_MIN_BAUDRATE, _MAX_BAUDRATE))
+        link: TcpLink | SerialLink | None
+        if f.has("serial"):
+            link = self.serial_link(f, baudrate)
+            if framer is Framer.TCP:
+                self.report(
+                    f.value("framer"),
+                    f.sub("framer"),
+                    "a serial port carries Modbus RTU: leave framer out (or write rtu)",
+                )
+        else:
+            if "serial" in f.items:  # `serial:` with no value
+                self.report(f.key_node("serial"), f.sub("serial"), "a value is required")
+            elif "address" not in f.items:
+                self.report(f.node, f.path, "missing required key 'address' (or 'serial')")
+            address = self.get(f, "address", self.address)
+            port = self.get(f, "port", self.int_in(1, 65535))
+            link = self.tcp_link(f, address, port, baudrate)
         if name is None or link is None or len(self.problems) > before:
             return None
         d = Host(name="", link=link)
@@ -921,12 +950,42 @@ class _Reader:
             framer=_or(framer, d.framer),
         )
 
+    def serial_link(self, f: _Fields, baudrate: int | None) -> SerialLink | None:
+        """The serial keys of a host (`f`); the TCP ones are errors there."""
+        before = len(self.problems)
+        for key in ("address", "port", "keepalive", "allow_zero_tid"):
+            if key in f.items:
+                self.report(
+                    f.key_node(key),
+                    f.sub(key),
+                    f"'{key}' is for TCP hosts: give either 'serial' or 'address'/'port'",
+                )
+        port = self.get(f, "serial", self.checked_text)
+        parity = self.get(f, "parity", self.choice(Parity, "parity"))
+        stopbits = self.get(f, "stopbits", self.int_in(1, 2))
+        bytesize = self.get(f, "bytesize", self.int_in(7, 8))
+        if port is None or len(self.problems) > before:
+            return None
+        d = SerialLink(port="")
+        return SerialLink(
+            port=port,
+            baudrate=_or(baudrate, d.baudrate),
+            parity=_or(parity, d.parity),
+            stopbits=_or(stopbits, d.stopbits),
+            bytesize=_or(bytesize, d.bytesize),
+        )
+
     def tcp_link(
         self, f: _Fields, address: str | None, port: int | None, baudrate: int | None
     ) -> TcpLink | None:
         """The TCP keys of a host (`f`), with its already read address, port and baudrate;
         None when anything is wrong (reported)."""
         before = len(self.problems)
+        for key in ("parity", "stopbits", "bytesize"):
+            if key in f.items:
+                self.report(
+                    f.key_node(key), f.sub(key), f"'{key}' is for serial hosts (with 'serial')"
+                )
         allow_zero_tid = self.get(f, "allow_zero_tid", self.boolean)
         d = TcpLink(address="")
         idle, interval, count = d.keepalive_idle, d.keepalive_interval, d.keepalive_count

@@ -57,6 +57,16 @@ def build_health(
                 "bad_replies": s.bad_replies,
                 "stray_frames": s.stray_frames,
                 "drains": s.drains,
+                "crc_errors": s.crc_errors,
+                # Only units that had a fault: a bus with 200 healthy units stays short.
+                "units": {
+                    str(unit): {
+                        "timeouts": u.timeouts,
+                        "crc_errors": u.crc_errors,
+                        "bad_replies": u.bad_replies,
+                    }
+                    for unit, u in sorted(s.units.items())
+                },
                 "latency_p50_ms": _ms(s.percentile(0.50)),
                 "latency_p99_ms": _ms(s.percentile(0.99)),
             }

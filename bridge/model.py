@@ -152,7 +152,9 @@ class TcpLink:
     keepalive_interval: int = 10
     keepalive_count: int = 3
     allow_zero_tid: bool = False  # MBAP: take a reply with transaction id 0 as the answer
-    baudrate: int = 9600  # the serial bus behind a gateway: only for `check`'s estimate
+    # The serial bus behind a gateway, when there is one: only for `check`'s bus-time
+    # estimate (None: not known, e.g. a native Modbus TCP device).
+    baudrate: int | None = None
 
     def describe(self) -> str:
         return f"{self.address}:{self.port}"
@@ -186,6 +188,7 @@ class SerialLink:
 Link = TcpLink | SerialLink
 
 RTU_CHAR_BITS = 11  # a character on an RS485 bus when its framing is not known (8E1/8N2)
+RTU_GATEWAY_BAUDRATE = 9600  # assumed behind a `framer: rtu` gateway that names none
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,12 @@ class Host:
     @property
     def bus_baudrate(self) -> int | None:
         """The speed of the serial bus this host's requests travel, when there is one."""
-        return self.link.baudrate
+        link = self.link
+        if isinstance(link, SerialLink):
+            return link.baudrate
+        if link.baudrate is None and self.framer is Framer.RTU:
+            return RTU_GATEWAY_BAUDRATE  # RTU frames: there is a serial bus behind it
+        return link.baudrate
 
     @property
     def char_bits(self) -> int:

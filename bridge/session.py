@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import itertools
 import logging
+import os
 import socket
 import struct
 import time
@@ -41,12 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus import FramerType
-from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.backoff import BACKOFF_MAX, BACKOFF_MIN, full_jitter
-from bridge.codec import apply_bit
+from bridge.codec import apply_bit, crc16
 from bridge.errors import (
     BadReply,
     ExceptionReply,
@@ -55,7 +57,7 @@ from bridge.errors import (
     RequestTimeout,
 )
 from bridge.logs import Throttle
-from bridge.model import Host, Table, TcpLink
+from bridge.model import Host, SerialLink, Table, TcpLink
 
 log = logging.getLogger("bridge.session")
 _throttle = Throttle(log, window=60.0)
@@ -125,6 +127,11 @@ class _Transport:
         """Why the last open failed, for the log."""
         return f"cannot connect to {self.host.describe()}"
 
+    @property
+    def frame_gap(self) -> float:
+        """Silence the line needs between two frames (0: the link keeps frames apart)."""
+        return 0.0
+
 
 class _TcpTransport(_Transport):
     """A TCP connection: Modbus TCP (MBAP) or RTU frames through a transparent gateway."""
@@ -160,10 +167,94 @@ class _TcpTransport(_Transport):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, link.keepalive_count)
 
 
+class _SerialTransport(_Transport):
+    """A serial port (an RS485 adapter): Modbus RTU, one open port for the process.
+
+    RTU frames are delimited by silence: at least 3.5 character times between two
+    frames (1.75 ms above 19200 baud, as the Modbus serial line spec fixes it).
+    """
+
+    def __init__(self, host: Host, link: SerialLink) -> None:
+        super().__init__(host)
+        self.link = link
+
+    def client(self, *, trace_packet: Trace, trace_connect: TraceConnect) -> ModbusBaseClient:
+        link = self.link
+        return AsyncModbusSerialClient(
+            link.port,
+            framer=FramerType.RTU,
+            baudrate=link.baudrate,
+            bytesize=link.bytesize,
+            parity=link.parity.value,
+            stopbits=link.stopbits,
+            timeout=self.host.timeout,
+            retries=0,
+            reconnect_delay=0,
+            name=f"bridge-{self.host.name}",
+            trace_packet=trace_packet,
+            trace_connect=trace_connect,
+        )
+
+    def unreachable(self) -> str:
+        """The likely fix, not just the failure: a missing adapter or a missing group."""
+        port = self.link.port
+        try:
+            st = os.stat(port)
+        except FileNotFoundError:
+            return (
+                f"serial port {port} does not exist: is the USB adapter plugged in? (a "
+                "/dev/serial/by-id/... path names the adapter and survives replugging)"
+            )
+        except OSError as exc:
+            return f"serial port {port}: {exc.strerror or exc}"
+        if not os.access(port, os.R_OK | os.W_OK):
+            try:
+                group = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                group = str(st.st_gid)
+            return (
+                f"permission denied on serial port {port}: add the bridge's user to the "
+                f"'{group}' group (sudo usermod -aG {group} <user>; under systemd, "
+                f"SupplementaryGroups={group})"
+            )
+        return f"cannot open serial port {port} (is another program using it?)"
+
+    @property
+    def frame_gap(self) -> float:
+        baudrate = self.link.baudrate
+        if baudrate > 19200:
+            return 0.00175
+        return 3.5 * self.link.char_bits / baudrate
+
+
 def _transport_for(host: Host) -> _Transport:
     if isinstance(host.link, TcpLink):
         return _TcpTransport(host, host.link)
-    raise TypeError(f"host {host.name}: no transport for {type(host.link).__name__}")
+    return _SerialTransport(host, host.link)
+
+
+def _rtu_frame_size(data: bytes) -> int | None:
+    """Length of the RTU reply frame starting at data[0] (at least 3 bytes), from its
+    function code and byte count; None for a function the bridge never sends."""
+    function = data[1]
+    if function & 0x80:
+        return 5  # unit, function | 0x80, exception code, CRC
+    if function in (1, 2, 3, 4):
+        return 5 + data[2]
+    if function in (5, 6, 15, 16):
+        return 8
+    if function == 22:
+        return 10
+    return None
+
+
+@dataclass
+class UnitStats:
+    """Line faults of one unit id behind a host (health, metrics)."""
+
+    timeouts: int = 0
+    crc_errors: int = 0
+    bad_replies: int = 0
 
 
 @dataclass
@@ -177,7 +268,9 @@ class SessionStats:
     timeouts: int = 0
     drains: int = 0  # RTU: waits for a quiet line after a failed request
     bad_replies: int = 0  # malformed or mismatched replies (the request failed)
-    stray_frames: int = 0  # TCP replies with a transaction id no request is waiting for
+    stray_frames: int = 0  # late replies: no request waits for them (TCP: by transaction id)
+    crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
+    units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def percentile(self, q: float) -> float | None:
@@ -185,6 +278,12 @@ class SessionStats:
             return None
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def unit(self, unit: int) -> UnitStats:
+        stats = self.units.get(unit)
+        if stats is None:
+            stats = self.units[unit] = UnitStats()
+        return stats
 
 
 @dataclass(order=True)
@@ -237,6 +336,22 @@ class HostSession:
         ctx = self._client.ctx
         self._decode = ctx.callback_data
         ctx.callback_data = self._on_data  # type: ignore[method-assign]
+        self._unit = 0  # the unit of the request on the wire
+        # A serial line needs silence between frames; every request (a bit write's read
+        # and write included) passes through ctx.execute, so the gap is kept there.
+        self._frame_gap = self._transport.frame_gap
+        self._char_time = host.char_bits / (host.bus_baudrate or 9600)
+        self._line_busy_until = 0.0  # monotonic: the end of the last frame on the line
+        if self._frame_gap:
+            execute = ctx.execute
+
+            async def execute_after_gap(no_response_expected: bool, request: Any) -> Any:
+                wait = self._line_busy_until + self._frame_gap - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                return await execute(no_response_expected, request)
+
+            ctx.execute = execute_after_gap  # type: ignore[method-assign]
         self._queue: asyncio.PriorityQueue[_Queued] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._up = False
@@ -425,9 +540,14 @@ class HostSession:
                     raise _Mismatch(f"{what}: the reply echoes value {got}")
 
     def _traced_packet(self, sending: bool, data: bytes) -> bytes:
+        now = time.monotonic()
         if not sending:
-            self._last_rx = time.monotonic()
-        elif not self._rtu and len(data) >= _MBAP.size:
+            self._last_rx = now
+            self._line_busy_until = max(self._line_busy_until, now)
+        elif self._rtu:
+            # The frame is on the line until its last character has gone out.
+            self._line_busy_until = now + len(data) * self._char_time
+        elif len(data) >= _MBAP.size:
             tid, _pid, _length, unit = _MBAP.unpack_from(data)
             self._sent = (tid, unit)
         return data
@@ -444,12 +564,7 @@ class HostSession:
         discarded and the line drained.
         """
         if self._rtu:
-            try:
-                used: int = self._decode(data, addr)
-            except Exception as exc:
-                self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
-                return len(data)
-            return used
+            return self._on_rtu_data(data, addr)
         used = 0
         while len(data) - used > _MBAP.size:
             tid, pid, length, unit = _MBAP.unpack_from(data, used)
@@ -464,12 +579,8 @@ class HostSession:
                 break  # wait for the rest of the frame
             admitted = self._admit(data[used:end], tid, unit)
             used = end
-            if admitted is None:
-                continue
-            try:
-                self._decode(admitted, addr)
-            except Exception as exc:
-                self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
+            if admitted is not None:
+                self._decode_frame(admitted, addr)
         return used
 
     def _admit(self, frame: bytes, tid: int, unit: int) -> bytes | None:
@@ -521,6 +632,43 @@ class HostSession:
             self._reject_reply(problem)
             return None
         return frame
+
+    def _on_rtu_data(self, data: bytes, addr: tuple[str, int] | None) -> int:
+        """RTU (serial port or transparent gateway): a reply whose CRC does not match is
+        counted and discarded here (pymodbus would drop it silently and let the request
+        time out); a good one goes on to be decoded and checked against the request."""
+        used = 0
+        while used < len(data):
+            rest = data[used:]
+            if len(rest) < 3:
+                return used  # a frame has begun: on a real line bytes trickle in
+            size = _rtu_frame_size(rest)
+            if size is None:  # not a reply we know the length of: pymodbus judges it
+                return used + self._decode_frame(rest, addr)
+            if len(rest) < size:
+                return used  # the rest is still on its way (the request's timeout bounds it)
+            if crc16(rest[: size - 2]) != int.from_bytes(rest[size - 2 : size], "little"):
+                self.stats.crc_errors += 1
+                self.stats.unit(self._unit).crc_errors += 1
+                self._reject_reply(f"CRC error in a {size}-byte reply")
+                return len(data)  # nothing here can be trusted; the line is drained
+            if self._client.ctx.response_future.done():
+                self.stats.stray_frames += 1  # a late reply: nothing waits for it
+            # One frame at a time: a late reply and the awaited one can come in one read
+            # (pymodbus would decode the first and discard the rest).
+            self._decode_frame(rest[:size], addr)
+            used += size
+        return used
+
+    def _decode_frame(self, frame: bytes, addr: tuple[str, int] | None) -> int:
+        """pymodbus decodes `frame` (and answers the request on the wire); the bytes it
+        used. Whatever it cannot decode fails the request and is used up."""
+        try:
+            used: int = self._decode(frame, addr)
+        except Exception as exc:
+            self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
+            return len(frame)
+        return used
 
     def _reject_reply(self, reason: str) -> None:
         """Fail the request on the wire with `reason` (a reply arrived, unusable)."""
@@ -662,6 +810,7 @@ class HostSession:
     async def _run(self, item: _Queued) -> None:
         started = time.monotonic()
         self.stats.requests += 1
+        self._unit = item.unit
         try:
             result = await item.job(self._client)
         except ModbusRequestError as exc:
@@ -674,6 +823,7 @@ class HostSession:
             # An answer that does not fit the request. On RTU it may be a late or stray
             # frame and ours may still come: drain. On TCP the frames stay in step.
             self.stats.errors += 1
+            self.stats.unit(item.unit).bad_replies += 1
             if isinstance(exc, _Mismatch):
                 self.stats.bad_replies += 1
             if self._rtu:
@@ -694,6 +844,7 @@ class HostSession:
                 )
                 return
             self.stats.timeouts += 1
+            self.stats.unit(item.unit).timeouts += 1
             self._consecutive_timeouts += 1
             if self._rtu:  # a late reply may still come: drain before the next request
                 self._stale_at = time.monotonic()

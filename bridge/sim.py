@@ -10,6 +10,9 @@ With ``framing="rtu"`` it plays a serial gateway in transparent mode instead: RT
 frames (unit id, PDU, CRC-16/Modbus sent low byte first) over the TCP stream, with
 no MBAP header and so no transaction id. The fault switches work the same way.
 
+`SimSerial` puts the same units on a serial device instead (in tests, one end of a
+`socat` pty pair: a virtual null-modem cable), as devices on an RS485 bus answer.
+
 Data lives in `SimUnit` banks addressed from 0 (protocol addresses, no 40001 offsets).
 A bank is allocated on its first write; unwritten banks read as zeros.
 
@@ -22,13 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
+import termios
 import time
+import tty
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
+
+from bridge.codec import crc16
 
 __all__ = [
     "BIT_TABLES",
@@ -36,6 +44,7 @@ __all__ = [
     "TABLES",
     "ExceptionHook",
     "RequestRecord",
+    "SimSerial",
     "SimServer",
     "SimUnit",
     "crc16",
@@ -91,28 +100,6 @@ _READS: Final[dict[int, tuple[str, int]]] = {
     3: ("holding", 125),
     4: ("input", 125),
 }
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
-
-
-def crc16(data: bytes | bytearray) -> int:
-    """CRC-16/Modbus of `data` (on the wire as ``crc.to_bytes(2, "little")``)."""
-    crc = 0xFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
 
 
 def _table_name(table: object) -> str:
@@ -277,6 +264,7 @@ class _Connection(asyncio.Protocol):
         # Requests waiting for their reply time: (due, transaction id, unit, pdu).
         self._queue: deque[tuple[float, int, int, bytes]] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._drip_end = 0.0  # loop time the last dripped byte goes out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -318,8 +306,30 @@ class _Connection(asyncio.Protocol):
     def send(self, tid: int, unit: int, pdu: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+            self.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
             self.server.responses_total += 1
+
+    def write(self, frame: bytes) -> None:
+        """Send `frame`, at once, or a byte at a time `server.drip` seconds apart (as a
+        slow serial line delivers it)."""
+        transport = self.transport
+        drip = self.server.drip
+        if transport is None:
+            return
+        if drip <= 0:
+            transport.write(frame)
+            return
+        # One byte at a time on the line: a frame starts after the last one ended.
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self._drip_end)
+        for i in range(len(frame)):
+            loop.call_at(start + i * drip, self._write_byte, frame[i : i + 1])
+        self._drip_end = start + len(frame) * drip
+
+    def _write_byte(self, byte: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(byte)
 
     def enqueue(self, due: float, tid: int, unit: int, pdu: bytes) -> None:
         self._queue.append((due, tid, unit, pdu))
@@ -392,8 +402,92 @@ class _RtuConnection(_Connection):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             frame = bytes((unit,)) + pdu
-            transport.write(frame + crc16(frame).to_bytes(2, "little"))
+            crc = crc16(frame)
+            if unit in self.server.corrupt_units:
+                crc ^= 0x5A5A  # line noise: the frame arrives, its CRC does not match
+            self.write(frame + crc.to_bytes(2, "little"))
             self.server.responses_total += 1
+
+
+class _DeviceTransport(asyncio.Transport):
+    """A serial device file (a pty end) as an asyncio transport for `_RtuConnection`."""
+
+    def __init__(self, fd: int, protocol: _RtuConnection) -> None:
+        super().__init__()
+        self._fd = fd
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._loop.add_reader(fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the other end of the cable is gone
+            data = b""
+        if not data:
+            self.close()
+            return
+        self._protocol.data_received(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(bytes(data))
+        while view and not self._closed:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                time.sleep(0.001)  # a pty buffer is large; a full one empties at once
+            except OSError:
+                self.close()
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class SimSerial:
+    """The units of `server` as Modbus RTU devices on the serial device at `path`.
+
+    The server's units, fault switches, counters and request log apply (each open of
+    the device counts as a connection). The device is put in raw mode; a pty ignores
+    the baud rate, so RTU timing is not simulated.
+    """
+
+    def __init__(self, server: SimServer, path: str) -> None:
+        self.server = server
+        self.path = path
+        self._transport: _DeviceTransport | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def start(self) -> None:
+        if self.open:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(fd, termios.TCSANOW)
+        connection = _RtuConnection(self.server)
+        self._transport = _DeviceTransport(fd, connection)
+        connection.connection_made(self._transport)
+
+    async def stop(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        await asyncio.sleep(0)
 
 
 class SimServer:
@@ -416,6 +510,9 @@ class SimServer:
       a gateway whose target does not answer; 11 (or 10) answers with that code.
     - `exception_hook(unit, function, address, count)`: return an exception code to
       answer with instead of executing the request.
+    - `corrupt_units` (RTU framing): replies from these units carry a wrong CRC.
+    - `drip`: send replies one byte at a time, this many seconds apart (as a slow
+      serial line delivers them; 0 sends each reply in one write).
     """
 
     def __init__(
@@ -453,6 +550,8 @@ class SimServer:
         self.refuse = False
         self.unknown_unit_exception = unknown_unit_exception
         self.exception_hook: ExceptionHook | None = None
+        self.corrupt_units: set[int] = set()
+        self.drip = 0.0
 
         # Counters.
         self.connections_total = 0  # connections admitted since creation

@@ -8,6 +8,8 @@ Fixture factories (call them inside the test):
 - ``tls_files``: a CA with server and client certificates (`tests.broker.TlsFiles`).
 - ``await mqtt_watcher(broker, topic="#", **options) -> MqttWatcher``: recording subscriber.
 - ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
+- ``serial_pair``: a virtual null-modem cable (`socat` pty pair), unpluggable
+  (`tests.serial_line.SerialPair`).
 
 Everything is stopped at teardown.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 from broker import Broker, MqttWatcher, TlsFiles, find_mosquitto, make_tls_files
+from serial_line import SerialPair
 
 from bridge.sim import SimServer, SimUnit
 
@@ -109,3 +112,13 @@ async def sim_servers() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
     yield make
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+def serial_pair(tmp_path: Path) -> Iterator[SerialPair]:
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed (e.g. `apt-get install socat`)")
+    pair = SerialPair(tmp_path / "ttyBRIDGE", tmp_path / "ttyDEVICE")
+    pair.plug()
+    yield pair
+    pair.unplug()

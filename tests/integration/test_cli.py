@@ -102,3 +102,32 @@ def test_check_output_is_one_line_per_problem_whatever_the_input() -> None:
     assert header.endswith(f"{len(problems)} problems in the configuration:")
     assert all(re.match(r"  \S+hostile_names\.yaml:\d+:\d+: ", line) for line in problems)
     assert max(len(line) for line in problems) < 300
+
+
+def test_check_estimates_bus_time_only_for_serial_buses(tmp_path: Path) -> None:
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "hosts:\n"
+        "  - {name: plc, address: 10.0.0.5}\n"  # a native Modbus TCP device
+        "  - {name: rtu-gw, address: 10.0.0.6, framer: rtu}\n"
+        "  - {name: bus1, serial: /dev/ttyUSB0, baudrate: 9600}\n"
+        "devices:\n"
+        "  - {name: p, host: plc, unit: 1, interval: 100ms,\n"
+        "     points: [{name: a, table: holding, address: 0, type: string, length: 100}]}\n"
+        "  - {name: g, host: rtu-gw, unit: 1,\n"
+        "     points: [{name: a, table: holding, address: 0, type: uint16}]}\n"
+        "  - {name: 's{unit}', host: bus1, units: 1-20, interval: 500ms,\n"
+        "     points: [{name: a, table: holding, address: 0, type: string, length: 100}]}\n"
+    )
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    plc = next(line for line in lines if line.startswith("host plc "))
+    assert "bus time" not in plc and "10.0 requests/s" in plc
+    gateway = next(line for line in lines if line.startswith("host rtu-gw "))
+    assert "at 9600 baud assumed behind the gateway" in gateway
+    bus = next(line for line in lines if line.startswith("host bus1 "))
+    assert "(/dev/ttyUSB0 9600 8N1)" in bus and "(serial port)" in bus
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "host bus1" in warnings[0]  # 20 long reads twice a second

@@ -22,7 +22,9 @@ from bridge.model import (
     Mqtt,
     Order,
     Output,
+    Parity,
     Point,
+    SerialLink,
     Table,
     TcpLink,
     Tls,
@@ -883,3 +885,23 @@ def test_relative_tls_files_are_read_next_to_the_config(tmp_path: Path) -> None:
     config = tmp_path / "bridge.yaml"
     config.write_text(MINIMAL + "mqtt: {tls: {ca_file: ca.pem}}\n")
     assert load_config(config, env={}).mqtt.tls == Tls(ca_file=str(tmp_path / "ca.pem"))
+
+
+def test_serial_host() -> None:
+    text = MINIMAL.replace(
+        "  - {name: gw, address: 10.0.0.1}",
+        "  - name: gw\n    serial: /dev/serial/by-id/usb-FTDI_FT232R-if00-port0\n"
+        "    baudrate: 19200\n    parity: E\n    stopbits: 1\n    bytesize: 8\n"
+        "    timeout: 250ms\n    pause: 5ms",
+    )
+    host = parse_config(text, env={}).hosts[0]
+    assert host.link == SerialLink(
+        port="/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
+        baudrate=19200,
+        parity=Parity.EVEN,
+        stopbits=1,
+        bytesize=8,
+    )
+    assert (host.timeout, host.pause, host.rtu, host.bus_baudrate) == (0.25, 0.005, True, 19200)
+    defaults = parse_config(MINIMAL.replace("address: 10.0.0.1", "serial: /dev/ttyUSB0"), env={})
+    assert defaults.hosts[0].link == SerialLink("/dev/ttyUSB0", 9600, Parity.NONE, 1, 8)

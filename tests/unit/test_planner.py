@@ -16,10 +16,13 @@ from bridge.model import (
     BridgeConfig,
     DataType,
     Device,
+    Framer,
     Host,
     Mqtt,
     Order,
+    Parity,
     Point,
+    SerialLink,
     Table,
     TcpLink,
 )
@@ -449,3 +452,22 @@ def test_plan_summary() -> None:
     assert loads[1].devices == (other,)
     assert loads[1].requests_per_second == 0.0
     assert loads[2].devices == ()
+
+
+def test_bus_time_only_where_there_is_a_serial_bus() -> None:
+    dev = meter()
+    blocks = {dev.name: plan_device(dev)}
+    native = host_load(Host("h", TcpLink("10.0.0.1")), [dev], blocks)
+    assert native.requests_per_second == 3.0
+    assert native.bus_seconds_per_second == 0.0  # Modbus TCP device: no 9600-baud claim
+    assert not native.overloaded
+    gateway = host_load(Host("h", TcpLink("10.0.0.1"), framer=Framer.RTU), [dev], blocks)
+    assert gateway.bus_seconds_per_second == pytest.approx((21 + 76 + 24) * 11 / 9600)
+    # A serial port at 19200 baud 8N1: 10 bits per character.
+    port = Host("bus", SerialLink("/dev/ttyUSB0", baudrate=19200))
+    serial = host_load(port, [dev], blocks)
+    assert serial.bus_seconds_per_second == pytest.approx((21 + 76 + 24) * 10 / 19200)
+    even = Host("bus", SerialLink("/dev/ttyUSB0", baudrate=19200, parity=Parity.EVEN))
+    assert host_load(even, [dev], blocks).bus_seconds_per_second == pytest.approx(
+        (21 + 76 + 24) * 11 / 19200
+    )
