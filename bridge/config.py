@@ -25,7 +25,7 @@ import re
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -33,15 +33,19 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
 from bridge.model import (
+    POINT_KEYS,
     BridgeConfig,
     DataType,
     Device,
     Framer,
     Host,
     Mqtt,
+    Only,
     Order,
     Output,
     Point,
+    PointKey,
+    Read,
     Table,
     TcpLink,
     Tls,
@@ -49,6 +53,7 @@ from bridge.model import (
 from bridge.topics import (
     RESERVED_DEVICE_NAMES,
     RESERVED_POINT_NAMES,
+    base_topic_problem,
     level_problem,
     name_problem,
     text_problem,
@@ -102,18 +107,12 @@ _DEVICE_KEYS = (
     "name", "host", "unit", "units", "template", "interval", "max_gap", "write_multiple",
     "write_rate", "byte_order", "word_order", "points",
 )
-_POINT_KEYS = (
-    "name", "table", "address", "type", "length", "interval", "scale", "offset", "precision",
-    "values", "bit", "unit", "byte_order", "word_order", "writable", "min", "max",
-    "write_table", "write_address", "mask_write",
-)
 # fmt: on
+_POINT_KEYS = tuple(key.yaml for _, key in POINT_KEYS)  # declared on `model.Point`
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
 
 _BIT_TYPES = (DataType.INT16, DataType.UINT16, DataType.BOOL)
-_MAX_STRING_LENGTH = 125  # registers: one read request
 _ADDRESS_SPACE = 65536
-_MAX_BASE_TOPIC = 1024  # characters: every topic of the bridge stays far below MQTT's 65535 bytes
 _MIN_PACKET = 32  # bytes: below this not even `online` on bridge/state would fit
 _MAX_PACKET = 268_435_460  # MQTT's largest packet
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -376,8 +375,12 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 def _level_problem(name: str, reserved: Collection[str]) -> str | None:
     """Why `name` cannot be one MQTT topic level, or None (rules in bridge.topics)."""
-    why = level_problem(name, reserved)
-    return why if why is None or not name else f"{_show(name)} {why}"
+    return _topic_problem(name, level_problem(name, reserved))
+
+
+def _topic_problem(text: str, why: str | None) -> str | None:
+    """A phrase from bridge.topics as a message: after the quoted text, if any."""
+    return why if why is None or not text else f"{_show(text)} {why}"
 
 
 def _kind(node: Node) -> str:
@@ -431,30 +434,17 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PointSpec:
-    """One point as written (template or device), checked on its own."""
+    """One point as written (template or device), checked on its own: the `Point`
+    fields it gives. The device fills in the rest (`_resolve`)."""
 
-    name: str
-    table: Table
-    address: int
-    type: DataType
-    length: int = 0
-    interval: float | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    precision: int | None = None
-    values: tuple[tuple[int, str], ...] = ()
-    bit: int | None = None
-    unit: str | None = None
-    byte_order: Order | None = None
-    word_order: Order | None = None
-    writable: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    write_table: Table | None = None
-    write_address: int | None = None
-    mask_write: bool = False
+    given: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        name: str = self.given["name"]
+        return name
 
 
 @dataclass
@@ -804,7 +794,7 @@ class _Reader:
         password = self.get(f, "password", self.text)
         base_topic = self.get(f, "base_topic", self.text)
         if base_topic is not None:
-            why = _base_topic_problem(base_topic)
+            why = _topic_problem(base_topic, base_topic_problem(base_topic))
             if why is not None:
                 self.report(f.value("base_topic"), f.sub("base_topic"), why)
         qos = self.get(f, "qos", self.int_in(0, 2))
@@ -1065,7 +1055,8 @@ class _Reader:
         specs.update((s.name, s) for s in own)  # a device point replaces the template's
         dev_byte = byte_order or (template.byte_order if template else None) or Order.BIG
         dev_word = word_order or (template.word_order if template else None) or Order.BIG
-        points = tuple(_resolve(s, interval, dev_byte, dev_word) for s in specs.values())
+        inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
+        points = tuple(_resolve(s, inherited) for s in specs.values())
         return [
             Device(
                 name=name.replace("{unit}", str(unit)),
@@ -1172,72 +1163,64 @@ class _Reader:
         if f is None:
             return None
         before = len(self.problems)
-        name = self.req(f, "name", self.text)
+        given: dict[str, Any] = {}
+        value_nodes: list[tuple[int, str, Node]] = []
+        for field_name, key in POINT_KEYS:
+            conv = self.point_reader(key)
+            value = self.req(f, key.yaml, conv) if key.required else self.get(f, key.yaml, conv)
+            if value is None:
+                continue
+            if key.read is Read.VALUES:
+                value_nodes = value
+                value = tuple((raw, label) for raw, label, _ in value_nodes)
+            given[field_name] = value
+        # rules of one key
+        name = given.get("name")
         if name is not None:
             why = _level_problem(name, RESERVED_POINT_NAMES)
             if why is not None:
                 self.report(f.value("name"), f.sub("name"), why)
-        table = self.req(f, "table", self.choice(Table, "table"))
-        address = self.req(f, "address", self.int_in(0, 65535))
-        dtype = self.get(f, "type", self.choice(DataType, "type"))
+        if given.get("scale") == 0:
+            self.report(f.value("scale"), f.sub("scale"), "must not be zero")
+        table = given.get("table")
         if not f.has("type") and table is not None:
             if table.is_bits:
-                dtype = DataType.BOOL
+                given["type"] = DataType.BOOL
             else:
                 self.report(
                     f.node, path, f"missing required key 'type' (for the {table.value} table)"
                 )
-        length = self.get(f, "length", self.int_in(1, _MAX_STRING_LENGTH))
-        interval = self.get(f, "interval", self.duration)
-        scale = self.get(f, "scale", self.number)
-        if scale == 0:
-            self.report(f.value("scale"), f.sub("scale"), "must not be zero")
-        offset = self.get(f, "offset", self.number)
-        precision = self.get(f, "precision", self.int_in(0, 15))
-        values = self.get(f, "values", self.values)
-        bit = self.get(f, "bit", self.int_in(0, 15))
-        unit = self.get(f, "unit", self.text)
-        byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
-        word_order = self.get(f, "word_order", self.choice(Order, "word order"))
-        writable = bool(self.get(f, "writable", self.boolean))
-        minimum = self.get(f, "min", self.number)
-        maximum = self.get(f, "max", self.number)
-        write_tables = (Table.COIL, Table.HOLDING)
-        write_table = self.get(f, "write_table", self.choice(Table, "write table", write_tables))
-        write_address = self.get(f, "write_address", self.int_in(0, 65535))
-        mask_write = bool(self.get(f, "mask_write", self.boolean))
 
-        if table is None or address is None or dtype is None:
+        if not {"table", "address", "type"} <= given.keys():
             return None
-        spec = _PointSpec(
-            name=name or "",
-            table=table,
-            address=address,
-            type=dtype,
-            length=length or 0,
-            interval=interval,
-            scale=_or(scale, 1.0),
-            offset=_or(offset, 0.0),
-            precision=precision,
-            values=tuple((raw, label) for raw, label, _ in values or ()),
-            bit=bit,
-            unit=unit,
-            byte_order=byte_order,
-            word_order=word_order,
-            writable=writable,
-            minimum=minimum,
-            maximum=maximum,
-            write_table=write_table,
-            write_address=write_address,
-            mask_write=mask_write,
-        )
-        self.check_point(f, spec, values or [])
+        # the device's interval does not matter to the rules below
+        point = Point(**{"name": "", "interval": DEFAULT_INTERVAL, **given})
+        self.check_point(f, point, value_nodes)
         if name is None or len(self.problems) > before:
             return None
-        if writable:
-            spec.write_table = write_table or _default_write_table(spec)
-            spec.write_address = address if write_address is None else write_address
-        return spec
+        if point.writable:
+            given.setdefault("write_table", _default_write_table(point))
+            given.setdefault("write_address", point.address)
+        return _PointSpec(given)
+
+    def point_reader(self, key: PointKey) -> Callable[[Node, str], Any]:
+        """The converter that reads a point key declared on `model.Point`."""
+        match key.read:
+            case Read.TEXT:
+                return self.text
+            case Read.NUMBER:
+                return self.number
+            case Read.INTEGER:
+                return self.int_in(key.lo if key.lo is not None else 0, key.hi)
+            case Read.BOOLEAN:
+                return self.boolean
+            case Read.DURATION:
+                return self.duration
+            case Read.CHOICE:
+                what = key.yaml.replace("_", " ")
+                return self.choice(type(key.choices[0]), what, key.choices)
+            case Read.VALUES:
+                return self.values
 
     def values(self, node: Node, path: str) -> list[tuple[int, str, Node]] | None:
         f = self.mapping(node, path, None)
@@ -1272,7 +1255,7 @@ class _Reader:
             out.append((raw, label, key_node))
         return out  # the valid entries; the others are reported
 
-    def check_point(self, f: _Fields, p: _PointSpec, values: list[tuple[int, str, Node]]) -> None:
+    def check_point(self, f: _Fields, p: Point, values: list[tuple[int, str, Node]]) -> None:
         """Rules between the keys of one point."""
 
         def bad(key: str, message: str) -> None:
@@ -1290,8 +1273,9 @@ class _Reader:
             bad("length", f"length applies only to type string, not {t.value}")
         if p.bit is not None and t not in _BIT_TYPES:
             bad("bit", f"bit needs a 16-bit register type (int16, uint16 or bool), not {t.value}")
-        for key in ("scale", "offset", "precision", "min", "max"):
-            if not f.has(key):
+        for _, spec in POINT_KEYS:
+            key = spec.yaml
+            if spec.only is not Only.NUMERIC or not f.has(key):
                 continue
             if not t.is_numeric:
                 bad(key, f"'{key}' applies only to numeric types, not {t.value}")
@@ -1317,15 +1301,15 @@ class _Reader:
         if p.minimum is not None and p.maximum is not None and p.minimum > p.maximum:
             bad("min", f"min ({p.minimum:g}) is greater than max ({p.maximum:g})")
 
-        count = _count(p)
+        count = p.count
         if p.address + count > _ADDRESS_SPACE:
             bad("address", f"the point ends at {p.address + count - 1}, past 65535")
 
-        for key in ("min", "max", "write_table", "write_address"):
-            if f.has(key) and not p.writable:
-                bad(key, f"'{key}' needs writable: true")
-        if p.mask_write and not p.writable:
-            bad("mask_write", "'mask_write' needs writable: true")
+        for field_name, spec in POINT_KEYS:
+            if not spec.needs_writable or not f.has(spec.yaml) or p.writable:
+                continue
+            if spec.read is not Read.BOOLEAN or getattr(p, field_name):  # `false` is harmless
+                bad(spec.yaml, f"'{spec.yaml}' needs writable: true")
         if not p.writable:
             return
         if table in (Table.DISCRETE, Table.INPUT) and p.write_table is None:
@@ -1349,26 +1333,6 @@ class _Reader:
         if write_address + write_count > _ADDRESS_SPACE:
             where = "write_address" if f.has("write_address") else "address"
             bad(where, f"the write ends at {write_address + write_count - 1}, past 65535")
-
-
-def _base_topic_problem(base: str) -> str | None:
-    if not base:
-        return "must not be empty"
-    if base.startswith("/") or base.endswith("/"):
-        return f"{_show(base)} must not start or end with '/'"
-    if "//" in base:
-        return f"{_show(base)} must not contain an empty level"
-    for bad in ("+", "#"):
-        if bad in base:
-            return f"{_show(base)} must not contain {bad!r}"
-    if base.startswith("$"):
-        return f"{_show(base)} must not start with '$' (topics reserved for the broker)"
-    if len(base) > _MAX_BASE_TOPIC:
-        return f"is {len(base)} characters long (at most {_MAX_BASE_TOPIC})"
-    why = text_problem(base)
-    if why is not None:
-        return f"{_show(base)} {why}"
-    return None
 
 
 def _address_problem(text: str) -> str | None:
@@ -1409,15 +1373,7 @@ def _tls_load_problem(
     return None
 
 
-def _count(p: _PointSpec) -> int:
-    if p.table.is_bits:
-        return 1
-    if p.type is DataType.STRING:
-        return p.length
-    return p.type.width
-
-
-def _default_write_table(p: _PointSpec) -> Table:
+def _default_write_table(p: Point) -> Table:
     return Table.COIL if p.table is Table.COIL else Table.HOLDING
 
 
@@ -1425,26 +1381,7 @@ def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _resolve(s: _PointSpec, interval: float, byte_order: Order, word_order: Order) -> Point:
-    return Point(
-        name=s.name,
-        table=s.table,
-        address=s.address,
-        type=s.type,
-        interval=_or(s.interval, interval),
-        length=s.length,
-        byte_order=s.byte_order or byte_order,
-        word_order=s.word_order or word_order,
-        scale=s.scale,
-        offset=s.offset,
-        precision=s.precision,
-        values=s.values,
-        bit=s.bit,
-        unit=s.unit,
-        writable=s.writable,
-        minimum=s.minimum,
-        maximum=s.maximum,
-        write_table=s.write_table,
-        write_address=s.write_address,
-        mask_write=s.mask_write,
-    )
+def _resolve(spec: _PointSpec, device: Mapping[str, Any]) -> Point:
+    """The point with the device's `interval`, `byte_order` and `word_order` where it
+    gives none of its own."""
+    return Point(**{**device, **spec.given})

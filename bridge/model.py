@@ -8,7 +8,8 @@ expanded, overrides applied), so consumers never look at raw YAML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 
 class Table(enum.Enum):
@@ -56,6 +57,8 @@ class DataType(enum.Enum):
         return self in (DataType.FLOAT32, DataType.FLOAT64)
 
 
+MAX_STRING_LENGTH = 125  # registers: one read request
+
 _WIDTHS = {
     DataType.BOOL: 1,
     DataType.INT16: 1,
@@ -92,6 +95,46 @@ class Output(enum.Enum):
     BOTH = "both"
 
 
+class Read(enum.Enum):
+    """How `bridge.config` reads a point key's YAML value."""
+
+    TEXT = "text"
+    NUMBER = "number"
+    INTEGER = "integer"  # within PointKey.lo..hi
+    BOOLEAN = "boolean"
+    DURATION = "duration"
+    CHOICE = "choice"  # one of PointKey.choices
+    VALUES = "values"  # the enum map (raw -> label)
+
+
+class Only(enum.Enum):
+    """The points a key applies to; the key is a config error on any other point."""
+
+    ANY = "any"
+    NUMERIC = "numeric"  # numeric types, and not a bit (a bit reads as true/false)
+
+
+@dataclass(frozen=True)
+class PointKey:
+    """How a point key is written and checked. Each `Point` field carries one, so a
+    point key is declared in one place: the field (its type and default) and this
+    (YAML name, how it is read, where it applies). Rules between keys live in
+    `bridge.config`."""
+
+    read: Read
+    yaml: str = ""  # the YAML key; given where it differs from the field name
+    required: bool = False
+    lo: int | None = None
+    hi: int | None = None
+    choices: tuple[enum.Enum, ...] = ()
+    only: Only = Only.ANY
+    needs_writable: bool = False
+
+
+def _key(read: Read, **rules: Any) -> dict[str, PointKey]:
+    return {"key": PointKey(read, **rules)}
+
+
 @dataclass(frozen=True)
 class Point:
     """One named value of a device, fully resolved.
@@ -100,29 +143,47 @@ class Point:
     occupies. For `bool` in a register table without `bit`, the point is true
     when the register is non-zero. `bit` selects one bit (0 = least significant)
     of a 16-bit register and yields a bool.
+
+    Each field's metadata (`PointKey`) is its YAML key: `bridge.config` reads the
+    points from these declarations alone.
     """
 
-    name: str
-    table: Table
-    address: int
-    type: DataType
-    interval: float  # seconds; the device interval unless the point overrides it
-    length: int = 0  # registers, for strings only
-    byte_order: Order = Order.BIG
-    word_order: Order = Order.BIG
-    scale: float = 1.0
-    offset: float = 0.0
-    precision: int | None = None
-    values: tuple[tuple[int, str], ...] = ()  # enum map, raw -> label
-    bit: int | None = None
-    unit: str | None = None
+    name: str = field(metadata=_key(Read.TEXT, required=True))
+    table: Table = field(metadata=_key(Read.CHOICE, required=True, choices=tuple(Table)))
+    address: int = field(metadata=_key(Read.INTEGER, required=True, lo=0, hi=65535))
+    # required for holding/input; coil and discrete points are bool (a rule in config)
+    type: DataType = field(metadata=_key(Read.CHOICE, choices=tuple(DataType)))
+    # seconds; the device interval unless the point overrides it
+    interval: float = field(metadata=_key(Read.DURATION))
+    length: int = field(default=0, metadata=_key(Read.INTEGER, lo=1, hi=MAX_STRING_LENGTH))
+    byte_order: Order = field(default=Order.BIG, metadata=_key(Read.CHOICE, choices=tuple(Order)))
+    word_order: Order = field(default=Order.BIG, metadata=_key(Read.CHOICE, choices=tuple(Order)))
+    scale: float = field(default=1.0, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
+    offset: float = field(default=0.0, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
+    precision: int | None = field(
+        default=None, metadata=_key(Read.INTEGER, lo=0, hi=15, only=Only.NUMERIC)
+    )
+    values: tuple[tuple[int, str], ...] = field(default=(), metadata=_key(Read.VALUES))
+    bit: int | None = field(default=None, metadata=_key(Read.INTEGER, lo=0, hi=15))
+    unit: str | None = field(default=None, metadata=_key(Read.TEXT))
     # writes (issue 3)
-    writable: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    write_table: Table | None = None
-    write_address: int | None = None
-    mask_write: bool = False
+    writable: bool = field(default=False, metadata=_key(Read.BOOLEAN))
+    minimum: float | None = field(
+        default=None,
+        metadata=_key(Read.NUMBER, yaml="min", only=Only.NUMERIC, needs_writable=True),
+    )
+    maximum: float | None = field(
+        default=None,
+        metadata=_key(Read.NUMBER, yaml="max", only=Only.NUMERIC, needs_writable=True),
+    )
+    write_table: Table | None = field(
+        default=None,
+        metadata=_key(Read.CHOICE, choices=(Table.COIL, Table.HOLDING), needs_writable=True),
+    )
+    write_address: int | None = field(
+        default=None, metadata=_key(Read.INTEGER, lo=0, hi=65535, needs_writable=True)
+    )
+    mask_write: bool = field(default=False, metadata=_key(Read.BOOLEAN, needs_writable=True))
 
     @property
     def count(self) -> int:
@@ -140,6 +201,18 @@ class Point:
     @property
     def value_map(self) -> dict[int, str]:
         return dict(self.values)
+
+
+def _point_keys() -> tuple[tuple[str, PointKey], ...]:
+    return tuple(
+        (f.name, replace(f.metadata["key"], yaml=f.metadata["key"].yaml or f.name))
+        for f in fields(Point)
+    )
+
+
+POINT_KEYS = _point_keys()
+"""(field name, `PointKey` with its `yaml` name set) of every `Point` field, in order.
+`interval`, `byte_order` and `word_order` default to the device's (`bridge.config`)."""
 
 
 @dataclass(frozen=True)
