@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from bridge import hass
 from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
 from bridge.model import (
@@ -37,7 +38,9 @@ from bridge.model import (
     BridgeConfig,
     DataType,
     Device,
+    EntityCategory,
     Framer,
+    HomeAssistant,
     Host,
     Mqtt,
     Only,
@@ -83,8 +86,11 @@ _FALSE = frozenset({"false", "no", "off"})
 # Allowed keys per section (did-you-mean suggestions come from these).
 # fmt: off
 _ROOT_KEYS = (
-    "version", "read_only", "write_timeout", "health_interval", "mqtt", "hosts", "templates",
-    "devices",
+    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "hosts",
+    "templates", "devices",
+)
+_HOMEASSISTANT_KEYS = (
+    "enabled", "discovery_prefix", "status_topic",
 )
 _MQTT_KEYS = (
     "host", "port", "client_id", "username", "password", "base_topic", "qos", "retain",
@@ -100,12 +106,15 @@ _HOST_KEYS = (
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
 )
+_DEVICE_INFO_KEYS = (  # devices and templates
+    "manufacturer", "model", "area", "heartbeat",
+)
 _TEMPLATE_KEYS = (
-    "byte_order", "word_order", "points",
+    "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
 )
 _DEVICE_KEYS = (
     "name", "host", "unit", "units", "template", "interval", "max_gap", "write_multiple",
-    "write_rate", "byte_order", "word_order", "points",
+    "write_rate", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
 )
 # fmt: on
 _POINT_KEYS = tuple(key.yaml for _, key in POINT_KEYS)  # declared on `model.Point`
@@ -447,12 +456,32 @@ class _PointSpec:
         return name
 
 
+@dataclass(frozen=True)
+class _DeviceInfo:
+    """The device keys a template can give too (None: not given)."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    area: str | None = None
+    heartbeat: float | None = None
+
+    def over(self, t: _DeviceInfo) -> _DeviceInfo:
+        """These values, the template's `t` where these give none."""
+        return _DeviceInfo(
+            manufacturer=t.manufacturer if self.manufacturer is None else self.manufacturer,
+            model=t.model if self.model is None else self.model,
+            area=t.area if self.area is None else self.area,
+            heartbeat=t.heartbeat if self.heartbeat is None else self.heartbeat,
+        )
+
+
 @dataclass
 class _Template:
     byte_order: Order | None
     word_order: Order | None
     points: list[_PointSpec] = field(default_factory=list)
     written_points: int = 0  # entries in the YAML list, valid or not
+    info: _DeviceInfo = _DeviceInfo()
 
 
 class _Reader:
@@ -761,11 +790,13 @@ class _Reader:
         health_interval = self.get(f, "health_interval", self.duration)
         mqtt_node = f.value("mqtt")
         mqtt = Mqtt() if mqtt_node is None else self.mqtt(mqtt_node, "mqtt")
+        ha_node = f.value("homeassistant")
+        ha = HomeAssistant() if ha_node is None else self.homeassistant(ha_node, "homeassistant")
         hosts = self.hosts(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
         devices = self.devices(f, hosts, templates)
-        if self.problems or mqtt is None:
+        if self.problems or mqtt is None or ha is None:
             return None
         return BridgeConfig(
             mqtt=mqtt,
@@ -775,7 +806,41 @@ class _Reader:
             read_only=bool(read_only),
             write_timeout=2.0 if write_timeout is None else write_timeout,
             health_interval=30.0 if health_interval is None else health_interval,
+            homeassistant=ha,
             source=self.source,
+        )
+
+    def homeassistant(self, node: Node, path: str) -> HomeAssistant | None:
+        f = self.mapping(node, path, _HOMEASSISTANT_KEYS)
+        if f is None:
+            return None
+        d = HomeAssistant()
+        enabled = self.get(f, "enabled", self.boolean)
+        prefix = self.get(f, "discovery_prefix", self.topic)
+        status = self.get(f, "status_topic", self.topic)
+        return HomeAssistant(
+            enabled=d.enabled if enabled is None else enabled,
+            discovery_prefix=d.discovery_prefix if prefix is None else prefix,
+            status_topic=d.status_topic if status is None else status,
+        )
+
+    def topic(self, node: Node, path: str) -> str | None:
+        """A topic without wildcards or empty levels (rules in bridge.topics)."""
+        text = self.text(node, path)
+        if text is None:
+            return None
+        why = _topic_problem(text, base_topic_problem(text))
+        if why is not None:
+            self.report(node, path, why)
+            return None
+        return text
+
+    def device_info(self, f: _Fields) -> _DeviceInfo:
+        return _DeviceInfo(
+            manufacturer=self.get(f, "manufacturer", self.nonempty_text),
+            model=self.get(f, "model", self.nonempty_text),
+            area=self.get(f, "area", self.nonempty_text),
+            heartbeat=self.get(f, "heartbeat", self.duration),
         )
 
     def mqtt(self, node: Node, path: str) -> Mqtt | None:
@@ -957,6 +1022,7 @@ class _Reader:
                 word_order=self.get(t, "word_order", self.choice(Order, "word order")),
                 points=points,
                 written_points=written,
+                info=self.device_info(t),
             )
         return templates
 
@@ -1031,6 +1097,7 @@ class _Reader:
         write_rate = self.get(f, "write_rate", self.rate)
         byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
         word_order = self.get(f, "word_order", self.choice(Order, "word order"))
+        info = self.device_info(f)
         points_node = f.value("points")
         own, written = ([], 0) if points_node is None else self.points(points_node, f)
         if template is not None:
@@ -1057,6 +1124,8 @@ class _Reader:
         dev_word = word_order or (template.word_order if template else None) or Order.BIG
         inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
         points = tuple(_resolve(s, inherited) for s in specs.values())
+        if template is not None:
+            info = info.over(template.info)
         return [
             Device(
                 name=name.replace("{unit}", str(unit)),
@@ -1067,6 +1136,10 @@ class _Reader:
                 max_gap=_or(max_gap, host.max_gap),
                 write_multiple=_or(write_multiple, host.write_multiple),
                 write_rate=write_rate,
+                manufacturer=info.manufacturer,
+                model=info.model,
+                area=info.area,
+                heartbeat=info.heartbeat,
             )
             for unit in units
         ]
@@ -1182,6 +1255,11 @@ class _Reader:
                 self.report(f.value("name"), f.sub("name"), why)
         if given.get("scale") == 0:
             self.report(f.value("scale"), f.sub("scale"), "must not be zero")
+        if given.get("deadband", 0) < 0:
+            self.report(f.value("deadband"), f.sub("deadband"), "must not be negative")
+        for text_key in ("display_name", "device_class", "icon"):
+            if text_key in given and not given[text_key].strip():
+                self.report(f.value(text_key), f.sub(text_key), "must not be empty")
         table = given.get("table")
         if not f.has("type") and table is not None:
             if table.is_bits:
@@ -1196,6 +1274,8 @@ class _Reader:
         # the device's interval does not matter to the rules below
         point = Point(**{"name": "", "interval": DEFAULT_INTERVAL, **given})
         self.check_point(f, point, value_nodes)
+        if len(self.problems) == before:  # the entity follows from a valid point
+            self.check_homeassistant(f, point)
         if name is None or len(self.problems) > before:
             return None
         if point.writable:
@@ -1221,6 +1301,64 @@ class _Reader:
                 return self.choice(type(key.choices[0]), what, key.choices)
             case Read.VALUES:
                 return self.values
+
+    def check_homeassistant(self, f: _Fields, p: Point) -> None:
+        """Rules of the Home Assistant keys: the entity the point becomes must take them.
+
+        A bridge-wide `read_only` is not considered: switching it on must not make a
+        config invalid (discovery then leaves out what a sensor cannot have)."""
+
+        def bad(key: str, message: str) -> None:
+            self.report(f.value(key), f.sub(key), message)
+
+        kind = hass.platform(p)
+        what = hass.describe(p)
+        number = hass.is_number(p)
+        dc = p.device_class
+        if dc is not None and dc.strip():
+            allowed = hass.device_classes(p)
+            if dc not in hass.all_device_classes():
+                hint = _suggest(dc, allowed) or f" (for {what})"
+                bad("device_class", f"unknown device class {_show(dc)}{hint}")
+                dc = None
+            elif dc not in allowed:
+                takes = f"; it takes: {', '.join(allowed)}" if 0 < len(allowed) <= 8 else ""
+                bad("device_class", f"device class {_show(dc)} does not apply to {what}{takes}")
+                dc = None
+        if dc is not None and p.unit is not None and number and dc in hass.UNITS:
+            units = hass.UNITS[dc]
+            if p.unit not in units:
+                named = sorted(u for u in units if u is not None)
+                takes = f"one of: {', '.join(named)}" if named else "no unit"
+                bad(
+                    "unit",
+                    f"unit {_show(p.unit)} does not fit device class '{dc}' (it takes {takes})",
+                )
+        sc = p.state_class
+        if sc is not None:
+            if kind is not hass.Platform.SENSOR or not number:
+                bad("state_class", f"state_class applies to sensors of numbers, not to {what}")
+            elif (
+                dc is not None
+                and dc in hass.STATE_CLASSES
+                and sc.value not in hass.STATE_CLASSES[dc]
+            ):
+                fits = ", ".join(sorted(hass.STATE_CLASSES[dc])) or "none"
+                bad(
+                    "state_class",
+                    f"state class '{sc.value}' does not fit device class '{dc}' (it takes: {fits})",
+                )
+        if p.entity_category is EntityCategory.CONFIG and kind in hass.READ_ONLY_PLATFORMS:
+            bad(
+                "entity_category",
+                f"entity_category config is for controls; {what} can be diagnostic only",
+            )
+        if p.icon is not None and p.icon.strip() and ":" not in p.icon:
+            bad("icon", f"expected an icon such as mdi:flash (prefix:name), got {_show(p.icon)}")
+        if p.deadband is not None and p.values:
+            bad(
+                "deadband", "'deadband' does not apply to a point with values (it publishes labels)"
+            )
 
     def values(self, node: Node, path: str) -> list[tuple[int, str, Node]] | None:
         f = self.mapping(node, path, None)

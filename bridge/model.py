@@ -95,6 +95,21 @@ class Output(enum.Enum):
     BOTH = "both"
 
 
+class StateClass(enum.Enum):
+    """Home Assistant sensor state classes (long-term statistics)."""
+
+    MEASUREMENT = "measurement"
+    TOTAL = "total"
+    TOTAL_INCREASING = "total_increasing"
+
+
+class EntityCategory(enum.Enum):
+    """Where Home Assistant lists an entity on its device page."""
+
+    CONFIG = "config"
+    DIAGNOSTIC = "diagnostic"
+
+
 class Read(enum.Enum):
     """How `bridge.config` reads a point key's YAML value."""
 
@@ -184,6 +199,19 @@ class Point:
         default=None, metadata=_key(Read.INTEGER, lo=0, hi=65535, needs_writable=True)
     )
     mask_write: bool = field(default=False, metadata=_key(Read.BOOLEAN, needs_writable=True))
+    # Home Assistant discovery (issue 8); the rules are in config, the vocabulary in hass
+    device_class: str | None = field(default=None, metadata=_key(Read.TEXT))
+    state_class: StateClass | None = field(
+        default=None, metadata=_key(Read.CHOICE, choices=tuple(StateClass))
+    )
+    entity_category: EntityCategory | None = field(
+        default=None, metadata=_key(Read.CHOICE, choices=tuple(EntityCategory))
+    )
+    icon: str | None = field(default=None, metadata=_key(Read.TEXT))
+    display_name: str | None = field(default=None, metadata=_key(Read.TEXT))
+    homeassistant: bool = field(default=True, metadata=_key(Read.BOOLEAN))
+    # publishing: a change smaller than this (engineering units) is not published
+    deadband: float | None = field(default=None, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
 
     @property
     def count(self) -> int:
@@ -303,6 +331,12 @@ class Device:
     max_gap: int = 10
     write_multiple: bool = False
     write_rate: float | None = None  # commands per second, None = unlimited
+    # device information for Home Assistant (issue 8)
+    manufacturer: str | None = None
+    model: str | None = None
+    area: str | None = None
+    # seconds: republish the full state at least this often, changed or not
+    heartbeat: float | None = None
 
     def point(self, name: str) -> Point | None:
         for p in self.points:
@@ -337,6 +371,15 @@ class Mqtt:
 
 
 @dataclass(frozen=True)
+class HomeAssistant:
+    """MQTT discovery for Home Assistant (off unless enabled)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    status_topic: str = "homeassistant/status"  # Home Assistant's birth and last will
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     mqtt: Mqtt
     hosts: tuple[Host, ...]
@@ -345,6 +388,7 @@ class BridgeConfig:
     read_only: bool = False
     write_timeout: float = 2.0
     health_interval: float = 30.0
+    homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     source: str = field(default="", compare=False)
 
     def host(self, name: str) -> Host:
