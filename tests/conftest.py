@@ -8,6 +8,8 @@ Fixture factories (call them inside the test):
 - ``tls_files``: a CA with server and client certificates (`tests.broker.TlsFiles`).
 - ``await mqtt_watcher(broker, topic="#", **options) -> MqttWatcher``: recording subscriber.
 - ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
+- ``await run_bridge(config, env=None) -> BridgeProcess``: the bridge daemon as a child
+  process (`tests.bridgeproc`), stopped with SIGTERM at teardown if still running.
 
 Everything is stopped at teardown.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bridgeproc import BridgeProcess
 from broker import Broker, MqttWatcher, TlsFiles, find_mosquitto, make_tls_files
 
 from bridge.sim import SimServer, SimUnit
@@ -109,3 +112,23 @@ async def sim_servers() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
     yield make
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+async def run_bridge(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
+    procs: list[BridgeProcess] = []
+
+    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> BridgeProcess:
+        workdir = tmp_path / f"bridge-{len(procs)}"
+        workdir.mkdir()
+        proc = BridgeProcess(config, workdir, env)
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.alive():
+            await proc.terminate()
