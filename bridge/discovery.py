@@ -219,37 +219,47 @@ class Discovery:
         return math.ceil(EXPIRE_HEARTBEATS * max(device.heartbeat, fastest))
 
     def bridge_payload(self) -> dict[str, Any]:
-        """The bridge as a device: diagnostic sensors read from `bridge/health`."""
+        """The bridge as a device: diagnostic sensors read from `bridge/health`.
+
+        The report may be trimmed to the broker's maximum packet size
+        (`health.fit_health`): hosts and devices then hold counts (numbers) instead of
+        one entry per name, and what is left out renders as None (unknown).
+        """
         t = self.topics
+        hosts = "{% set h = value_json.get('hosts', {}) %}"
+        devices = "{% set d = value_json.get('devices', {}) %}"
+        trimmed = "h.connected is number"  # a host named `connected` holds a mapping
         sensors: Sequence[tuple[str, str, Mapping[str, Any]]] = (
             (
                 "uptime",
-                "{{ value_json.uptime_s }}",
+                "{{ value_json.get('uptime_s') }}",
                 {"device_class": "duration", "unit_of_measurement": "s"},
             ),
             (
                 "hosts_connected",
-                "{{ value_json.hosts.values() | selectattr('connected') | list | count }}",
+                f"{hosts}{{{{ h.connected if {trimmed}"
+                " else h.values() | selectattr('connected') | list | count }}",
                 {"state_class": "measurement"},
             ),
             (
                 "devices_online",
-                "{{ value_json.devices.values() | selectattr('available') | list | count }}",
+                f"{devices}{{{{ d.total - d.offline if d.offline is number"
+                " else d.values() | selectattr('available') | list | count }}",
                 {"state_class": "measurement"},
             ),
             (
                 "requests",
-                "{{ value_json.hosts.values() | sum(attribute='requests') }}",
+                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='requests') }}}}",
                 {"state_class": "total_increasing"},
             ),
             (
                 "errors",
-                "{{ value_json.hosts.values() | sum(attribute='errors') }}",
+                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='errors') }}}}",
                 {"state_class": "total_increasing"},
             ),
             (
                 "memory",
-                "{{ value_json.rss_bytes }}",
+                "{{ value_json.get('rss_bytes') }}",
                 {"device_class": "data_size", "unit_of_measurement": "B"},
             ),
         )

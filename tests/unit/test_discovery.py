@@ -210,7 +210,7 @@ def test_bridge_device() -> None:
         "name": "Uptime",
         "unique_id": "site-7/bridge/uptime",
         "object_id": "site-7_uptime",
-        "value_template": "{{ value_json.uptime_s }}",
+        "value_template": "{{ value_json.get('uptime_s') }}",
         "entity_category": "diagnostic",
         "qos": 1,
         "device_class": "duration",
