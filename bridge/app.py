@@ -12,15 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from bridge.discovery import Discovery
 from bridge.errors import HostUnavailable, ModbusRequestError
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device
-from bridge.mqtt import MqttLink
-from bridge.payloads import OFFLINE, Incoming, Subscription, Value
+from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
+from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
@@ -52,14 +53,24 @@ class Bridge:
         self.state = StateCache(
             config.devices, self.topics, output=config.mqtt.output, retain=config.mqtt.retain
         )
+        # Home Assistant discovery, an optional feature: the messages are built once.
+        self.discovery = Discovery(config) if config.homeassistant.enabled else None
+        self._announced: dict[str, bytes] = {}
+        routes: dict[str, Callable[[Incoming], None]] = {}
+        if self.discovery is not None:
+            self._announced = {m.topic: m.payload for m in self.discovery.messages()}
+            routes[config.homeassistant.status_topic] = self._on_ha_status
+            if self._can_receive_discovery():
+                routes[self.discovery.filter] = self._on_old_discovery
         self.link = MqttLink(
             config.mqtt,
             self.topics,
             on_connected=self._republish,
-            on_message=self._on_message,
+            on_message=self._on_message,  # commands
             on_overload=self._on_overload,
             # Commands must be live: the broker is asked not to replay retained ones.
             subscriptions=[Subscription(f, retained=False) for f in self.topics.command_filters],
+            routes=routes,  # Home Assistant: its status and our earlier discovery
         )
         # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
         self.commands = CommandHandler(
@@ -91,8 +102,54 @@ class Bridge:
             self.link.publish(m.topic, m.payload, retain=m.retain)
 
     def _republish(self) -> None:
-        """After every (re)connect: all retained state again, the link dropped it offline."""
+        """After every (re)connect, and when Home Assistant comes online: discovery (if
+        enabled), then all retained state again (the link dropped it offline)."""
+        if self.discovery is not None:
+            for topic, payload in self._announced.items():
+                self.link.publish(topic, payload, retain=True)
         self._send(self.state.full())
+
+    def _can_receive_discovery(self) -> bool:
+        """Whether the bridge may subscribe to its own discovery topics. It also receives
+        what it publishes there, and on MQTT 3.1.1 a packet larger than it accepts drops
+        the connection (MQTT 5 brokers just do not send it), so a device too large for
+        that means no clean-up of stale discovery, with a warning."""
+        if self.config.mqtt.protocol == 5:
+            return True
+        for topic, payload in self._announced.items():
+            size = publish_packet_size(topic, len(payload), qos=self.config.mqtt.qos, v5=False)
+            if size > MAX_INCOMING_PACKET:
+                log.warning(
+                    "Home Assistant: the discovery on %s is %d bytes, more than the %d this "
+                    "bridge accepts on MQTT 3.1.1: stale discovery is not cleared at start "
+                    "(use protocol 5, or fewer points per device)",
+                    topic,
+                    size,
+                    MAX_INCOMING_PACKET,
+                )
+                return False
+        return True
+
+    def _on_ha_status(self, message: Incoming) -> None:
+        """Home Assistant's birth (`online`; its last will says `offline`): it may have
+        restarted and lost what it had, so it gets discovery and state again."""
+        if message.payload.strip() == ONLINE.encode():
+            log.info("Home Assistant is online: publishing discovery and state again")
+            self._republish()
+
+    def _on_old_discovery(self, message: Incoming) -> None:
+        """A discovery message under this bridge's client id (the broker replays the
+        retained ones when the link subscribes): clear it if it is stale."""
+        if self.discovery is None:
+            return
+        fix = self.discovery.repair(message.topic, message.payload, self._announced)
+        if fix is None:
+            return
+        if fix.payload:
+            log.info("Home Assistant: removing points no longer configured (%s)", fix.topic)
+        else:
+            log.info("Home Assistant: removing a device no longer configured (%s)", fix.topic)
+        self.link.publish(fix.topic, fix.payload, retain=True)
 
     def _on_poll(
         self, device: Device, values: dict[str, Value], error: ModbusRequestError | None

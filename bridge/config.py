@@ -25,24 +25,31 @@ import re
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from bridge import hass
 from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
 from bridge.model import (
+    POINT_KEYS,
     BridgeConfig,
     DataType,
     Device,
+    EntityCategory,
     Framer,
+    HomeAssistant,
     Host,
     Mqtt,
+    Only,
     Order,
     Output,
     Parity,
     Point,
+    PointKey,
+    Read,
     SerialLink,
     Table,
     TcpLink,
@@ -51,6 +58,7 @@ from bridge.model import (
 from bridge.topics import (
     RESERVED_DEVICE_NAMES,
     RESERVED_POINT_NAMES,
+    base_topic_problem,
     level_problem,
     name_problem,
     text_problem,
@@ -80,8 +88,11 @@ _FALSE = frozenset({"false", "no", "off"})
 # Allowed keys per section (did-you-mean suggestions come from these).
 # fmt: off
 _ROOT_KEYS = (
-    "version", "read_only", "write_timeout", "health_interval", "mqtt", "hosts", "templates",
-    "devices",
+    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "hosts",
+    "templates", "devices",
+)
+_HOMEASSISTANT_KEYS = (
+    "enabled", "discovery_prefix", "status_topic",
 )
 _MQTT_KEYS = (
     "host", "port", "client_id", "username", "password", "base_topic", "qos", "retain",
@@ -98,25 +109,22 @@ _HOST_KEYS = (
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
 )
+_DEVICE_INFO_KEYS = (  # devices and templates
+    "manufacturer", "model", "area", "heartbeat",
+)
 _TEMPLATE_KEYS = (
-    "byte_order", "word_order", "points",
+    "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
 )
 _DEVICE_KEYS = (
     "name", "host", "unit", "units", "template", "interval", "max_gap", "write_multiple",
-    "write_rate", "byte_order", "word_order", "points",
-)
-_POINT_KEYS = (
-    "name", "table", "address", "type", "length", "interval", "scale", "offset", "precision",
-    "values", "bit", "unit", "byte_order", "word_order", "writable", "min", "max",
-    "write_table", "write_address", "mask_write",
+    "write_rate", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
 )
 # fmt: on
+_POINT_KEYS = tuple(key.yaml for _, key in POINT_KEYS)  # declared on `model.Point`
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
 
 _BIT_TYPES = (DataType.INT16, DataType.UINT16, DataType.BOOL)
-_MAX_STRING_LENGTH = 125  # registers: one read request
 _ADDRESS_SPACE = 65536
-_MAX_BASE_TOPIC = 1024  # characters: every topic of the bridge stays far below MQTT's 65535 bytes
 _MIN_PACKET = 32  # bytes: below this not even `online` on bridge/state would fit
 _MIN_BAUDRATE, _MAX_BAUDRATE = 50, 4_000_000
 _MAX_PACKET = 268_435_460  # MQTT's largest packet
@@ -380,8 +388,12 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 def _level_problem(name: str, reserved: Collection[str]) -> str | None:
     """Why `name` cannot be one MQTT topic level, or None (rules in bridge.topics)."""
-    why = level_problem(name, reserved)
-    return why if why is None or not name else f"{_show(name)} {why}"
+    return _topic_problem(name, level_problem(name, reserved))
+
+
+def _topic_problem(text: str, why: str | None) -> str | None:
+    """A phrase from bridge.topics as a message: after the quoted text, if any."""
+    return why if why is None or not text else f"{_show(text)} {why}"
 
 
 def _kind(node: Node) -> str:
@@ -435,30 +447,36 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PointSpec:
-    """One point as written (template or device), checked on its own."""
+    """One point as written (template or device), checked on its own: the `Point`
+    fields it gives. The device fills in the rest (`_resolve`)."""
 
-    name: str
-    table: Table
-    address: int
-    type: DataType
-    length: int = 0
-    interval: float | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    precision: int | None = None
-    values: tuple[tuple[int, str], ...] = ()
-    bit: int | None = None
-    unit: str | None = None
-    byte_order: Order | None = None
-    word_order: Order | None = None
-    writable: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    write_table: Table | None = None
-    write_address: int | None = None
-    mask_write: bool = False
+    given: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        name: str = self.given["name"]
+        return name
+
+
+@dataclass(frozen=True)
+class _DeviceInfo:
+    """The device keys a template can give too (None: not given)."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    area: str | None = None
+    heartbeat: float | None = None
+
+    def over(self, t: _DeviceInfo) -> _DeviceInfo:
+        """These values, the template's `t` where these give none."""
+        return _DeviceInfo(
+            manufacturer=t.manufacturer if self.manufacturer is None else self.manufacturer,
+            model=t.model if self.model is None else self.model,
+            area=t.area if self.area is None else self.area,
+            heartbeat=t.heartbeat if self.heartbeat is None else self.heartbeat,
+        )
 
 
 @dataclass
@@ -467,6 +485,7 @@ class _Template:
     word_order: Order | None
     points: list[_PointSpec] = field(default_factory=list)
     written_points: int = 0  # entries in the YAML list, valid or not
+    info: _DeviceInfo = _DeviceInfo()
 
 
 class _Reader:
@@ -775,11 +794,13 @@ class _Reader:
         health_interval = self.get(f, "health_interval", self.duration)
         mqtt_node = f.value("mqtt")
         mqtt = Mqtt() if mqtt_node is None else self.mqtt(mqtt_node, "mqtt")
+        ha_node = f.value("homeassistant")
+        ha = HomeAssistant() if ha_node is None else self.homeassistant(ha_node, "homeassistant")
         hosts = self.hosts(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
         devices = self.devices(f, hosts, templates)
-        if self.problems or mqtt is None:
+        if self.problems or mqtt is None or ha is None:
             return None
         return BridgeConfig(
             mqtt=mqtt,
@@ -789,7 +810,41 @@ class _Reader:
             read_only=bool(read_only),
             write_timeout=2.0 if write_timeout is None else write_timeout,
             health_interval=30.0 if health_interval is None else health_interval,
+            homeassistant=ha,
             source=self.source,
+        )
+
+    def homeassistant(self, node: Node, path: str) -> HomeAssistant | None:
+        f = self.mapping(node, path, _HOMEASSISTANT_KEYS)
+        if f is None:
+            return None
+        d = HomeAssistant()
+        enabled = self.get(f, "enabled", self.boolean)
+        prefix = self.get(f, "discovery_prefix", self.topic)
+        status = self.get(f, "status_topic", self.topic)
+        return HomeAssistant(
+            enabled=d.enabled if enabled is None else enabled,
+            discovery_prefix=d.discovery_prefix if prefix is None else prefix,
+            status_topic=d.status_topic if status is None else status,
+        )
+
+    def topic(self, node: Node, path: str) -> str | None:
+        """A topic without wildcards or empty levels (rules in bridge.topics)."""
+        text = self.text(node, path)
+        if text is None:
+            return None
+        why = _topic_problem(text, base_topic_problem(text))
+        if why is not None:
+            self.report(node, path, why)
+            return None
+        return text
+
+    def device_info(self, f: _Fields) -> _DeviceInfo:
+        return _DeviceInfo(
+            manufacturer=self.get(f, "manufacturer", self.nonempty_text),
+            model=self.get(f, "model", self.nonempty_text),
+            area=self.get(f, "area", self.nonempty_text),
+            heartbeat=self.get(f, "heartbeat", self.duration),
         )
 
     def mqtt(self, node: Node, path: str) -> Mqtt | None:
@@ -808,7 +863,7 @@ class _Reader:
         password = self.get(f, "password", self.text)
         base_topic = self.get(f, "base_topic", self.text)
         if base_topic is not None:
-            why = _base_topic_problem(base_topic)
+            why = _topic_problem(base_topic, base_topic_problem(base_topic))
             if why is not None:
                 self.report(f.value("base_topic"), f.sub("base_topic"), why)
         qos = self.get(f, "qos", self.int_in(0, 2))
@@ -1026,6 +1081,7 @@ class _Reader:
                 word_order=self.get(t, "word_order", self.choice(Order, "word order")),
                 points=points,
                 written_points=written,
+                info=self.device_info(t),
             )
         return templates
 
@@ -1100,6 +1156,7 @@ class _Reader:
         write_rate = self.get(f, "write_rate", self.rate)
         byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
         word_order = self.get(f, "word_order", self.choice(Order, "word order"))
+        info = self.device_info(f)
         points_node = f.value("points")
         own, written = ([], 0) if points_node is None else self.points(points_node, f)
         if template is not None:
@@ -1124,7 +1181,10 @@ class _Reader:
         specs.update((s.name, s) for s in own)  # a device point replaces the template's
         dev_byte = byte_order or (template.byte_order if template else None) or Order.BIG
         dev_word = word_order or (template.word_order if template else None) or Order.BIG
-        points = tuple(_resolve(s, interval, dev_byte, dev_word) for s in specs.values())
+        inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
+        points = tuple(_resolve(s, inherited) for s in specs.values())
+        if template is not None:
+            info = info.over(template.info)
         return [
             Device(
                 name=name.replace("{unit}", str(unit)),
@@ -1135,6 +1195,10 @@ class _Reader:
                 max_gap=_or(max_gap, host.max_gap),
                 write_multiple=_or(write_multiple, host.write_multiple),
                 write_rate=write_rate,
+                manufacturer=info.manufacturer,
+                model=info.model,
+                area=info.area,
+                heartbeat=info.heartbeat,
             )
             for unit in units
         ]
@@ -1231,72 +1295,129 @@ class _Reader:
         if f is None:
             return None
         before = len(self.problems)
-        name = self.req(f, "name", self.text)
+        given: dict[str, Any] = {}
+        value_nodes: list[tuple[int, str, Node]] = []
+        for field_name, key in POINT_KEYS:
+            conv = self.point_reader(key)
+            value = self.req(f, key.yaml, conv) if key.required else self.get(f, key.yaml, conv)
+            if value is None:
+                continue
+            if key.read is Read.VALUES:
+                value_nodes = value
+                value = tuple((raw, label) for raw, label, _ in value_nodes)
+            given[field_name] = value
+        # rules of one key
+        name = given.get("name")
         if name is not None:
             why = _level_problem(name, RESERVED_POINT_NAMES)
             if why is not None:
                 self.report(f.value("name"), f.sub("name"), why)
-        table = self.req(f, "table", self.choice(Table, "table"))
-        address = self.req(f, "address", self.int_in(0, 65535))
-        dtype = self.get(f, "type", self.choice(DataType, "type"))
+        if given.get("scale") == 0:
+            self.report(f.value("scale"), f.sub("scale"), "must not be zero")
+        if given.get("deadband", 0) < 0:
+            self.report(f.value("deadband"), f.sub("deadband"), "must not be negative")
+        for text_key in ("display_name", "device_class", "icon"):
+            if text_key in given and not given[text_key].strip():
+                self.report(f.value(text_key), f.sub(text_key), "must not be empty")
+        table = given.get("table")
         if not f.has("type") and table is not None:
             if table.is_bits:
-                dtype = DataType.BOOL
+                given["type"] = DataType.BOOL
             else:
                 self.report(
                     f.node, path, f"missing required key 'type' (for the {table.value} table)"
                 )
-        length = self.get(f, "length", self.int_in(1, _MAX_STRING_LENGTH))
-        interval = self.get(f, "interval", self.duration)
-        scale = self.get(f, "scale", self.number)
-        if scale == 0:
-            self.report(f.value("scale"), f.sub("scale"), "must not be zero")
-        offset = self.get(f, "offset", self.number)
-        precision = self.get(f, "precision", self.int_in(0, 15))
-        values = self.get(f, "values", self.values)
-        bit = self.get(f, "bit", self.int_in(0, 15))
-        unit = self.get(f, "unit", self.text)
-        byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
-        word_order = self.get(f, "word_order", self.choice(Order, "word order"))
-        writable = bool(self.get(f, "writable", self.boolean))
-        minimum = self.get(f, "min", self.number)
-        maximum = self.get(f, "max", self.number)
-        write_tables = (Table.COIL, Table.HOLDING)
-        write_table = self.get(f, "write_table", self.choice(Table, "write table", write_tables))
-        write_address = self.get(f, "write_address", self.int_in(0, 65535))
-        mask_write = bool(self.get(f, "mask_write", self.boolean))
 
-        if table is None or address is None or dtype is None:
+        if not {"table", "address", "type"} <= given.keys():
             return None
-        spec = _PointSpec(
-            name=name or "",
-            table=table,
-            address=address,
-            type=dtype,
-            length=length or 0,
-            interval=interval,
-            scale=_or(scale, 1.0),
-            offset=_or(offset, 0.0),
-            precision=precision,
-            values=tuple((raw, label) for raw, label, _ in values or ()),
-            bit=bit,
-            unit=unit,
-            byte_order=byte_order,
-            word_order=word_order,
-            writable=writable,
-            minimum=minimum,
-            maximum=maximum,
-            write_table=write_table,
-            write_address=write_address,
-            mask_write=mask_write,
-        )
-        self.check_point(f, spec, values or [])
+        # the device's interval does not matter to the rules below
+        point = Point(**{"name": "", "interval": DEFAULT_INTERVAL, **given})
+        self.check_point(f, point, value_nodes)
+        if len(self.problems) == before:  # the entity follows from a valid point
+            self.check_homeassistant(f, point)
         if name is None or len(self.problems) > before:
             return None
-        if writable:
-            spec.write_table = write_table or _default_write_table(spec)
-            spec.write_address = address if write_address is None else write_address
-        return spec
+        if point.writable:
+            given.setdefault("write_table", _default_write_table(point))
+            given.setdefault("write_address", point.address)
+        return _PointSpec(given)
+
+    def point_reader(self, key: PointKey) -> Callable[[Node, str], Any]:
+        """The converter that reads a point key declared on `model.Point`."""
+        match key.read:
+            case Read.TEXT:
+                return self.text
+            case Read.NUMBER:
+                return self.number
+            case Read.INTEGER:
+                return self.int_in(key.lo if key.lo is not None else 0, key.hi)
+            case Read.BOOLEAN:
+                return self.boolean
+            case Read.DURATION:
+                return self.duration
+            case Read.CHOICE:
+                what = key.yaml.replace("_", " ")
+                return self.choice(type(key.choices[0]), what, key.choices)
+            case Read.VALUES:
+                return self.values
+
+    def check_homeassistant(self, f: _Fields, p: Point) -> None:
+        """Rules of the Home Assistant keys: the entity the point becomes must take them.
+
+        A bridge-wide `read_only` is not considered: switching it on must not make a
+        config invalid (discovery then leaves out what a sensor cannot have)."""
+
+        def bad(key: str, message: str) -> None:
+            self.report(f.value(key), f.sub(key), message)
+
+        kind = hass.platform(p)
+        what = hass.describe(p)
+        number = hass.is_number(p)
+        dc = p.device_class
+        if dc is not None and dc.strip():
+            allowed = hass.device_classes(p)
+            if dc not in hass.all_device_classes():
+                hint = _suggest(dc, allowed) or f" (for {what})"
+                bad("device_class", f"unknown device class {_show(dc)}{hint}")
+                dc = None
+            elif dc not in allowed:
+                takes = f"; it takes: {', '.join(allowed)}" if 0 < len(allowed) <= 8 else ""
+                bad("device_class", f"device class {_show(dc)} does not apply to {what}{takes}")
+                dc = None
+        if dc is not None and p.unit is not None and number and dc in hass.UNITS:
+            units = hass.UNITS[dc]
+            if p.unit not in units:
+                named = sorted(u for u in units if u is not None)
+                takes = f"one of: {', '.join(named)}" if named else "no unit"
+                bad(
+                    "unit",
+                    f"unit {_show(p.unit)} does not fit device class '{dc}' (it takes {takes})",
+                )
+        sc = p.state_class
+        if sc is not None:
+            if kind is not hass.Platform.SENSOR or not number:
+                bad("state_class", f"state_class applies to sensors of numbers, not to {what}")
+            elif (
+                dc is not None
+                and dc in hass.STATE_CLASSES
+                and sc.value not in hass.STATE_CLASSES[dc]
+            ):
+                fits = ", ".join(sorted(hass.STATE_CLASSES[dc])) or "none"
+                bad(
+                    "state_class",
+                    f"state class '{sc.value}' does not fit device class '{dc}' (it takes: {fits})",
+                )
+        if p.entity_category is EntityCategory.CONFIG and kind in hass.READ_ONLY_PLATFORMS:
+            bad(
+                "entity_category",
+                f"entity_category config is for controls; {what} can be diagnostic only",
+            )
+        if p.icon is not None and p.icon.strip() and ":" not in p.icon:
+            bad("icon", f"expected an icon such as mdi:flash (prefix:name), got {_show(p.icon)}")
+        if p.deadband is not None and p.values:
+            bad(
+                "deadband", "'deadband' does not apply to a point with values (it publishes labels)"
+            )
 
     def values(self, node: Node, path: str) -> list[tuple[int, str, Node]] | None:
         f = self.mapping(node, path, None)
@@ -1331,7 +1452,7 @@ class _Reader:
             out.append((raw, label, key_node))
         return out  # the valid entries; the others are reported
 
-    def check_point(self, f: _Fields, p: _PointSpec, values: list[tuple[int, str, Node]]) -> None:
+    def check_point(self, f: _Fields, p: Point, values: list[tuple[int, str, Node]]) -> None:
         """Rules between the keys of one point."""
 
         def bad(key: str, message: str) -> None:
@@ -1349,8 +1470,9 @@ class _Reader:
             bad("length", f"length applies only to type string, not {t.value}")
         if p.bit is not None and t not in _BIT_TYPES:
             bad("bit", f"bit needs a 16-bit register type (int16, uint16 or bool), not {t.value}")
-        for key in ("scale", "offset", "precision", "min", "max"):
-            if not f.has(key):
+        for _, spec in POINT_KEYS:
+            key = spec.yaml
+            if spec.only is not Only.NUMERIC or not f.has(key):
                 continue
             if not t.is_numeric:
                 bad(key, f"'{key}' applies only to numeric types, not {t.value}")
@@ -1376,15 +1498,15 @@ class _Reader:
         if p.minimum is not None and p.maximum is not None and p.minimum > p.maximum:
             bad("min", f"min ({p.minimum:g}) is greater than max ({p.maximum:g})")
 
-        count = _count(p)
+        count = p.count
         if p.address + count > _ADDRESS_SPACE:
             bad("address", f"the point ends at {p.address + count - 1}, past 65535")
 
-        for key in ("min", "max", "write_table", "write_address"):
-            if f.has(key) and not p.writable:
-                bad(key, f"'{key}' needs writable: true")
-        if p.mask_write and not p.writable:
-            bad("mask_write", "'mask_write' needs writable: true")
+        for field_name, spec in POINT_KEYS:
+            if not spec.needs_writable or not f.has(spec.yaml) or p.writable:
+                continue
+            if spec.read is not Read.BOOLEAN or getattr(p, field_name):  # `false` is harmless
+                bad(spec.yaml, f"'{spec.yaml}' needs writable: true")
         if not p.writable:
             return
         if table in (Table.DISCRETE, Table.INPUT) and p.write_table is None:
@@ -1408,26 +1530,6 @@ class _Reader:
         if write_address + write_count > _ADDRESS_SPACE:
             where = "write_address" if f.has("write_address") else "address"
             bad(where, f"the write ends at {write_address + write_count - 1}, past 65535")
-
-
-def _base_topic_problem(base: str) -> str | None:
-    if not base:
-        return "must not be empty"
-    if base.startswith("/") or base.endswith("/"):
-        return f"{_show(base)} must not start or end with '/'"
-    if "//" in base:
-        return f"{_show(base)} must not contain an empty level"
-    for bad in ("+", "#"):
-        if bad in base:
-            return f"{_show(base)} must not contain {bad!r}"
-    if base.startswith("$"):
-        return f"{_show(base)} must not start with '$' (topics reserved for the broker)"
-    if len(base) > _MAX_BASE_TOPIC:
-        return f"is {len(base)} characters long (at most {_MAX_BASE_TOPIC})"
-    why = text_problem(base)
-    if why is not None:
-        return f"{_show(base)} {why}"
-    return None
 
 
 def _address_problem(text: str) -> str | None:
@@ -1468,15 +1570,7 @@ def _tls_load_problem(
     return None
 
 
-def _count(p: _PointSpec) -> int:
-    if p.table.is_bits:
-        return 1
-    if p.type is DataType.STRING:
-        return p.length
-    return p.type.width
-
-
-def _default_write_table(p: _PointSpec) -> Table:
+def _default_write_table(p: Point) -> Table:
     return Table.COIL if p.table is Table.COIL else Table.HOLDING
 
 
@@ -1484,26 +1578,7 @@ def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _resolve(s: _PointSpec, interval: float, byte_order: Order, word_order: Order) -> Point:
-    return Point(
-        name=s.name,
-        table=s.table,
-        address=s.address,
-        type=s.type,
-        interval=_or(s.interval, interval),
-        length=s.length,
-        byte_order=s.byte_order or byte_order,
-        word_order=s.word_order or word_order,
-        scale=s.scale,
-        offset=s.offset,
-        precision=s.precision,
-        values=s.values,
-        bit=s.bit,
-        unit=s.unit,
-        writable=s.writable,
-        minimum=s.minimum,
-        maximum=s.maximum,
-        write_table=s.write_table,
-        write_address=s.write_address,
-        mask_write=s.mask_write,
-    )
+def _resolve(spec: _PointSpec, device: Mapping[str, Any]) -> Point:
+    """The point with the device's `interval`, `byte_order` and `word_order` where it
+    gives none of its own."""
+    return Point(**{**device, **spec.given})

@@ -8,7 +8,8 @@ expanded, overrides applied), so consumers never look at raw YAML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 
 class Table(enum.Enum):
@@ -56,6 +57,8 @@ class DataType(enum.Enum):
         return self in (DataType.FLOAT32, DataType.FLOAT64)
 
 
+MAX_STRING_LENGTH = 125  # registers: one read request
+
 _WIDTHS = {
     DataType.BOOL: 1,
     DataType.INT16: 1,
@@ -92,6 +95,61 @@ class Output(enum.Enum):
     BOTH = "both"
 
 
+class StateClass(enum.Enum):
+    """Home Assistant sensor state classes (long-term statistics)."""
+
+    MEASUREMENT = "measurement"
+    TOTAL = "total"
+    TOTAL_INCREASING = "total_increasing"
+
+
+class EntityCategory(enum.Enum):
+    """Where Home Assistant lists an entity on its device page."""
+
+    CONFIG = "config"
+    DIAGNOSTIC = "diagnostic"
+
+
+class Read(enum.Enum):
+    """How `bridge.config` reads a point key's YAML value."""
+
+    TEXT = "text"
+    NUMBER = "number"
+    INTEGER = "integer"  # within PointKey.lo..hi
+    BOOLEAN = "boolean"
+    DURATION = "duration"
+    CHOICE = "choice"  # one of PointKey.choices
+    VALUES = "values"  # the enum map (raw -> label)
+
+
+class Only(enum.Enum):
+    """The points a key applies to; the key is a config error on any other point."""
+
+    ANY = "any"
+    NUMERIC = "numeric"  # numeric types, and not a bit (a bit reads as true/false)
+
+
+@dataclass(frozen=True)
+class PointKey:
+    """How a point key is written and checked. Each `Point` field carries one, so a
+    point key is declared in one place: the field (its type and default) and this
+    (YAML name, how it is read, where it applies). Rules between keys live in
+    `bridge.config`."""
+
+    read: Read
+    yaml: str = ""  # the YAML key; given where it differs from the field name
+    required: bool = False
+    lo: int | None = None
+    hi: int | None = None
+    choices: tuple[enum.Enum, ...] = ()
+    only: Only = Only.ANY
+    needs_writable: bool = False
+
+
+def _key(read: Read, **rules: Any) -> dict[str, PointKey]:
+    return {"key": PointKey(read, **rules)}
+
+
 @dataclass(frozen=True)
 class Point:
     """One named value of a device, fully resolved.
@@ -100,29 +158,60 @@ class Point:
     occupies. For `bool` in a register table without `bit`, the point is true
     when the register is non-zero. `bit` selects one bit (0 = least significant)
     of a 16-bit register and yields a bool.
+
+    Each field's metadata (`PointKey`) is its YAML key: `bridge.config` reads the
+    points from these declarations alone.
     """
 
-    name: str
-    table: Table
-    address: int
-    type: DataType
-    interval: float  # seconds; the device interval unless the point overrides it
-    length: int = 0  # registers, for strings only
-    byte_order: Order = Order.BIG
-    word_order: Order = Order.BIG
-    scale: float = 1.0
-    offset: float = 0.0
-    precision: int | None = None
-    values: tuple[tuple[int, str], ...] = ()  # enum map, raw -> label
-    bit: int | None = None
-    unit: str | None = None
+    name: str = field(metadata=_key(Read.TEXT, required=True))
+    table: Table = field(metadata=_key(Read.CHOICE, required=True, choices=tuple(Table)))
+    address: int = field(metadata=_key(Read.INTEGER, required=True, lo=0, hi=65535))
+    # required for holding/input; coil and discrete points are bool (a rule in config)
+    type: DataType = field(metadata=_key(Read.CHOICE, choices=tuple(DataType)))
+    # seconds; the device interval unless the point overrides it
+    interval: float = field(metadata=_key(Read.DURATION))
+    length: int = field(default=0, metadata=_key(Read.INTEGER, lo=1, hi=MAX_STRING_LENGTH))
+    byte_order: Order = field(default=Order.BIG, metadata=_key(Read.CHOICE, choices=tuple(Order)))
+    word_order: Order = field(default=Order.BIG, metadata=_key(Read.CHOICE, choices=tuple(Order)))
+    scale: float = field(default=1.0, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
+    offset: float = field(default=0.0, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
+    precision: int | None = field(
+        default=None, metadata=_key(Read.INTEGER, lo=0, hi=15, only=Only.NUMERIC)
+    )
+    values: tuple[tuple[int, str], ...] = field(default=(), metadata=_key(Read.VALUES))
+    bit: int | None = field(default=None, metadata=_key(Read.INTEGER, lo=0, hi=15))
+    unit: str | None = field(default=None, metadata=_key(Read.TEXT))
     # writes (issue 3)
-    writable: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    write_table: Table | None = None
-    write_address: int | None = None
-    mask_write: bool = False
+    writable: bool = field(default=False, metadata=_key(Read.BOOLEAN))
+    minimum: float | None = field(
+        default=None,
+        metadata=_key(Read.NUMBER, yaml="min", only=Only.NUMERIC, needs_writable=True),
+    )
+    maximum: float | None = field(
+        default=None,
+        metadata=_key(Read.NUMBER, yaml="max", only=Only.NUMERIC, needs_writable=True),
+    )
+    write_table: Table | None = field(
+        default=None,
+        metadata=_key(Read.CHOICE, choices=(Table.COIL, Table.HOLDING), needs_writable=True),
+    )
+    write_address: int | None = field(
+        default=None, metadata=_key(Read.INTEGER, lo=0, hi=65535, needs_writable=True)
+    )
+    mask_write: bool = field(default=False, metadata=_key(Read.BOOLEAN, needs_writable=True))
+    # Home Assistant discovery (issue 8); the rules are in config, the vocabulary in hass
+    device_class: str | None = field(default=None, metadata=_key(Read.TEXT))
+    state_class: StateClass | None = field(
+        default=None, metadata=_key(Read.CHOICE, choices=tuple(StateClass))
+    )
+    entity_category: EntityCategory | None = field(
+        default=None, metadata=_key(Read.CHOICE, choices=tuple(EntityCategory))
+    )
+    icon: str | None = field(default=None, metadata=_key(Read.TEXT))
+    display_name: str | None = field(default=None, metadata=_key(Read.TEXT))
+    homeassistant: bool = field(default=True, metadata=_key(Read.BOOLEAN))
+    # publishing: a change smaller than this (engineering units) is not published
+    deadband: float | None = field(default=None, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
 
     @property
     def count(self) -> int:
@@ -140,6 +229,18 @@ class Point:
     @property
     def value_map(self) -> dict[int, str]:
         return dict(self.values)
+
+
+def _point_keys() -> tuple[tuple[str, PointKey], ...]:
+    return tuple(
+        (f.name, replace(f.metadata["key"], yaml=f.metadata["key"].yaml or f.name))
+        for f in fields(Point)
+    )
+
+
+POINT_KEYS = _point_keys()
+"""(field name, `PointKey` with its `yaml` name set) of every `Point` field, in order.
+`interval`, `byte_order` and `word_order` default to the device's (`bridge.config`)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +339,12 @@ class Device:
     max_gap: int = 10
     write_multiple: bool = False
     write_rate: float | None = None  # commands per second, None = unlimited
+    # device information for Home Assistant (issue 8)
+    manufacturer: str | None = None
+    model: str | None = None
+    area: str | None = None
+    # seconds: republish the full state at least this often, changed or not
+    heartbeat: float | None = None
 
     def point(self, name: str) -> Point | None:
         for p in self.points:
@@ -272,6 +379,15 @@ class Mqtt:
 
 
 @dataclass(frozen=True)
+class HomeAssistant:
+    """MQTT discovery for Home Assistant (off unless enabled)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    status_topic: str = "homeassistant/status"  # Home Assistant's birth and last will
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     mqtt: Mqtt
     hosts: tuple[Host, ...]
@@ -280,6 +396,7 @@ class BridgeConfig:
     read_only: bool = False
     write_timeout: float = 2.0
     health_interval: float = 30.0
+    homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     source: str = field(default="", compare=False)
 
     def host(self, name: str) -> Host:

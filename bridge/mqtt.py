@@ -15,6 +15,10 @@ message larger than the broker's maximum packet size (MQTT 5 CONNACK, or
 broker the largest packet it accepts itself (MQTT 5 CONNECT), with a hard cap on
 incoming packets for MQTT 3.1.1. A publish the broker refuses (MQTT 5 PUBACK
 reason code 0x80 or above, e.g. an ACL) is logged and counted, not retried.
+
+Incoming messages are routed by topic: a message on one of the `routes` filters goes
+to that route's handler at once (Home Assistant's status, retained discovery); every
+other message is a command for `on_message`, one task each, behind the flood guard.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,6 +284,7 @@ class MqttLink:
         on_message: Callable[[Incoming], Coroutine[Any, Any, None]] | None = None,
         on_overload: Callable[[Incoming], None] | None = None,
         subscriptions: Iterable[Subscription] = (),
+        routes: Mapping[str, Callable[[Incoming], None]] | None = None,
         backoff_max: float = 30.0,
     ) -> None:
         self.settings = settings
@@ -287,7 +292,10 @@ class MqttLink:
         self._on_connected = on_connected
         self._on_message = on_message
         self._on_overload = on_overload
-        self._subscriptions = tuple(subscriptions)
+        # filter -> handler. Unlike commands, these want retained messages replayed (the
+        # discovery of an earlier run; a birth message some setups retain).
+        self._routes = dict(routes or {})
+        self._subscriptions = (*subscriptions, *(Subscription(f) for f in self._routes))
         self._backoff_max = backoff_max
         # Keyed by topic (state: newest wins) or by (topic, n) for messages that must
         # each be delivered (command results). Bounded by topics + MAX_ONE_OFF.
@@ -628,9 +636,16 @@ class MqttLink:
         props.CorrelationData = item.correlation_data
         return props
 
+    def _route(self, topic: aiomqtt.Topic) -> Callable[[Incoming], None] | None:
+        for flt, handler in self._routes.items():
+            if topic.matches(flt):
+                return handler
+        return None
+
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if self._on_message is None:
+            route = self._route(message.topic)
+            if route is None and self._on_message is None:
                 continue
             props = message.properties
             response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -640,6 +655,14 @@ class MqttLink:
             incoming = Incoming(
                 str(message.topic), bytes(raw), response_topic, correlation, bool(message.retain)
             )
+            if route is not None:
+                try:
+                    route(incoming)
+                except Exception:  # a handler's bug must not take the link down
+                    log.exception("handling a message on %s failed", incoming.topic)
+                continue
+            if self._on_message is None:
+                continue
             if len(self._handlers) >= MAX_HANDLERS:
                 # A flood of commands: refuse (and answer) instead of growing without bound.
                 self.stats.overloaded += 1

@@ -4,10 +4,20 @@ The cache holds the latest value of every point, each device's availability and
 `last_seen`. `update()` returns only the messages that a change requires, and
 `full()` every message (at start and after each MQTT reconnect), so the MQTT
 link can drop anything during an outage without losing state.
+
+Publishing policy (per device, `Device.heartbeat`, and per point, `Point.deadband`):
+
+* a point's change triggers a publish only when it differs from the value last
+  published for it by at least its `deadband` (numbers only; any other change,
+  a type change or a null counts at once). A message sent for another reason
+  (another point changed, a heartbeat) carries the newest values;
+* with a `heartbeat`, the device's whole state goes out again when that long has
+  passed since it last did, changed or not, so `last_seen` keeps moving.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -26,9 +36,15 @@ class Message:
 @dataclass
 class DeviceState:
     device: Device
-    values: dict[str, Value] = field(default_factory=dict)
+    values: dict[str, Value] = field(default_factory=dict)  # the newest read of each point
     last_seen: float | None = None
     available: bool | None = None  # None until the first read finished
+    published: dict[str, Value] = field(default_factory=dict)  # last published as a change
+    published_all_at: float | None = None  # when every point last went out (heartbeat)
+    deadbands: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadbands = {p.name: p.deadband for p in self.device.points if p.deadband}
 
 
 class StateCache:
@@ -41,18 +57,21 @@ class StateCache:
         self.devices: dict[str, DeviceState] = {d.name: DeviceState(d) for d in devices}
 
     def update(self, device: str, values: Mapping[str, Value], now: float) -> list[Message]:
-        """Merge freshly read values; return the state messages the changes need."""
+        """Merge freshly read values (read at `now`, wall-clock seconds); return the state
+        messages the changes, or a due heartbeat, need."""
         st = self.devices[device]
         st.last_seen = now
-        changed = [
-            name
-            for name, v in values.items()
-            if name not in st.values or st.values[name] != v or type(st.values[name]) is not type(v)
-        ]
-        for name in changed:
-            st.values[name] = values[name]
+        st.values.update(values)
+        if _heartbeat_due(st, now):
+            changed = list(st.values)
+        else:
+            changed = [name for name, v in values.items() if _significant(st, name, v)]
         if not changed:
             return []
+        for name in changed:
+            st.published[name] = st.values[name]
+        if self.output is Output.JSON or len(changed) == len(st.values):
+            st.published_all_at = now
         return self._state_messages(st, changed)
 
     def set_available(self, device: str, available: bool) -> list[Message]:
@@ -101,3 +120,31 @@ class StateCache:
                     )
                 )
         return out
+
+
+_MISSING = object()
+
+
+def _significant(st: DeviceState, name: str, new: Value) -> bool:
+    """Whether `new` is a change worth publishing against what was published last."""
+    old = st.published.get(name, _MISSING)
+    if old is _MISSING or type(old) is not type(new):
+        return True
+    deadband = st.deadbands.get(name)
+    if (
+        deadband is not None
+        and isinstance(old, int | float)
+        and isinstance(new, int | float)
+        and math.isfinite(old)
+        and math.isfinite(new)
+    ):
+        return abs(new - old) >= deadband
+    return bool(old != new)
+
+
+def _heartbeat_due(st: DeviceState, now: float) -> bool:
+    """The device's full state is due again (a clock set back counts as due)."""
+    beat, last = st.device.heartbeat, st.published_all_at
+    if beat is None or last is None:
+        return False
+    return now - last >= beat or now < last

@@ -15,6 +15,7 @@ RESERVED_DEVICE_NAMES = RESERVED_POINT_NAMES | {"bridge"}
 
 MAX_TOPIC_BYTES = 65535  # an MQTT string: a longer topic cannot be sent at all
 MAX_NAME_LENGTH = 128  # characters of a device, point or host name: longer is surely a mistake
+MAX_BASE_TOPIC = 1024  # characters: every topic of the bridge stays far below MQTT's 65535 bytes
 
 # Unicode categories that are legal in some topics but invisible or line-breaking in
 # logs, dashboards and entity ids (format characters such as bidi overrides, and the
@@ -81,6 +82,25 @@ def level_problem(name: str, reserved: Collection[str] = ()) -> str | None:
     return None
 
 
+def base_topic_problem(base: str) -> str | None:
+    """Why `base` cannot be the base topic (a phrase to follow the quoted topic in a
+    message; an empty base gets a whole sentence), or None when it can."""
+    if not base:
+        return "must not be empty"
+    if base.startswith("/") or base.endswith("/"):
+        return "must not start or end with '/'"
+    if "//" in base:
+        return "must not contain an empty level"
+    for bad in ("+", "#"):
+        if bad in base:
+            return f"must not contain {bad!r}"
+    if base.startswith("$"):
+        return "must not start with '$' (topics reserved for the broker)"
+    if len(base) > MAX_BASE_TOPIC:
+        return f"is {len(base)} characters long (at most {MAX_BASE_TOPIC})"
+    return text_problem(base)
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topics under one base, e.g. ``Topics("modbus").state("meter-1")``."""
@@ -88,10 +108,9 @@ class Topics:
     base: str
 
     def __post_init__(self) -> None:
-        if not self.base or self.base.startswith("/") or self.base.endswith("/"):
-            raise ValueError(f"base topic {self.base!r}: empty, or leading/trailing '/'")
-        if "+" in self.base or "#" in self.base:
-            raise ValueError(f"base topic {self.base!r} must not contain wildcards")
+        why = base_topic_problem(self.base)
+        if why is not None:
+            raise ValueError(f"base topic {self.base!r} {why}")
 
     def _join(self, *levels: str) -> str:
         return "/".join((self.base, *levels))

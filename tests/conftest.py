@@ -10,6 +10,8 @@ Fixture factories (call them inside the test):
 - ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
 - ``serial_pair``: a virtual null-modem cable (`socat` pty pair), unpluggable
   (`tests.serial_line.SerialPair`).
+- ``await run_bridge(config, env=None) -> BridgeProcess``: the bridge daemon as a child
+  process (`tests.bridgeproc`), stopped with SIGTERM at teardown if still running.
 
 Everything is stopped at teardown.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bridgeproc import BridgeProcess
 from broker import Broker, MqttWatcher, TlsFiles, find_mosquitto, make_tls_files
 from serial_line import SerialPair
 
@@ -122,3 +125,23 @@ def serial_pair(tmp_path: Path) -> Iterator[SerialPair]:
     pair.plug()
     yield pair
     pair.unplug()
+
+
+@pytest.fixture
+async def run_bridge(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
+    procs: list[BridgeProcess] = []
+
+    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> BridgeProcess:
+        workdir = tmp_path / f"bridge-{len(procs)}"
+        workdir.mkdir()
+        proc = BridgeProcess(config, workdir, env)
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.alive():
+            await proc.terminate()

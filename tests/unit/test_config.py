@@ -17,7 +17,9 @@ from bridge.model import (
     BridgeConfig,
     DataType,
     Device,
+    EntityCategory,
     Framer,
+    HomeAssistant,
     Host,
     Mqtt,
     Order,
@@ -25,6 +27,7 @@ from bridge.model import (
     Parity,
     Point,
     SerialLink,
+    StateClass,
     Table,
     TcpLink,
     Tls,
@@ -276,6 +279,7 @@ def test_example_config_documents_every_key() -> None:
     keys = {
         *cfg._ROOT_KEYS,
         *cfg._MQTT_KEYS,
+        *cfg._HOMEASSISTANT_KEYS,
         *cfg._TLS_KEYS,
         *cfg._HOST_KEYS,
         *cfg._KEEPALIVE_KEYS,
@@ -905,3 +909,138 @@ def test_serial_host() -> None:
     assert (host.timeout, host.pause, host.rtu, host.bus_baudrate) == (0.25, 0.005, True, 19200)
     defaults = parse_config(MINIMAL.replace("address: 10.0.0.1", "serial: /dev/ttyUSB0"), env={})
     assert defaults.hosts[0].link == SerialLink("/dev/ttyUSB0", 9600, Parity.NONE, 1, 8)
+
+
+# --------------------------------------------------------------------------
+# Home Assistant keys and the publishing policy
+
+
+HA_CONFIG = """\
+version: 1
+homeassistant: {enabled: true, discovery_prefix: ha, status_topic: ha/status}
+hosts:
+  - {name: gw, address: 10.0.0.1}
+templates:
+  meter:
+    manufacturer: Eastron
+    model: SDM630
+    heartbeat: 5m
+    points:
+      - {name: voltage, table: input, address: 0, type: float32, unit: V,
+         device_class: voltage, state_class: measurement, deadband: 0.5}
+devices:
+  - {name: m1, host: gw, unit: 1, template: meter, area: Plant room}
+  - {name: m2, host: gw, unit: 2, template: meter, model: SDM120, heartbeat: 30s}
+  - name: boiler
+    host: gw
+    unit: 3
+    points:
+      - {name: setpoint, table: holding, address: 0, type: int16, writable: true,
+         display_name: Flow setpoint, icon: "mdi:thermometer", entity_category: config,
+         device_class: temperature, unit: °C}
+      - {name: serial, table: holding, address: 1, type: string, length: 2,
+         entity_category: diagnostic, homeassistant: false}
+"""
+
+
+def test_homeassistant_section_and_defaults() -> None:
+    assert parse_config(MINIMAL, env={}).homeassistant == HomeAssistant(
+        enabled=False, discovery_prefix="homeassistant", status_topic="homeassistant/status"
+    )
+    config = parse_config(HA_CONFIG, env={})
+    assert config.homeassistant == HomeAssistant(True, "ha", "ha/status")
+
+
+def test_device_info_from_template_and_overrides() -> None:
+    m1, m2, boiler = parse_config(HA_CONFIG, env={}).devices
+    assert (m1.manufacturer, m1.model, m1.area, m1.heartbeat) == (
+        "Eastron",
+        "SDM630",
+        "Plant room",
+        300.0,
+    )
+    assert (m2.manufacturer, m2.model, m2.area, m2.heartbeat) == ("Eastron", "SDM120", None, 30.0)
+    assert (boiler.manufacturer, boiler.model, boiler.area, boiler.heartbeat) == (None,) * 4
+
+
+def test_point_homeassistant_keys() -> None:
+    m1, _, boiler = parse_config(HA_CONFIG, env={}).devices
+    voltage = m1.points[0]
+    assert (voltage.device_class, voltage.state_class, voltage.deadband) == (
+        "voltage",
+        StateClass.MEASUREMENT,
+        0.5,
+    )
+    assert voltage.homeassistant is True
+    setpoint, serial = boiler.points
+    assert (setpoint.display_name, setpoint.icon, setpoint.entity_category) == (
+        "Flow setpoint",
+        "mdi:thermometer",
+        EntityCategory.CONFIG,
+    )
+    assert serial.homeassistant is False
+    assert serial.entity_category is EntityCategory.DIAGNOSTIC
+
+
+def test_read_only_bridge_keeps_a_valid_config_valid() -> None:
+    """read_only turns a switch into a binary_sensor (bridge.discovery), but a switch's
+    device class and entity category stay valid config: a safety switch must not break it."""
+    text = one_device(
+        "[{name: r, table: coil, address: 0, writable: true, device_class: outlet,"
+        " entity_category: config}]"
+    )
+    for flag in ("false", "true"):
+        config = parse_config(text.replace("version: 1", f"version: 1\nread_only: {flag}"), env={})
+        assert config.devices[0].points[0].device_class == "outlet"
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        # a case per platform: the device class must be one that platform takes
+        ("{table: input, address: 0, type: uint16, device_class: door}", "to a sensor"),
+        ("{table: discrete, address: 0, device_class: voltage}", "to a binary_sensor"),
+        (
+            "{table: holding, address: 0, type: uint16, writable: true, device_class: door}",
+            "to a number",
+        ),
+        ("{table: coil, address: 0, writable: true, device_class: door}", "to a switch"),
+        (
+            "{table: holding, address: 0, type: uint16, values: {0: a}, writable: true,"
+            " device_class: door}",
+            "to a select",
+        ),
+        (
+            "{table: holding, address: 0, type: string, length: 2, device_class: voltage}",
+            "to a sensor (a read-only string)",
+        ),
+        (
+            "{table: holding, address: 0, type: uint16, values: {0: a}, device_class: voltage}",
+            "to a sensor (a read-only point with values); it takes: enum",
+        ),
+    ],
+)
+def test_device_class_must_fit_the_platform(point: str, message: str) -> None:
+    [msg] = problems(one_device(f"[{{name: p, {point[1:]}]"))
+    assert "does not apply " + message in msg
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "{table: holding, address: 0, type: uint16, device_class: power, unit: kW,"
+        " state_class: measurement, deadband: 10}",
+        "{table: holding, address: 0, type: uint32, device_class: energy, unit: kWh,"
+        " state_class: total_increasing}",
+        "{table: holding, address: 0, type: uint16, device_class: power_factor}",
+        "{table: holding, address: 0, type: uint16, device_class: monetary, unit: EUR,"
+        " state_class: total}",
+        "{table: holding, address: 0, type: string, length: 4, device_class: timestamp}",
+        "{table: discrete, address: 0, device_class: door, entity_category: diagnostic}",
+        "{table: coil, address: 0, writable: true, device_class: outlet, entity_category: config}",
+        "{table: holding, address: 0, type: uint16, values: {0: a}, device_class: enum}",
+        "{table: holding, address: 0, type: float32, deadband: 0}",
+    ],
+)
+def test_homeassistant_keys_accepted(point: str) -> None:
+    parse_config(one_device(f"[{{name: p, {point[1:]}]"), env={})

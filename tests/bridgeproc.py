@@ -1,4 +1,5 @@
-"""Run the real bridge (`python -m bridge run`) as a child process against fixtures."""
+"""The bridge daemon (`python -m bridge run`) as a child process, for tests that need
+the real thing: integration tests and the Home Assistant test."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BridgeProcess:
@@ -77,23 +76,3 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-@pytest.fixture
-async def run_bridge(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
-    procs: list[BridgeProcess] = []
-
-    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> BridgeProcess:
-        workdir = tmp_path / f"bridge-{len(procs)}"
-        workdir.mkdir()
-        proc = BridgeProcess(config, workdir, env)
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield make
-    for proc in procs:
-        if proc.alive():
-            await proc.terminate()

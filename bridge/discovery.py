@@ -1,0 +1,381 @@
+"""Home Assistant MQTT discovery: the validated configuration -> retained messages. Pure.
+
+One device-based discovery message per bridge device, on
+``<prefix>/device/<client>/<device>/config`` (both levels made topic-safe), holding
+``dev`` (the device), ``o`` (this bridge as origin), the shared ``state_topic`` and
+``availability`` (bridge state AND device availability, ``availability_mode: all``)
+and ``cmps``: one component per point, its platform chosen by `bridge.hass.platform`.
+A further device stands for the bridge itself, with diagnostic sensors read from the
+health report; every other device names it as ``via_device``.
+
+Identities are built from the MQTT ``client_id``, the device name and the point
+name, which never contain ``/``, so ``<client_id>/<device>/<point>`` is unique and
+the same after every restart. `Discovery.repair` recognises this bridge's own
+earlier messages (origin name and identifiers) and answers those that are stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import __version__, hass
+from bridge.codec import int_range
+from bridge.hass import Platform
+from bridge.model import BridgeConfig, DataType, Device, EntityCategory, Output, Point
+from bridge.payloads import OFFLINE, ONLINE
+from bridge.state import Message
+from bridge.topics import Topics
+
+ORIGIN_NAME = "modbus-mqtt-bridge"
+SUPPORT_URL: str | None = None  # the project has no public home yet; sent when it has one
+BRIDGE_DEVICE = "bridge"  # a reserved device name, so no configured device can take it
+EXPIRE_HEARTBEATS = 3  # a sensor with a heartbeat turns unavailable after this many missed
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_FLOAT_LIMIT = {DataType.FLOAT32: 3.4028234663852886e38, DataType.FLOAT64: 1.7976931348623157e308}
+_MIN_STEP = 0.001  # Home Assistant's smallest number step
+_BOOL_TRUE, _BOOL_FALSE = "true", "false"  # plain payloads and commands of bools
+
+
+def safe_id(text: str) -> str:
+    """`text` as a discovery topic level (letters, digits, ``_``, ``-``). Text that had to
+    change gets a hash of the original, so two names never map to the same id."""
+    if _SAFE.fullmatch(text):
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', text).strip('_') or 'x'}_{digest}"
+
+
+def readable(name: str) -> str:
+    """A point name made readable: ``l1_voltage`` -> ``L1 voltage``."""
+    words = re.sub(r"[_\s]+", " ", name).strip()
+    return words[:1].upper() + words[1:] if words else name
+
+
+def unique_id(client_id: str, device: str, point: str) -> str:
+    return f"{client_id}/{device}/{point}"
+
+
+def device_identifier(client_id: str, device: str) -> str:
+    return f"{client_id}/{device}"
+
+
+def _key(name: str) -> str:
+    """A JSON key as a Jinja string literal (quotes and non-ASCII escaped)."""
+    return json.dumps(name)
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Discovery messages of one configuration, and the repair of old ones."""
+
+    config: BridgeConfig
+    version: str = __version__
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.config.mqtt.base_topic)
+
+    @property
+    def client_id(self) -> str:
+        return self.config.mqtt.client_id
+
+    @property
+    def prefix(self) -> str:
+        return self.config.homeassistant.discovery_prefix
+
+    @property
+    def filter(self) -> str:
+        """The subscription that replays this bridge's earlier discovery messages."""
+        return f"{self.prefix}/device/{safe_id(self.client_id)}/+/config"
+
+    def config_topic(self, device: str) -> str:
+        return f"{self.prefix}/device/{safe_id(self.client_id)}/{safe_id(device)}/config"
+
+    # -- messages -----------------------------------------------------------
+
+    def messages(self) -> list[Message]:
+        """Every retained discovery message: the bridge device first, then each device
+        with at least one point in Home Assistant."""
+        out = [Message(self.config_topic(BRIDGE_DEVICE), _json(self.bridge_payload()), True)]
+        for device in self.config.devices:
+            payload = self.device_payload(device)
+            if payload["cmps"]:
+                out.append(Message(self.config_topic(device.name), _json(payload), True))
+        return out
+
+    def origin(self) -> dict[str, str]:
+        origin = {"name": ORIGIN_NAME, "sw_version": self.version}
+        if SUPPORT_URL is not None:
+            origin["support_url"] = SUPPORT_URL
+        return origin
+
+    def device_payload(self, device: Device) -> dict[str, Any]:
+        t = self.topics
+        dev: dict[str, Any] = {
+            "identifiers": [device_identifier(self.client_id, device.name)],
+            "name": device.name,
+            "via_device": device_identifier(self.client_id, BRIDGE_DEVICE),
+        }
+        for key, value in (
+            ("manufacturer", device.manufacturer),
+            ("model", device.model),
+            ("suggested_area", device.area),
+        ):
+            if value is not None:
+                dev[key] = value
+        payload: dict[str, Any] = {"dev": dev, "o": self.origin()}
+        if self.config.mqtt.output is not Output.ATTRIBUTE:
+            payload["state_topic"] = t.state(device.name)
+        payload["availability"] = [
+            _available(t.bridge_state),
+            _available(t.availability(device.name)),
+        ]
+        payload["availability_mode"] = "all"
+        payload["cmps"] = {
+            safe_id(p.name): self.component(device, p) for p in device.points if p.homeassistant
+        }
+        return payload
+
+    def component(self, device: Device, p: Point) -> dict[str, Any]:
+        """The component of one point (`hass.platform` decides which)."""
+        kind = hass.platform(p, read_only=self.config.read_only)
+        c: dict[str, Any] = {
+            "p": kind.value,
+            "name": p.display_name or readable(p.name),
+            "unique_id": unique_id(self.client_id, device.name, p.name),
+            "object_id": f"{device.name}_{p.name}",
+            "qos": self.config.mqtt.qos,  # not inherited from the device level
+        }
+        if self.config.mqtt.output is Output.ATTRIBUTE:
+            c["state_topic"] = self.topics.attribute(device.name, p.name)
+        c["value_template"] = self._value_template(p)
+        if kind in (Platform.NUMBER, Platform.SWITCH, Platform.SELECT):
+            c["command_topic"] = self.topics.point_set(device.name, p.name)
+        # With read_only a control becomes a sensor: keep only what a sensor can have.
+        if p.device_class in hass.device_classes(p, read_only=self.config.read_only):
+            c["device_class"] = p.device_class
+        if p.entity_category is not None and (
+            p.entity_category is not EntityCategory.CONFIG or kind not in hass.READ_ONLY_PLATFORMS
+        ):
+            c["entity_category"] = p.entity_category.value
+        if p.icon is not None:
+            c["icon"] = p.icon
+
+        if kind in (Platform.BINARY_SENSOR, Platform.SWITCH):
+            c["payload_on"], c["payload_off"] = _BOOL_TRUE, _BOOL_FALSE
+        elif p.values:  # an enum: sensor or select
+            if kind is Platform.SENSOR:
+                c["device_class"] = "enum"
+            c["options"] = [label for _, label in p.values]
+        elif hass.is_number(p):
+            if p.unit is not None:
+                c["unit_of_measurement"] = p.unit
+            if kind is Platform.SENSOR:
+                if p.state_class is not None:
+                    c["state_class"] = p.state_class.value
+                if p.precision is not None:
+                    c["suggested_display_precision"] = p.precision
+            else:
+                lo, hi = number_range(p)
+                c.update(min=_number(lo), max=_number(hi), step=_number(number_step(p)))
+                c["mode"] = "box"
+        expire = self._expire_after(device)
+        if expire is not None and kind in hass.READ_ONLY_PLATFORMS:
+            c["expire_after"] = expire
+        return c
+
+    def _value_template(self, p: Point) -> str:
+        """Renders the value as Home Assistant takes it; a null (or a point not read yet)
+        as ``None``, which it shows as unknown instead of logging an error."""
+        as_bool = hass.yields_bool(p) and not p.values
+        if self.config.mqtt.output is Output.ATTRIBUTE:
+            # plain payloads: true/false, numbers, text; null is an empty payload
+            return "{{ value if value else 'None' }}"
+        get = f"value_json.get({_key(p.name)})"
+        if as_bool:
+            return (
+                f"{{% set v = {get} %}}"
+                f"{{{{ 'None' if v is none else ('{_BOOL_TRUE}' if v else '{_BOOL_FALSE}') }}}}"
+            )
+        return f"{{{{ {get} }}}}"
+
+    def _expire_after(self, device: Device) -> int | None:
+        """Seconds without a message after which Home Assistant shows a sensor as
+        unavailable: a few heartbeats (or poll intervals, if those are longer)."""
+        if device.heartbeat is None:
+            return None
+        fastest = min((p.interval for p in device.points), default=device.interval)
+        return math.ceil(EXPIRE_HEARTBEATS * max(device.heartbeat, fastest))
+
+    def bridge_payload(self) -> dict[str, Any]:
+        """The bridge as a device: diagnostic sensors read from `bridge/health`.
+
+        The report may be trimmed to the broker's maximum packet size
+        (`health.fit_health`): hosts and devices then hold counts (numbers) instead of
+        one entry per name, and what is left out renders as None (unknown).
+        """
+        t = self.topics
+        hosts = "{% set h = value_json.get('hosts', {}) %}"
+        devices = "{% set d = value_json.get('devices', {}) %}"
+        trimmed = "h.connected is number"  # a host named `connected` holds a mapping
+        sensors: Sequence[tuple[str, str, Mapping[str, Any]]] = (
+            (
+                "uptime",
+                "{{ value_json.get('uptime_s') }}",
+                {"device_class": "duration", "unit_of_measurement": "s"},
+            ),
+            (
+                "hosts_connected",
+                f"{hosts}{{{{ h.connected if {trimmed}"
+                " else h.values() | selectattr('connected') | list | count }}",
+                {"state_class": "measurement"},
+            ),
+            (
+                "devices_online",
+                f"{devices}{{{{ d.total - d.offline if d.offline is number"
+                " else d.values() | selectattr('available') | list | count }}",
+                {"state_class": "measurement"},
+            ),
+            (
+                "requests",
+                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='requests') }}}}",
+                {"state_class": "total_increasing"},
+            ),
+            (
+                "errors",
+                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='errors') }}}}",
+                {"state_class": "total_increasing"},
+            ),
+            (
+                "memory",
+                "{{ value_json.get('rss_bytes') }}",
+                {"device_class": "data_size", "unit_of_measurement": "B"},
+            ),
+        )
+        cmps = {
+            name: {
+                "p": Platform.SENSOR.value,
+                "name": readable(name),
+                "unique_id": unique_id(self.client_id, BRIDGE_DEVICE, name),
+                "object_id": f"{self.client_id}_{name}",
+                "value_template": template,
+                "entity_category": "diagnostic",
+                "qos": self.config.mqtt.qos,
+                **extra,
+            }
+            for name, template, extra in sensors
+        }
+        return {
+            "dev": {
+                "identifiers": [device_identifier(self.client_id, BRIDGE_DEVICE)],
+                "name": f"Modbus bridge {self.client_id}",
+                "manufacturer": ORIGIN_NAME,
+                "model": "Modbus to MQTT bridge",
+                "sw_version": self.version,
+            },
+            "o": self.origin(),
+            "state_topic": t.bridge_health,
+            "availability": [_available(t.bridge_state)],
+            "cmps": cmps,
+        }
+
+    # -- earlier messages ---------------------------------------------------
+
+    def is_ours(self, payload: bytes) -> bool:
+        """A discovery payload this bridge (this origin and client id) published."""
+        doc = _load(payload)
+        if doc is None:
+            return False
+        origin, dev = doc.get("o"), doc.get("dev")
+        if not isinstance(origin, dict) or origin.get("name") != ORIGIN_NAME:
+            return False
+        ids = dev.get("identifiers") if isinstance(dev, dict) else None
+        mine = f"{self.client_id}/"
+        return isinstance(ids, list) and any(isinstance(i, str) and i.startswith(mine) for i in ids)
+
+    def repair(self, topic: str, payload: bytes, current: Mapping[str, bytes]) -> Message | None:
+        """What to publish about an earlier retained discovery message, or None.
+
+        `current` maps each topic of `messages()` to its payload. Someone else's
+        message, or one that is current, is left alone. Ours on a topic no longer in
+        use is cleared (an empty retained payload: Home Assistant removes the device).
+        Ours with components the current one lacks gets the current payload plus a
+        ``{"p": <platform>}`` stub per removed component, which is how Home Assistant
+        removes a single entity of a device.
+        """
+        if not payload or not self.is_ours(payload):
+            return None
+        now = current.get(topic)
+        if now is None:
+            return Message(topic, b"", True)
+        if payload == now:
+            return None
+        old = _load(payload) or {}
+        new = json.loads(now)
+        old_cmps = old.get("cmps")
+        if not isinstance(old_cmps, dict):
+            return None
+        gone = {
+            key: {"p": comp["p"]}
+            for key, comp in old_cmps.items()
+            if key not in new["cmps"] and isinstance(comp, dict) and len(comp) > 1 and "p" in comp
+        }
+        if not gone:
+            return None
+        new["cmps"].update(gone)
+        return Message(topic, _json(new), True)
+
+
+def number_range(p: Point) -> tuple[float, float]:
+    """The lowest and highest value a number entity offers: the point's `min`/`max`,
+    else what its type can hold after scale and offset."""
+    raw = int_range(p.type)
+    if raw is not None:
+        a, b = raw[0] * p.scale + p.offset, raw[1] * p.scale + p.offset
+        lo, hi = min(a, b), max(a, b)
+    else:
+        limit = _FLOAT_LIMIT.get(p.type, _FLOAT_LIMIT[DataType.FLOAT32])
+        lo, hi = -limit, limit
+    return (
+        lo if p.minimum is None else p.minimum,
+        hi if p.maximum is None else p.maximum,
+    )
+
+
+def number_step(p: Point) -> float:
+    """The step of a number entity: the scale of an integer register (a raw step of 1),
+    or the published precision, whichever is coarser; at least 0.001."""
+    steps = []
+    if not p.type.is_float:
+        steps.append(abs(p.scale))
+    if p.precision is not None:
+        steps.append(10.0**-p.precision)
+    step = max(steps) if steps else _MIN_STEP
+    return max(round(step, 12), _MIN_STEP)
+
+
+def _available(topic: str) -> dict[str, str]:
+    return {"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
+
+
+def _json(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _load(payload: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None

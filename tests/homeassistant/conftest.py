@@ -1,0 +1,60 @@
+"""The real Home Assistant test runs only when asked: `make ha-test`, or
+`BRIDGE_HA_PYTHON=/path/to/ha-venv/bin/python pytest tests/homeassistant`.
+
+It is slow (Home Assistant takes 10-20 s to start) and needs Home Assistant Core
+2025.4.4 in a Python 3.13 virtual environment of its own (`make ha-venv`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from broker import free_port
+from harness import HomeAssistantCore
+
+HA_VERSION = "2025.4.4"
+
+
+@pytest.fixture(scope="session")
+def ha_python() -> str:
+    python = os.environ.get("BRIDGE_HA_PYTHON")
+    if not python:
+        pytest.skip("set BRIDGE_HA_PYTHON to a Python with homeassistant installed (make ha-test)")
+    try:
+        version = subprocess.run(
+            [python, "-c", "import homeassistant.const as c; print(c.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"BRIDGE_HA_PYTHON={python}: no usable homeassistant ({exc})")
+    if version != HA_VERSION:
+        pytest.fail(f"BRIDGE_HA_PYTHON has Home Assistant {version}; this test needs {HA_VERSION}")
+    return python
+
+
+@pytest.fixture
+async def home_assistant(
+    ha_python: str, tmp_path: Path
+) -> AsyncIterator[Callable[[int], Awaitable[HomeAssistantCore]]]:
+    started: list[HomeAssistantCore] = []
+
+    async def start(broker_port: int) -> HomeAssistantCore:
+        ha = HomeAssistantCore(
+            ha_python, tmp_path / "ha", http_port=free_port(), broker_port=broker_port
+        )
+        ha.start()
+        started.append(ha)
+        await ha.wait_http()
+        await ha.onboard()
+        return ha
+
+    yield start
+    for ha in started:
+        await ha.stop()
