@@ -29,7 +29,7 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("bridge.mqtt")
+T = TypeVar("T")
 
 SEND_CONCURRENCY = 64  # publishes in flight at once
 MAX_ONE_OFF = 10_000  # non-coalescing messages (command results) waiting; ~200 bytes each
@@ -260,6 +261,41 @@ class _Client(aiomqtt.Client):
         future = self._disconnected
         if future.done() and not future.cancelled():
             future.exception()
+
+    async def unless_dropped(self, awaitable: Coroutine[Any, Any, T]) -> T:
+        """Await `awaitable`, or raise MqttError as soon as the connection drops: aiomqtt
+        would otherwise wait out its 10 s timeout for an acknowledgement that cannot
+        come any more."""
+        task = asyncio.ensure_future(awaitable)
+        waits: set[asyncio.Future[Any]] = {task, self._disconnected}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
+        raise aiomqtt.MqttError("the connection dropped")
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """As aiomqtt does, but a socket closed before the loop gets to it is skipped:
+        aiomqtt's own version then makes asyncio log "Exception in callback ...
+        add_writer" with a traceback when the broker drops the connection."""
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            fileno = sock.fileno()
+            if fileno == -1:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.add_writer(fileno, write)
+
+        self._loop.call_soon_threadsafe(register)
 
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
@@ -473,10 +509,12 @@ class MqttLink:
                     connected_at = loop.time()
                     self.stats.connects += 1
                     self._broker_max = client.broker_max_packet
-                    await client.publish(
-                        self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
+                    await client.unless_dropped(
+                        client.publish(
+                            self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
+                        )
                     )
-                    await self._subscribe(client)
+                    await client.unless_dropped(self._subscribe(client))
                     self._connected.set()
                     log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
                     if self._on_connected:
@@ -536,10 +574,10 @@ class MqttLink:
         client_id = self.settings.client_id
         if taken_over:
             return f" (another client connected with client_id {client_id!r})"
-        if short_sessions >= 3:
+        if short_sessions >= 2:
             # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
-            # dropped right after a successful connect, several times in a row, with no
-            # failed connect between them, are what a duplicate client id looks like.
+            # dropped right after a successful connect, again and again, with no failed
+            # connect between them, are what a duplicate client id looks like.
             return (
                 f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
                 f"connecting: is another client using client_id {client_id!r}?)"
@@ -586,12 +624,14 @@ class MqttLink:
         async def send_one(key: str | tuple[str, int], item: _Pending) -> None:
             topic = key if isinstance(key, str) else key[0]
             try:
-                await client.publish(
-                    topic,
-                    item.payload,
-                    qos=qos,
-                    retain=item.retain,
-                    properties=self._properties(item),
+                await client.unless_dropped(
+                    client.publish(
+                        topic,
+                        item.payload,
+                        qos=qos,
+                        retain=item.retain,
+                        properties=self._properties(item),
+                    )
                 )
                 self.stats.published += 1
             except aiomqtt.MqttError as exc:
