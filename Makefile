@@ -49,8 +49,10 @@ integration: $(STAMP) mosquitto
 	$(PY) -m pytest tests/integration -q
 
 # The real Home Assistant test is slow and needs its own venv: `make ha-test`, not here.
+# Two workers (pytest-xdist): most integration tests wait on sockets and timers, so the
+# suite takes about half the time; tests/deploy stays on one worker (see its conftest).
 test: $(STAMP) mosquitto deploy-tools lint
-	$(PY) -m pytest -q --ignore=tests/homeassistant
+	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/homeassistant
 
 # Home Assistant Core for tests/homeassistant, in a venv OUTSIDE the repository (~600 MB,
 # ~3.5 min): make ha-venv HA_VENV=/work/ha-venv. Python 3.13.0 installs at most 2025.4.4;
