@@ -79,7 +79,7 @@ class Bridge:
             self.sessions,
             self.state,
             publish=self.link.publish,
-            on_read=self._on_poll,
+            on_read=self._on_read,
         )
         self.scheduler = Scheduler(
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
@@ -151,6 +151,14 @@ class Bridge:
             log.info("Home Assistant: removing a device no longer configured (%s)", fix.topic)
         self.link.publish(fix.topic, fix.payload, retain=True)
 
+    def _on_read(
+        self, device: Device, values: dict[str, Value], error: ModbusRequestError | None
+    ) -> None:
+        """A read outside the polls (a write's read-back, a `get`): the scheduler's
+        memory of unchanged registers no longer matches the state."""
+        self.scheduler.forget(device.name)
+        self._on_poll(device, values, error)
+
     def _on_poll(
         self, device: Device, values: dict[str, Value], error: ModbusRequestError | None
     ) -> None:
@@ -162,7 +170,9 @@ class Bridge:
         else:
             messages += self.state.set_available(device.name, False)
             self._log_offline(device, error)
-        if values:
+        if values or error is None:
+            # A poll whose registers did not change brings no values, yet it is a read:
+            # `last_seen` moves and a due heartbeat goes out.
             messages += self.state.update(device.name, values, time.time())
         self._send(messages)
 

@@ -6,6 +6,11 @@ of each group is offset by a phase spread evenly over its interval, so a fleet o
 240 devices does not fire at once. A poll still running at its next deadline is
 not queued behind itself: the missed cycles are skipped and counted.
 
+Registers that did not change since the last read of a block are not decoded
+again: the poll reports only the points of blocks whose data changed, so steady
+values cost no decoding, comparing, serialising or publishing. (A read outside
+the polls, e.g. a write's read-back, calls `forget` so the next poll decodes.)
+
 Faults handled here, per device, so one bad unit never stalls its neighbours:
 
 - a device that stops answering is retried with its own full-jitter backoff
@@ -121,6 +126,10 @@ class Scheduler:
         self._compiled: dict[GroupKey, tuple[ReadBlock, ...]] = {
             _key(g): g.blocks for g in self.groups
         }
+        # The last data read for each block of the live plan (None: decode next time).
+        self._raw: dict[GroupKey, list[Sequence[int] | Sequence[bool] | None]] = {
+            _key(g): [None] * len(g.blocks) for g in self.groups
+        }
         self._relearn_at: dict[GroupKey, float] = {}
         self._learned: dict[GroupKey, set[str]] = {}  # ever learned bad (log once)
         self._skipping: dict[GroupKey, list[str]] = {}  # skipped now (health)
@@ -181,9 +190,17 @@ class Scheduler:
                 stats.skipped += missed
                 deadline += missed * group.interval
 
+    def forget(self, device: str) -> None:
+        """Decode every block of `device` at its next poll: its state was set from a read
+        the scheduler did not see (a write's read-back, a `get`)."""
+        for key in self._device_keys.get(device, ()):
+            raw = self._raw[key]
+            raw[:] = [None] * len(raw)
+
     async def _poll(self, device: Device, key: GroupKey) -> bool:
         session = self.sessions[device.host]
         values: dict[str, Value] = {}
+        raw = self._raw[key]
         try:
             index = 0
             while index < len(self.blocks[key]):
@@ -194,11 +211,16 @@ class Scheduler:
                     if exc.code not in ADDRESS_CODES:
                         raise
                     values.update(await self._learn(session, device, key, index, exc))
+                    raw[:] = [None] * len(self.blocks[key])  # the plan changed
                     continue  # the block at `index` was replaced: read its successors
-                try:
-                    values.update(decode_block(block, data))
-                except CodecError as exc:  # a short or malformed answer
-                    raise ModbusRequestError(device.host, device.unit, f"bad reply: {exc}") from exc
+                if data != raw[index]:
+                    try:
+                        values.update(decode_block(block, data))
+                    except CodecError as exc:  # a short or malformed answer
+                        raw[index] = None
+                        reason = f"bad reply: {exc}"
+                        raise ModbusRequestError(device.host, device.unit, reason) from exc
+                    raw[index] = data
                 index += 1
         except ModbusRequestError as exc:
             self._failed(device, key, exc)
@@ -231,6 +253,7 @@ class Scheduler:
         if due is not None and now >= due:
             del self._relearn_at[key]
             self.blocks[key] = list(self._compiled[key])
+            self._raw[key] = [None] * len(self.blocks[key])
             self._skipping.pop(key, None)
             self._refresh_skipped(key[0])
 

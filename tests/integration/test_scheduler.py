@@ -44,7 +44,10 @@ async def test_failing_slow_group_keeps_device_offline_without_flapping(sim_serv
     await session.start()
     scheduler.start()
     try:
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.0)
+        # Polls report what changed: a new value must get through the failing device.
+        server.unit(1).set_registers("holding", 0, [8])
+        await asyncio.sleep(1.0)
     finally:
         await scheduler.stop()
         await session.stop()
@@ -52,5 +55,5 @@ async def test_failing_slow_group_keeps_device_offline_without_flapping(sim_serv
     after = seen[first_failure:]
     # The fast group keeps delivering values, but the device never reports healthy
     # while its slow group fails.
-    assert any(values.get("fast") == 7 for values, _ in after)
+    assert any(values.get("fast") == 8 for values, _ in after)
     assert not any(ok for _, ok in after), "availability flapped back online"
