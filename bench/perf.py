@@ -17,8 +17,9 @@ Sections (issue 10):
   small       4  50 devices x 4 points at 1 s, and 50 modbus4mqtt processes
   throughput  5  the most reads/s one bridge sustains with no skipped cycle
 
-It prints one Markdown table (targets beside the figures, the load average beside
-each run) and appends it with date, versions and machine to bench/RESULTS.md
+It prints one Markdown table (targets beside the figures; beside each run the load
+average and the CPU that other processes used meanwhile; a run they disturbed is
+measured again) and appends it with date, versions and machine to bench/RESULTS.md
 (`--no-record` does not). bench/README.md explains the figures.
 """
 
@@ -262,6 +263,7 @@ class Run:
     rtt_ms: tuple[float | None, float | None] = (None, None)  # worst host's p50, p99 (health)
     latencies: list[float] = field(default_factory=list)
     latency_missing: int = 0
+    profile: Path | None = None  # py-spy speedscope file of the window
 
     @property
     def cpu_pct(self) -> float:
@@ -498,6 +500,7 @@ async def run_bridge(
         cpu0, meter = cpu_seconds(proc.pid), Meter(ctx.broker.pid)
         s0 = await devices.call("stats")
         if profile_out is not None:
+            profile_out = profile_out.with_name(f"{profile_out.stem}-{base}{profile_out.suffix}")
             spy = start_py_spy(a.py_spy, proc.pid, profile_out, window)
         await asyncio.sleep(max(0.0, window - a.health / 2))
         t1, h1 = await watch.next_health(a.health * 3)
@@ -547,6 +550,7 @@ async def run_bridge(
         latencies=lat,
         latency_missing=missing,
         rtt_ms=worst_rtt(h1),
+        profile=profile_out,
     )
     progress(summary(run))
     return run
@@ -702,7 +706,7 @@ async def quietest(ctx: Ctx, measure: Callable[[], Awaitable[M]]) -> M:
     for _ in range(a.repeats - 1):
         if best.others_pct <= a.noisy:
             break
-        progress(f"others used {best.others_pct:.0f} % of a core: measuring again")
+        progress(f"others used {best.others_pct:.0f} % of a core in the quietest run: again")
         again = await measure()
         if again.others_pct < best.others_pct:
             best = again
@@ -809,6 +813,10 @@ def fleet_rows(sec: str, run: Run, res: Results, key: str, *, targets: bool) -> 
     ]  # fmt: skip
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def floor_rows(res: Results) -> list[Row]:
     out = []
     for key, prof in (("cycle", CYCLE), ("fleet", FLEET), ("small", SMALL)):
@@ -821,7 +829,7 @@ def floor_rows(res: Results) -> list[Row]:
             for label, f in (("paced", paced), ("flat out", flat))
         ]
         out.append(Row("1", f"floor, {prof.name} profile ({paced.devices:,} devices, "
-                       f"{len(prof.points)} points in {len(prof.blocks)} blocks): "
+                       f"{len(prof.points)} points in {plural(len(prof.blocks), 'block')}): "
                        "CPU per read / per device cycle",
                        "; ".join(figures), load=f"{paced.noise}; {flat.noise}"))  # fmt: skip
     return out
@@ -939,6 +947,12 @@ def report(res: Results, args: argparse.Namespace, started: float, load0: str) -
         f"health reports, every {args.health:g} s), floor {args.floor_seconds:g} s, throughput "
         f"steps {args.throughput_window:g} s; values change on {args.change:g} of polls unless "
         "the row says otherwise",
+        (
+            f"- Noise: a run during which others used more than {args.noisy:g} % of a core was "
+            f"measured again, {args.repeats} times at most, and the quietest kept"
+            if args.repeats > 1
+            else "- Noise: no run was repeated (`--repeats 1`)"
+        ),
     ]
     return "\n".join([title, "", *notes, "", markdown_table(rows(res)), ""])
 
@@ -1021,7 +1035,7 @@ def main() -> int:
     parser.add_argument(
         "--profile-out",
         type=Path,
-        help="record a py-spy speedscope profile of the fleet window here",
+        help="record py-spy speedscope profiles of the fleet window: PATH-<run>.json",
     )
     parser.add_argument("--py-spy", default="py-spy", help="py-spy executable")
     parser.add_argument(
@@ -1069,8 +1083,9 @@ def main() -> int:
     res = asyncio.run(go())
     text = report(res, args, started, " ".join(load0))
     print(text)
-    if args.profile_out is not None and args.profile_out.exists():
-        print("\n" + profile_summary(args.profile_out))
+    profile = res.fleet.profile if res.fleet else None
+    if profile is not None and profile.exists():
+        print("\n" + profile_summary(profile))
     if not args.no_record:
         record(text, args.results)
         progress(f"appended to {args.results}")
