@@ -45,6 +45,9 @@ from typing import Any
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu import bit_message as pdu_bit
+from pymodbus.pdu import register_message as pdu_reg
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.backoff import BACKOFF_MAX, BACKOFF_MIN, full_jitter
@@ -74,10 +77,33 @@ CLEAN_AFTER = 60.0  # seconds a session must last before earlier garbage is forg
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit
 _MBAP_MAX_LENGTH = 254  # unit id + a PDU of at most 253 bytes
 _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+_READ_REQUEST: dict[Table, type[ModbusPDU]] = {
+    Table.COIL: pdu_bit.ReadCoilsRequest,
+    Table.DISCRETE: pdu_bit.ReadDiscreteInputsRequest,
+    Table.HOLDING: pdu_reg.ReadHoldingRegistersRequest,
+    Table.INPUT: pdu_reg.ReadInputRegistersRequest,
+}
+# The replies to the requests the bridge sends, by function code.
+_RESPONSE: dict[int, type[ModbusPDU]] = {
+    1: pdu_bit.ReadCoilsResponse,
+    2: pdu_bit.ReadDiscreteInputsResponse,
+    3: pdu_reg.ReadHoldingRegistersResponse,
+    4: pdu_reg.ReadInputRegistersResponse,
+    5: pdu_bit.WriteSingleCoilResponse,
+    6: pdu_reg.WriteSingleRegisterResponse,
+    15: pdu_bit.WriteMultipleCoilsResponse,
+    16: pdu_reg.WriteMultipleRegistersResponse,
+    22: pdu_reg.MaskWriteRegisterResponse,
+}
 
 Job = Callable[[ModbusBaseClient], Awaitable[Any]]
 Claim = Callable[[], bool]
 """Asked when a write job reaches the socket: False means the caller gave up, skip it."""
+
+
+def _no_answer(waiting: asyncio.Future[Any]) -> None:
+    if not waiting.done():
+        waiting.set_exception(ModbusIOException("no answer within the timeout"))
 
 
 def _claimed(job: Job, claim: Claim | None) -> Job:
@@ -332,26 +358,21 @@ class HostSession:
         self.generation = 0  # sessions opened so far: "a new connection since" for backoffs
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
-        # Every received byte passes the frame guard before pymodbus decodes it.
-        ctx = self._client.ctx
-        self._decode = ctx.callback_data
-        ctx.callback_data = self._on_data  # type: ignore[method-assign]
+        # The session runs each transaction itself (`_transact`): pymodbus encodes the
+        # request and carries bytes; every received byte comes to the frame guard
+        # (`_on_data`), which frames, checks and decodes the reply.
+        self._client.ctx.callback_data = self._on_data  # type: ignore[method-assign]
+        self._waiting: asyncio.Future[ModbusPDU] | None = None  # the request on the wire
         self._unit = 0  # the unit of the request on the wire
-        # A serial line needs silence between frames; every request (a bit write's read
-        # and write included) passes through ctx.execute, so the gap is kept there.
+        # A serial line needs silence between frames (kept before every request).
         self._frame_gap = self._transport.frame_gap
         self._char_time = host.char_bits / (host.bus_baudrate or 9600)
         self._line_busy_until = 0.0  # monotonic: the end of the last frame on the line
-        if self._frame_gap:
-            execute = ctx.execute
-
-            async def execute_after_gap(no_response_expected: bool, request: Any) -> Any:
-                wait = self._line_busy_until + self._frame_gap - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                return await execute(no_response_expected, request)
-
-            ctx.execute = execute_after_gap  # type: ignore[method-assign]
+        self._read_jobs: dict[tuple[int, Table, int, int], Job] = {}
+        self._busy = False  # a job runs (in the worker or on the fast path)
+        self._holding = False  # the worker has taken a job and is about to run it
+        self._idle = asyncio.Event()  # set while no job runs
+        self._idle.set()
         self._queue: asyncio.PriorityQueue[_Queued] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._up = False
@@ -385,6 +406,9 @@ class HostSession:
             self._tasks = []
             self._client.close()
             self._up = False
+            waiting = self._waiting  # a request on the fast path: it ends now, not later
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(ConnectionException("the session is stopping"))
             while not self._queue.empty():
                 self._settle(
                     self._queue.get_nowait(),
@@ -398,26 +422,34 @@ class HostSession:
     ) -> list[int] | list[bool]:
         """Read `count` registers or bits; raises a ModbusRequestError subclass on failure."""
 
-        async def job(client: ModbusBaseClient) -> list[int] | list[bool]:
-            call = {
-                Table.COIL: client.read_coils,
-                Table.DISCRETE: client.read_discrete_inputs,
-                Table.HOLDING: client.read_holding_registers,
-                Table.INPUT: client.read_input_registers,
-            }[table]
-            rr = await call(start, count=count, device_id=unit)
-            what = f"read {table.value} {start}+{count}"
-            self._check_reply(rr, unit, what, _READ_FUNCTION[table])
-            got = len(rr.bits) if table.is_bits else len(rr.registers)
-            want = (count + 7) // 8 * 8 if table.is_bits else count
-            if got != want:
-                raise _Mismatch(f"{what}: the reply holds {got} values")
-            if table.is_bits:
-                return [bool(b) for b in rr.bits[:count]]
-            return list(rr.registers)
-
+        job = self._read_jobs.get((unit, table, start, count))
+        if job is None:
+            job = self._read_jobs[unit, table, start, count] = self._read_job(
+                unit, table, start, count
+            )
         result: list[int] | list[bool] = await self.submit(unit, job, priority=priority)
         return result
+
+    def _read_job(self, unit: int, table: Table, start: int, count: int) -> Job:
+        """The job reading one block, built once per block (polls repeat it)."""
+        request = _READ_REQUEST[table](address=start, count=count, dev_id=unit)
+        function = _READ_FUNCTION[table]
+        want = (count + 7) // 8 * 8 if table.is_bits else count
+
+        async def job(client: ModbusBaseClient) -> list[int] | list[bool]:
+            rr = await self._transact(request)
+            if rr.function_code != function or rr.dev_id != unit:
+                self._check_reply(rr, unit, f"read {table.value} {start}+{count}", function)
+            if table.is_bits:
+                if len(rr.bits) != want:
+                    raise _Mismatch(f"read {table.value} {start}+{count}: {len(rr.bits)} bits")
+                return [bool(b) for b in rr.bits[:count]]
+            if len(rr.registers) != want:
+                what = f"read {table.value} {start}+{count}"
+                raise _Mismatch(f"{what}: the reply holds {len(rr.registers)} values")
+            return list(rr.registers)
+
+        return job
 
     async def write_registers(
         self,
@@ -436,11 +468,19 @@ class HostSession:
 
         async def job(client: ModbusBaseClient) -> None:
             what = f"write holding {address}+{len(values)}"
+            regs = list(values)
+            request: ModbusPDU
             if len(values) == 1 and not multiple:
-                rr = await client.write_register(address, values[0], device_id=unit)
-                self._check_reply(rr, unit, what, 6, echo=(address, list(values)))
+                request = pdu_reg.WriteSingleRegisterRequest(
+                    address=address, registers=regs, dev_id=unit
+                )
+                rr = await self._transact(request)
+                self._check_reply(rr, unit, what, 6, echo=(address, regs))
             else:
-                rr = await client.write_registers(address, list(values), device_id=unit)
+                request = pdu_reg.WriteMultipleRegistersRequest(
+                    address=address, registers=regs, dev_id=unit
+                )
+                rr = await self._transact(request)
                 self._check_reply(rr, unit, what, 16, echo=(address, len(values)))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
@@ -452,11 +492,16 @@ class HostSession:
 
         async def job(client: ModbusBaseClient) -> None:
             what = f"write coil {address}"
+            request: ModbusPDU
             if multiple:
-                rr = await client.write_coils(address, [value], device_id=unit)
+                request = pdu_bit.WriteMultipleCoilsRequest(
+                    address=address, bits=[value], dev_id=unit
+                )
+                rr = await self._transact(request)
                 self._check_reply(rr, unit, what, 15, echo=(address, 1))
             else:
-                rr = await client.write_coil(address, value, device_id=unit)
+                request = pdu_bit.WriteSingleCoilRequest(address=address, bits=[value], dev_id=unit)
+                rr = await self._transact(request)
                 self._check_reply(rr, unit, what, 5, echo=(address, [value]))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
@@ -478,35 +523,106 @@ class HostSession:
             if mask_write:
                 and_mask = 0xFFFF ^ (1 << bit)
                 or_mask = (1 << bit) if value else 0
-                rr = await client.mask_write_register(
-                    address=address, and_mask=and_mask, or_mask=or_mask, device_id=unit
+                mask = pdu_reg.MaskWriteRegisterRequest(
+                    address=address, and_mask=and_mask, or_mask=or_mask, dev_id=unit
                 )
+                rr = await self._transact(mask)
                 self._check_reply(rr, unit, f"mask write {address}", 22, echo=(address, None))
                 return
             what = f"read holding {address} (for bit write)"
-            rr = await client.read_holding_registers(address, count=1, device_id=unit)
+            read = pdu_reg.ReadHoldingRegistersRequest(address=address, count=1, dev_id=unit)
+            rr = await self._transact(read)
             self._check_reply(rr, unit, what, 3)
             if len(rr.registers) != 1:
                 raise _Mismatch(f"{what}: the reply holds {len(rr.registers)} values")
             current = rr.registers[0]
             new = apply_bit(current, bit, value)  # `bit` is already the wire bit
             what = f"write holding {address} (bit {bit})"
+            write: ModbusPDU
             if multiple:
-                wr = await client.write_registers(address, [new], device_id=unit)
+                write = pdu_reg.WriteMultipleRegistersRequest(
+                    address=address, registers=[new], dev_id=unit
+                )
+                wr = await self._transact(write)
                 self._check_reply(wr, unit, what, 16, echo=(address, 1))
             else:
-                wr = await client.write_register(address, new, device_id=unit)
+                write = pdu_reg.WriteSingleRegisterRequest(
+                    address=address, registers=[new], dev_id=unit
+                )
+                wr = await self._transact(write)
                 self._check_reply(wr, unit, what, 6, echo=(address, [new]))
 
         await self.submit(unit, _claimed(job, claim), priority=PRIORITY_WRITE)
 
     async def submit(self, unit: int, job: Job, *, priority: int = PRIORITY_POLL) -> Any:
-        """Queue `job` for the worker; everything on the socket goes through here."""
+        """Run `job` on the link; everything on the socket goes through here.
+
+        When the link is idle the job runs at once in the caller's task (the fast
+        path: no queue, no hop to the worker); otherwise it waits in the queue,
+        writes ahead of polls, for the worker. Either way one job at a time.
+        """
+        if self._free():
+            return await self._execute(unit, job)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(priority, next(self._seq), job, unit, future))
         return await future
 
     # -- internals -------------------------------------------------------
+
+    async def _transact(self, request: ModbusPDU) -> ModbusPDU:
+        """Send `request` and wait for its reply, at most the host's timeout.
+
+        One request at a time (the worker, or the caller on the fast path, runs one
+        job at a time), so there is no lock to take and no other reply to sort out:
+        the frame guard answers `_waiting` with the one decoded reply that fits the
+        request on the wire. A timeout raises ModbusIOException, a link that closes
+        meanwhile ConnectionException at once.
+        """
+        ctx = self._client.ctx
+        if not ctx.transport:
+            raise ConnectionException("not connected")
+        if self._frame_gap:  # a serial line: 3.5 characters of silence before a frame
+            wait = self._line_busy_until + self._frame_gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        loop = asyncio.get_running_loop()
+        self._unit = request.dev_id
+        request.transaction_id = ctx.getNextTID()
+        ctx.recv_buffer = b""  # what a late reply left behind is never this answer
+        waiting = self._waiting = loop.create_future()
+        ctx.pdu_send(request)
+        timer = loop.call_at(loop.time() + self.host.timeout, _no_answer, waiting)
+        try:
+            reply: ModbusPDU = await waiting
+        finally:
+            timer.cancel()
+            if self._waiting is waiting:
+                self._waiting = None
+        return reply
+
+    def _answer(self, reply: bytes, unit: int, tid: int) -> None:
+        """Decode a reply PDU that fits the request on the wire and hand it over."""
+        waiting = self._waiting
+        if waiting is None or waiting.done():
+            self.stats.stray_frames += 1  # a late reply: nothing waits for it any more
+            return
+        try:
+            function = reply[0]
+            if function & 0x80:
+                pdu: ModbusPDU = ExceptionResponse(function & 0x7F)
+            else:
+                cls = _RESPONSE.get(function)
+                if cls is None:
+                    self._reject_reply(f"reply with function code {function}")
+                    return
+                pdu = cls()
+            pdu.decode(reply[1:])
+        except Exception as exc:  # a malformed PDU: nothing of it is believed
+            self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
+            return
+        pdu.dev_id = unit
+        pdu.transaction_id = tid
+        waiting.set_result(pdu)
 
     def _check_reply(
         self,
@@ -580,16 +696,16 @@ class HostSession:
             admitted = self._admit(data[used:end], tid, unit)
             used = end
             if admitted is not None:
-                self._decode_frame(admitted, addr)
+                self._answer(admitted[7:], unit, self._sent[0] if self._sent else tid)
         return used
 
     def _admit(self, frame: bytes, tid: int, unit: int) -> bytes | None:
-        """A TCP frame for the request on the wire (possibly with its transaction id
-        filled in), or None when it is not one (dropped or failed here)."""
+        """A TCP frame that answers the request on the wire, or None when it does not
+        (dropped, or its request failed here)."""
         sent = self._sent
         if sent is None or tid != sent[0]:
             if tid == 0 and sent is not None and self._allow_zero_tid:
-                frame = sent[0].to_bytes(2, "big") + frame[2:]
+                pass  # taken as the answer to the request on the wire
             elif tid == 0 and sent is not None:
                 self.stats.stray_frames += 1
                 _throttle.log(
@@ -643,8 +759,9 @@ class HostSession:
             if len(rest) < 3:
                 return used  # a frame has begun: on a real line bytes trickle in
             size = _rtu_frame_size(rest)
-            if size is None:  # not a reply we know the length of: pymodbus judges it
-                return used + self._decode_frame(rest, addr)
+            if size is None:  # not a reply to anything the bridge sends: line noise
+                self._reject_reply(f"unexpected function code {rest[1]}")
+                return len(data)
             if len(rest) < size:
                 return used  # the rest is still on its way (the request's timeout bounds it)
             if crc16(rest[: size - 2]) != int.from_bytes(rest[size - 2 : size], "little"):
@@ -652,34 +769,29 @@ class HostSession:
                 self.stats.unit(self._unit).crc_errors += 1
                 self._reject_reply(f"CRC error in a {size}-byte reply")
                 return len(data)  # nothing here can be trusted; the line is drained
-            if self._client.ctx.response_future.done():
-                self.stats.stray_frames += 1  # a late reply: nothing waits for it
-            # One frame at a time: a late reply and the awaited one can come in one read
-            # (pymodbus would decode the first and discard the rest).
-            self._decode_frame(rest[:size], addr)
+            # One frame at a time: a late reply and the awaited one can come in one read.
+            if rest[0] == self._unit or not self._unit:
+                self._answer(rest[1 : size - 2], rest[0], 0)
+            else:
+                self.stats.stray_frames += 1  # another unit's late reply: not ours
             used += size
-        return used
-
-    def _decode_frame(self, frame: bytes, addr: tuple[str, int] | None) -> int:
-        """pymodbus decodes `frame` (and answers the request on the wire); the bytes it
-        used. Whatever it cannot decode fails the request and is used up."""
-        try:
-            used: int = self._decode(frame, addr)
-        except Exception as exc:
-            self._reject_reply(f"undecodable reply ({type(exc).__name__}: {exc})")
-            return len(frame)
         return used
 
     def _reject_reply(self, reason: str) -> None:
         """Fail the request on the wire with `reason` (a reply arrived, unusable)."""
         self.stats.bad_replies += 1
-        future = self._client.ctx.response_future
-        if not future.done():
-            future.set_exception(_Malformed(reason))
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(_Malformed(reason))
 
     def _traced_connect(self, connected: bool) -> None:
         if connected:
             self.stats.sockets_opened += 1
+            return
+        # The link closed under a request: fail it now, not after the timeout.
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(ConnectionException("the connection closed"))
 
     def _next_wait(self) -> float:
         return full_jitter(self._failures, low=self._backoff[0], high=self._backoff[1])
@@ -791,93 +903,131 @@ class HostSession:
             item = await self._queue.get()
             if item.future.done():  # the caller gave up
                 continue
-            if not self._up and not self._attempted.is_set():
-                await self._attempted.wait()
-                await asyncio.sleep(0)  # let the connector publish its result
-            if self._up and not self._client.connected:
-                self._lost("connection closed by peer")
-            if not self._up:
-                self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "not connected"))
-                continue
-            if self._stale_at is not None:  # went stale before the session came back
-                await self._drain()
-                if item.future.done():
+            self._holding = True  # from here on no caller may take the fast path
+            try:
+                while self._busy:  # a job runs on the fast path: it is short
+                    await self._idle.wait()
+                if not self._up and not self._attempted.is_set():
+                    await self._attempted.wait()
+                    await asyncio.sleep(0)  # let the connector publish its result
+                if self._up and not self._client.connected:
+                    self._lost("connection closed by peer")
+                if not self._up:
+                    exc = HostUnavailable(self.host.name, item.unit, "not connected")
+                    self._settle(item, exc=exc)
                     continue
-            await self._run(item)
+                if self._stale_at is not None:  # went stale before the session came back
+                    await self._drain()
+                    if item.future.done():
+                        continue
+                await self._run(item)
+            except asyncio.CancelledError:  # the session stops: the caller must hear so
+                self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "stopping"))
+                raise
+            finally:
+                self._holding = False
             if self.host.pause > 0:
                 await asyncio.sleep(self.host.pause)
 
+    def _free(self) -> bool:
+        """Whether a caller may run its job at once, in its own task (the fast path):
+        the link is up and in step, nothing runs, nothing waits in the queue."""
+        return (
+            self._up
+            and not self._busy
+            and not self._holding
+            and self._stale_at is None
+            and self.host.pause <= 0
+            and self._queue.empty()
+            and self._client.connected
+        )
+
     async def _run(self, item: _Queued) -> None:
+        try:
+            result = await self._execute(item.unit, item.job)
+        except ModbusRequestError as exc:
+            self._settle(item, exc=exc)
+        except asyncio.CancelledError:
+            # The session is stopping: the caller was not cancelled, tell it why.
+            self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "stopping"))
+            raise
+        else:
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def _execute(self, unit: int, job: Job) -> Any:
+        """Run one job on the link; every failure comes out as a ModbusRequestError,
+        with the link's bookkeeping (silence rule, drain, lost session) done."""
         started = time.monotonic()
         self.stats.requests += 1
-        self._unit = item.unit
+        self._unit = unit
+        self._busy = True
+        self._idle.clear()
         try:
-            result = await item.job(self._client)
-        except ModbusRequestError as exc:
+            result = await job(self._client)
+        except ModbusRequestError:
             # The device answered (an exception reply): the link is healthy.
             self._consecutive_timeouts = 0
             self._answered_now()
             self.stats.errors += 1
-            self._settle(item, exc=exc)
+            raise
         except (_Mismatch, _Malformed) as exc:
             # An answer that does not fit the request. On RTU it may be a late or stray
             # frame and ours may still come: drain. On TCP the frames stay in step.
             self.stats.errors += 1
-            self.stats.unit(item.unit).bad_replies += 1
+            self.stats.unit(unit).bad_replies += 1
             if isinstance(exc, _Mismatch):
                 self.stats.bad_replies += 1
             if self._rtu:
                 self._stale_at = time.monotonic()
-            log.debug("host %s unit %d: bad reply (%s)", self.host.name, item.unit, exc)
+            log.debug("host %s unit %d: bad reply (%s)", self.host.name, unit, exc)
             reason = f"the reply did not match the request ({exc})"
-            self._settle(item, exc=BadReply(self.host.name, item.unit, reason))
+            raise BadReply(self.host.name, unit, reason) from None
         except ConnectionException as exc:
             self.stats.errors += 1
             self._lost(f"connection error: {exc}")
-            self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "connection lost"))
+            raise HostUnavailable(self.host.name, unit, "connection lost") from None
         except ModbusIOException:
             self.stats.errors += 1
             if not self._client.connected:
                 self._lost("connection closed")
-                self._settle(
-                    item, exc=HostUnavailable(self.host.name, item.unit, "connection lost")
-                )
-                return
+                raise HostUnavailable(self.host.name, unit, "connection lost") from None
             self.stats.timeouts += 1
-            self.stats.unit(item.unit).timeouts += 1
+            self.stats.unit(unit).timeouts += 1
             self._consecutive_timeouts += 1
             if self._rtu:  # a late reply may still come: drain before the next request
                 self._stale_at = time.monotonic()
-            reason = f"no answer within {self.host.timeout:g}s"
-            self._settle(item, exc=RequestTimeout(self.host.name, item.unit, reason))
             if self._consecutive_timeouts >= self._silence_limit:
                 self._lost(f"{self._consecutive_timeouts} requests in a row unanswered")
+            reason = f"no answer within {self.host.timeout:g}s"
+            raise RequestTimeout(self.host.name, unit, reason) from None
         except (ModbusException, OSError) as exc:
             self.stats.errors += 1
             if not self._client.connected:
                 self._lost(f"{type(exc).__name__}: {exc}")
             elif self._rtu:
                 self._stale_at = time.monotonic()
-            self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, str(exc)))
+            raise ModbusRequestError(self.host.name, unit, str(exc)) from None
         except asyncio.CancelledError:
-            # The session is stopping: the caller was not cancelled, tell it why.
-            self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "stopping"))
+            if self._rtu:  # the request may be on the line: let it settle first
+                self._stale_at = time.monotonic()
             raise
         except Exception as exc:
-            # A reply pymodbus could not make sense of, or a bug: this request fails,
-            # the worker (and every other device on the host) carries on.
-            log.exception("host %s unit %d: request failed unexpectedly", self.host.name, item.unit)
+            # A bug: this request fails, the worker (and every other device on the
+            # host) carries on.
+            log.exception("host %s unit %d: request failed unexpectedly", self.host.name, unit)
             self.stats.errors += 1
             if self._rtu:
                 self._stale_at = time.monotonic()
             reason = f"unexpected {type(exc).__name__}: {exc}"
-            self._settle(item, exc=ModbusRequestError(self.host.name, item.unit, reason))
-        else:
-            self._consecutive_timeouts = 0
-            self._answered_now()
-            self.stats.latencies.append(time.monotonic() - started)
-            if not item.future.done():
-                item.future.set_result(result)
+            raise ModbusRequestError(self.host.name, unit, reason) from None
+        finally:
+            self._busy = False
+            self._idle.set()
+        self._consecutive_timeouts = 0
+        self._answered_now()
+        self.stats.latencies.append(time.monotonic() - started)
+        return result
 
     def _answered_now(self) -> None:
         """A well-formed answer arrived: the link works, the backoff may reset, unless
