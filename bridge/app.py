@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.discovery import Discovery
 from bridge.errors import HostUnavailable, ModbusRequestError
+from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device
@@ -294,31 +295,30 @@ class Bridge:
 
     # -- health ------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        link, commands = self.link.stats, self.commands.stats
-        return build_health(
-            now=time.time(),
+    def figures(self) -> Figures:
+        """One snapshot of every counter (bridge.figures): what health reports show."""
+        units: dict[str, set[int]] = {}
+        for device in self.config.devices:
+            units.setdefault(device.host, set()).add(device.unit)
+        return Figures(
+            time=time.time(),
             started=self.started_at,
-            hosts={n: (s.connected, s.stats) for n, s in self.sessions.items()},
-            devices=self.state.devices,
-            polls=self.scheduler.stats,
             rss=rss_bytes(),
-            mqtt={
-                "connected": int(self.link.connected),
-                "connects": link.connects,
-                "published": link.published,
-                "dropped": link.dropped,
-                "requeued": link.requeued,
-                "oversize": link.oversize,
-                "refused": link.refused,
-                "max_packet_size": self.link.max_packet_size,
-                "commands_written": commands.writes,
-                "commands_rejected": commands.rejected,
-                "commands_failed": commands.failed,
-                "commands_retained": commands.retained,
-                "commands_overloaded": commands.overloaded,
-            },
+            hosts=tuple(
+                host_figures(name, connected=s.connected, stats=s.stats, units=units[name])
+                for name, s in self.sessions.items()
+            ),
+            devices=device_polls(self.state.devices, self.scheduler.stats),
+            mqtt=mqtt_figures(
+                connected=self.link.connected,
+                link=self.link.stats,
+                commands=self.commands.stats,
+                max_packet_size=self.link.max_packet_size,
+            ),
         )
+
+    def health(self) -> dict[str, Any]:
+        return build_health(self.figures())
 
     def _publish_health(self) -> None:
         topic = self.topics.bridge_health
