@@ -9,10 +9,9 @@ shutdown: stop polling -> publish every device and the bridge `offline` ->
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bridge.discovery import Discovery
@@ -24,6 +23,7 @@ from bridge.model import BridgeConfig, Device
 from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
+from bridge.process import bounded, cancel
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.state import Message, StateCache
@@ -279,18 +279,16 @@ class Bridge:
 
         if self._health_task is not None:
             self._health_task.cancel()
-        await _bounded(self.scheduler.stop(), left(1.0))
+        await bounded(self.scheduler.stop(), left(1.0), "shutdown: stop polling")
         # In-flight writes finish (or are cancelled) and are answered before offline.
-        await _bounded(self.drain_writes(left(1.0)), left(1.2))
+        await bounded(self.drain_writes(left(1.0)), left(1.2), "shutdown: drain writes")
         if self.link.connected:
             self._send(self.state.offline_all())
             self.link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
-            await _bounded(self.link.flush(left(2.0)), left(2.0))
-        if self._link_task is not None:
-            self._link_task.cancel()
-            await _bounded(_settle(self._link_task), left(1.0))
+            await bounded(self.link.flush(left(2.0)), left(2.0), "shutdown: MQTT flush")
+        await cancel(self._link_task, left(1.0), "shutdown: MQTT disconnect")
         if self.sessions:
-            await _bounded(_stop_all(self.sessions.values()), left(1.0))
+            await bounded(_stop_all(self.sessions.values()), left(1.0), "shutdown: Modbus close")
         log.info("bridge stopped")
 
     # -- health ------------------------------------------------------------
@@ -358,20 +356,3 @@ class Bridge:
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:
     await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
-
-
-async def _settle(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-
-
-async def _bounded(coro: Coroutine[Any, Any, None], timeout: float) -> None:
-    """Await `coro` for at most `timeout` seconds; log and move on past it.
-
-    asyncio.wait (not wait_for) so a swallowed cancellation cannot hang us here.
-    """
-    task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        task.cancel()
-        log.warning("shutdown step %s did not finish in %.1fs", task.get_name(), timeout)
