@@ -19,6 +19,7 @@ from bridge.errors import HostUnavailable, ModbusRequestError
 from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
+from bridge.metrics import MetricsServer
 from bridge.model import BridgeConfig, Device
 from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
@@ -84,6 +85,10 @@ class Bridge:
         )
         self.scheduler = Scheduler(
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
+        )
+        # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
+        self.metrics = (
+            None if config.metrics is None else MetricsServer(config.metrics, self.figures)
         )
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -237,12 +242,34 @@ class Bridge:
         self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
+        self._start_metrics()
         log.info(
             "bridge started: %d hosts, %d devices, %d read blocks",
             len(self.sessions),
             len(self.config.devices),
             sum(len(b) for b in self.plan.values()),
         )
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
+        on without metrics: moving data matters more than being watched (the scrape
+        target shows down in the monitoring)."""
+        if self.metrics is None:
+            return
+        where = self.metrics.settings.describe()
+        try:
+            self.metrics.start()
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s (%s); running without metrics", where, exc)
+            self.metrics = None
+            return
+        log.info("metrics on http://%s/metrics", where)
+        if not self.metrics.settings.loopback:
+            log.warning(
+                "metrics: %s is reachable from other machines, without authentication "
+                "(metrics.listen); use a loopback address unless that is intended",
+                where,
+            )
 
     def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """A task that must run until shutdown: if it ends otherwise, stop the bridge
@@ -289,12 +316,16 @@ class Bridge:
         await cancel(self._link_task, left(1.0), "shutdown: MQTT disconnect")
         if self.sessions:
             await bounded(_stop_all(self.sessions.values()), left(1.0), "shutdown: Modbus close")
+        if self.metrics is not None:
+            await bounded(self.metrics.stop(), left(1.0), "shutdown: metrics")
         log.info("bridge stopped")
 
     # -- health ------------------------------------------------------------
 
     def figures(self) -> Figures:
-        """One snapshot of every counter (bridge.figures): what health reports show."""
+        """One snapshot of every counter (bridge.figures): what the health report and
+        the metrics show. Called on the event loop."""
+        now = asyncio.get_running_loop().time()
         units: dict[str, set[int]] = {}
         for device in self.config.devices:
             units.setdefault(device.host, set()).add(device.unit)
@@ -303,14 +334,25 @@ class Bridge:
             started=self.started_at,
             rss=rss_bytes(),
             hosts=tuple(
-                host_figures(name, connected=s.connected, stats=s.stats, units=units[name])
+                host_figures(
+                    name,
+                    connected=s.connected,
+                    stats=s.stats,
+                    queue_depth=s.queue_depth,
+                    units=units[name],
+                )
                 for name, s in self.sessions.items()
             ),
-            devices=device_polls(self.state.devices, self.scheduler.stats),
+            devices=device_polls(
+                self.state.devices,
+                self.scheduler.stats,
+                lambda name: self.scheduler.backoff_left(name, now),
+            ),
             mqtt=mqtt_figures(
                 connected=self.link.connected,
                 link=self.link.stats,
                 commands=self.commands.stats,
+                pending=self.link.pending,
                 max_packet_size=self.link.max_packet_size,
             ),
         )

@@ -96,6 +96,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{args.config}: configuration OK")
     print(render_plan(config))
+    if config.metrics is not None:
+        where = config.metrics.describe()
+        reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
+        print(f"metrics: http://{where}/metrics ({reach}, no authentication)")
     return EXIT_OK
 
 

@@ -42,6 +42,7 @@ from bridge.model import (
     Framer,
     HomeAssistant,
     Host,
+    Metrics,
     Mqtt,
     Only,
     Order,
@@ -88,8 +89,11 @@ _FALSE = frozenset({"false", "no", "off"})
 # Allowed keys per section (did-you-mean suggestions come from these).
 # fmt: off
 _ROOT_KEYS = (
-    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "hosts",
-    "templates", "devices",
+    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "metrics",
+    "hosts", "templates", "devices",
+)
+_METRICS_KEYS = (
+    "listen",
 )
 _HOMEASSISTANT_KEYS = (
     "enabled", "discovery_prefix", "status_topic",
@@ -796,6 +800,8 @@ class _Reader:
         mqtt = Mqtt() if mqtt_node is None else self.mqtt(mqtt_node, "mqtt")
         ha_node = f.value("homeassistant")
         ha = HomeAssistant() if ha_node is None else self.homeassistant(ha_node, "homeassistant")
+        metrics_node = f.value("metrics")
+        metrics = None if metrics_node is None else self.metrics(metrics_node, "metrics")
         hosts = self.hosts(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
@@ -811,6 +817,7 @@ class _Reader:
             write_timeout=2.0 if write_timeout is None else write_timeout,
             health_interval=30.0 if health_interval is None else health_interval,
             homeassistant=ha,
+            metrics=metrics,
             source=self.source,
         )
 
@@ -827,6 +834,39 @@ class _Reader:
             discovery_prefix=d.discovery_prefix if prefix is None else prefix,
             status_topic=d.status_topic if status is None else status,
         )
+
+    def metrics(self, node: Node, path: str) -> Metrics | None:
+        f = self.mapping(node, path, _METRICS_KEYS)
+        if f is None:
+            return None
+        return self.req(f, "listen", self.listen)
+
+    def listen(self, node: Node, path: str) -> Metrics | None:
+        """`ADDRESS:PORT` (an IPv6 address in brackets), or a bare port on loopback."""
+        text = self.nonempty_text(node, path)
+        if text is None:
+            return None
+        hint = "expected ADDRESS:PORT, e.g. 127.0.0.1:9108 or [::1]:9108"
+        address, sep, port_text = text.strip().rpartition(":")
+        if not sep:  # a bare port: loopback
+            address = Metrics.address
+        elif address.startswith("[") and address.endswith("]"):
+            address = address[1:-1]
+        elif ":" in address:
+            self.report(node, path, f"{_show(text)}: write an IPv6 address in brackets ({hint})")
+            return None
+        port = _parse_int(port_text)
+        if not address or port is None:
+            self.report(node, path, f"{_show(text)}: {hint}")
+            return None
+        if not 1 <= port <= 65535:
+            self.report(node, path, f"port {port} is outside 1..65535")
+            return None
+        why = _address_problem(address)
+        if why is not None:
+            self.report(node, path, f"{_show(address)} {why}")
+            return None
+        return Metrics(address=address, port=port)
 
     def topic(self, node: Node, path: str) -> str | None:
         """A topic without wildcards or empty levels (rules in bridge.topics)."""

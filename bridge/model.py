@@ -388,6 +388,22 @@ class HomeAssistant:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """The Prometheus endpoint (`/metrics`); off unless configured."""
+
+    address: str = "127.0.0.1"  # where to listen: loopback unless the user says otherwise
+    port: int = 9108
+
+    @property
+    def loopback(self) -> bool:
+        return self.address in ("localhost", "::1") or self.address.startswith("127.")
+
+    def describe(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     mqtt: Mqtt
     hosts: tuple[Host, ...]
@@ -397,6 +413,7 @@ class BridgeConfig:
     write_timeout: float = 2.0
     health_interval: float = 30.0
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
+    metrics: Metrics | None = None  # None: no metrics endpoint
     source: str = field(default="", compare=False)
 
     def host(self, name: str) -> Host:

@@ -29,6 +29,7 @@ function code, length or echo); a mismatch is discarded and drained the same way
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import grp
 import itertools
@@ -56,6 +57,7 @@ from bridge.errors import (
     ModbusRequestError,
     RequestTimeout,
 )
+from bridge.figures import LATENCY_BUCKETS
 from bridge.logs import Throttle
 from bridge.model import Host, SerialLink, Table, TcpLink
 
@@ -257,6 +259,11 @@ class UnitStats:
     bad_replies: int = 0
 
 
+# Why a request failed (SessionStats.failed_by): an exception reply, no answer in time, an
+# answer that did not fit the request, the connection, anything else.
+ERROR_KINDS = ("exception", "timeout", "bad_reply", "connection", "other")
+
+
 @dataclass
 class SessionStats:
     """Counters a health report or a test reads. Plain numbers, no I/O."""
@@ -272,6 +279,21 @@ class SessionStats:
     crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
     units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    failed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    # answered requests per LATENCY_BUCKETS bound (the last: slower than all), and their sum
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """An answered request took `seconds`."""
+        self.latencies.append(seconds)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def failed(self, kind: str) -> None:
+        """A request failed; `kind` is one of ERROR_KINDS."""
+        self.errors += 1
+        self.failed_by[kind] += 1
 
     def percentile(self, q: float) -> float | None:
         if not self.latencies:
@@ -364,6 +386,11 @@ class HostSession:
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the socket (metrics)."""
+        return self._queue.qsize()
 
     async def start(self) -> None:
         self._need_connect.set()
@@ -817,12 +844,12 @@ class HostSession:
             # The device answered (an exception reply): the link is healthy.
             self._consecutive_timeouts = 0
             self._answered_now()
-            self.stats.errors += 1
+            self.stats.failed("exception" if isinstance(exc, ExceptionReply) else "other")
             self._settle(item, exc=exc)
         except (_Mismatch, _Malformed) as exc:
             # An answer that does not fit the request. On RTU it may be a late or stray
             # frame and ours may still come: drain. On TCP the frames stay in step.
-            self.stats.errors += 1
+            self.stats.failed("bad_reply")
             self.stats.unit(item.unit).bad_replies += 1
             if isinstance(exc, _Mismatch):
                 self.stats.bad_replies += 1
@@ -832,17 +859,18 @@ class HostSession:
             reason = f"the reply did not match the request ({exc})"
             self._settle(item, exc=BadReply(self.host.name, item.unit, reason))
         except ConnectionException as exc:
-            self.stats.errors += 1
+            self.stats.failed("connection")
             self._lost(f"connection error: {exc}")
             self._settle(item, exc=HostUnavailable(self.host.name, item.unit, "connection lost"))
         except ModbusIOException:
-            self.stats.errors += 1
             if not self._client.connected:
+                self.stats.failed("connection")
                 self._lost("connection closed")
                 self._settle(
                     item, exc=HostUnavailable(self.host.name, item.unit, "connection lost")
                 )
                 return
+            self.stats.failed("timeout")
             self.stats.timeouts += 1
             self.stats.unit(item.unit).timeouts += 1
             self._consecutive_timeouts += 1
@@ -853,7 +881,7 @@ class HostSession:
             if self._consecutive_timeouts >= self._silence_limit:
                 self._lost(f"{self._consecutive_timeouts} requests in a row unanswered")
         except (ModbusException, OSError) as exc:
-            self.stats.errors += 1
+            self.stats.failed("other" if self._client.connected else "connection")
             if not self._client.connected:
                 self._lost(f"{type(exc).__name__}: {exc}")
             elif self._rtu:
@@ -867,7 +895,7 @@ class HostSession:
             # A reply pymodbus could not make sense of, or a bug: this request fails,
             # the worker (and every other device on the host) carries on.
             log.exception("host %s unit %d: request failed unexpectedly", self.host.name, item.unit)
-            self.stats.errors += 1
+            self.stats.failed("other")
             if self._rtu:
                 self._stale_at = time.monotonic()
             reason = f"unexpected {type(exc).__name__}: {exc}"
@@ -875,7 +903,7 @@ class HostSession:
         else:
             self._consecutive_timeouts = 0
             self._answered_now()
-            self.stats.latencies.append(time.monotonic() - started)
+            self.stats.observe(time.monotonic() - started)
             if not item.future.done():
                 item.future.set_result(result)
 

@@ -109,7 +109,8 @@ def test_publish_packet_size_counts_every_header_byte() -> None:
 def test_health_renders_one_snapshot_of_the_live_counters() -> None:
     stats = SessionStats(sockets_opened=1, requests=40, errors=3, timeouts=2, crc_errors=1)
     stats.unit(3).timeouts = 2
-    stats.latencies.extend([0.010, 0.020, 0.500])
+    for seconds in (0.010, 0.020, 0.500):
+        stats.observe(seconds)
     point = Point(name="a", table=Table.HOLDING, address=0, type=DataType.UINT16, interval=1.0)
     states = {f"d{u}": DeviceState(Device(f"d{u}", "gw", u, 1.0, (point,))) for u in (1, 3)}
     states["d1"].available, states["d1"].last_seen = True, 1_700_000_000.5
@@ -118,12 +119,13 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
         time=1_700_000_100.0,
         started=1_700_000_000.0,
         rss=1234,
-        hosts=(host_figures("gw", connected=True, stats=stats, units=[1, 3]),),
+        hosts=(host_figures("gw", connected=True, stats=stats, queue_depth=0, units=[1, 3]),),
         devices=device_polls(states, polls),  # d3 has no poll statistics yet: zeros
         mqtt=mqtt_figures(
             connected=True,
             link=LinkStats(connects=1, published=33),
             commands=CommandStats(writes=4),
+            pending=0,
             max_packet_size=1000,
         ),
     )
@@ -141,6 +143,8 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
         "errors": 0,
         "cycles": 5,
         "missed_cycles": 1,
+        "backoff_cycles": 0,
+        "backoff_s": 0.0,
         "skipped_ranges": ["holding 10..11"],
     }
     assert doc["devices"]["d3"]["available"] is None and doc["devices"]["d3"]["cycles"] == 0
