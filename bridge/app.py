@@ -243,6 +243,15 @@ class Bridge:
         self.scheduler.start()
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
         self._start_metrics()
+        m = self.config.mqtt
+        # The user name is logged as written; a secret one shows as *** (logs.Redactor).
+        log.info(
+            "MQTT broker %s:%d%s, client id %s",
+            m.host,
+            m.port,
+            f" as user {m.username}" if m.username else "",
+            m.client_id,
+        )
         log.info(
             "bridge started: %d hosts, %d devices, %d read blocks",
             len(self.sessions),

@@ -16,13 +16,16 @@ from bridge import __version__
 from bridge.app import Bridge, compile_plan
 from bridge.config import load_config
 from bridge.errors import ConfigError
+from bridge.logs import redact
 from bridge.model import BridgeConfig, SerialLink
 from bridge.planner import host_load
 from bridge.process import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    LOG_FORMATS,
     Process,
+    hide_secrets,
     run_main,
     setup_logging,
 )
@@ -34,14 +37,32 @@ HARD_EXIT_AFTER = 4.8  # seconds after SIGTERM: the process is gone by then, wha
 
 
 def _load(path: str, err: TextIO) -> BridgeConfig | None:
+    """The configuration, its secrets hidden in every log line from now on; or None
+    after printing every problem."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         n = len(exc.problems)
         print(f"{path}: {n} problem{'s' if n != 1 else ''} in the configuration:", file=err)
         for problem in exc.problems:
             print(f"  {problem}", file=err)
         return None
+    hide_secrets(config.secrets)
+    return config
+
+
+def describe_mqtt(config: BridgeConfig) -> str:
+    """The broker line of `check`. The user name is shown as written; a secret one
+    (from the environment) is hidden by the caller like any secret."""
+    m = config.mqtt
+    tls = ", TLS" if m.tls is not None else ""
+    user = f" as {m.username}" if m.username else ""
+    password = " with a password" if m.password else ""
+    protocol = "5" if m.protocol == 5 else "3.1.1"
+    return (
+        f"mqtt: {m.host}:{m.port}{tls}{user}{password}, client id {m.client_id}, "
+        f"MQTT {protocol}, base topic {m.base_topic}"
+    )
 
 
 def render_plan(config: BridgeConfig) -> str:
@@ -94,12 +115,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr)
     if config is None:
         return EXIT_CONFIG
-    print(f"{args.config}: configuration OK")
-    print(render_plan(config))
+    lines = [f"{args.config}: configuration OK", render_plan(config), describe_mqtt(config)]
     if config.metrics is not None:
         where = config.metrics.describe()
         reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
-        print(f"metrics: http://{where}/metrics ({reach}, no authentication)")
+        lines.append(f"metrics: http://{where}/metrics ({reach}, no authentication)")
+    print(redact("\n".join(lines), config.secrets))  # nothing here may show a secret
     return EXIT_OK
 
 
@@ -135,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BRIDGE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("BRIDGE_LOG_FORMAT", "text"),
+        choices=LOG_FORMATS,
+        help="text (default; one line per event, for journald) or json (one JSON object "
+        "per line, for log shippers). Also BRIDGE_LOG_FORMAT.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate the configuration and print the read plan")
     p_check.add_argument("-c", "--config", required=True)
@@ -153,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

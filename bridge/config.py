@@ -24,7 +24,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import yaml
@@ -33,6 +33,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from bridge import hass
 from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
+from bridge.logs import redact
 from bridge.model import (
     POINT_KEYS,
     BridgeConfig,
@@ -195,7 +196,13 @@ def parse_config(
     if config is None and not reader.problems:
         reader.report(None, "", "internal error: no configuration and no problem found")
     if reader.problems or config is None:
-        raise ConfigError(reader.sorted_problems())
+        # A problem elsewhere may quote a secret's value (a password reused as a port).
+        raise ConfigError(
+            [
+                replace(p, message=redact(p.message, reader.secrets))
+                for p in reader.sorted_problems()
+            ]
+        )
     return config
 
 
@@ -502,6 +509,7 @@ class _Reader:
         self._seen: set[Problem] = set()
         self._pairs_cache: dict[int, list[tuple[Node, Node]]] = {}
         self._declared_hosts: set[str] = set()  # valid or not: no "unknown host" noise
+        self.secrets: set[str] = set()  # values never shown (BridgeConfig.secrets)
         # Relative file names (TLS) are read from the configuration file's folder.
         self.base_dir = "" if source.startswith("<") else os.path.dirname(os.path.abspath(source))
 
@@ -819,6 +827,7 @@ class _Reader:
             homeassistant=ha,
             metrics=metrics,
             source=self.source,
+            secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
 
     def homeassistant(self, node: Node, path: str) -> HomeAssistant | None:
@@ -896,11 +905,16 @@ class _Reader:
         port = self.get(f, "port", self.int_in(1, 65535))
         client_id = self.get(f, "client_id", lambda n, p: self.checked_text(n, p, name_problem))
         username = self.get(f, "username", self.text)
+        username_node = f.value("username")
+        if username and isinstance(username_node, ScalarNode) and "${" in str(username_node.value):
+            self.secrets.add(username)  # from the environment: a secret like the password
         if username:
             why = text_problem(username)
             if why is not None:
                 self.report(f.value("username"), f.sub("username"), f"the user name {why}")
         password = self.get(f, "password", self.text)
+        if password:
+            self.secrets.add(password)
         base_topic = self.get(f, "base_topic", self.text)
         if base_topic is not None:
             why = _topic_problem(base_topic, base_topic_problem(base_topic))

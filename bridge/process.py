@@ -1,7 +1,7 @@
 """Process control for the command line: one place for what every command needs.
 
 - exit codes: 0 ok, 1 a failure (systemd restarts), 2 bad configuration or usage;
-- logging to stderr;
+- logging to stderr, as text or JSON lines, with secrets hidden;
 - `Process`: SIGTERM/SIGINT set its `stop` event; the first one also arms a hard
   deadline (a daemon thread that ends the process if shutdown hangs: Python 3.11 can
   swallow a cancellation inside `asyncio.wait_for`, and a library may hang in its own
@@ -23,8 +23,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ParamSpec, TypeVar
+
+from bridge.logs import JsonFormatter, Redactor
 
 log = logging.getLogger("bridge")
 
@@ -37,12 +39,25 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LOG_FORMATS = ("text", "json")
+_redactor = Redactor()
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: `text` (one line per event, for journald) or `json` (one JSON
+    object per line, for log shippers). Secrets given to `hide_secrets` never show."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_redactor)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+def hide_secrets(secrets: Collection[str]) -> None:
+    """From now on, these values show as `***` in every log line."""
+    _redactor.secrets = tuple(s for s in secrets if s)
 
 
 class Process:

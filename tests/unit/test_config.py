@@ -1080,3 +1080,22 @@ def test_metrics_listen_errors(listen: str, message: str) -> None:
     [problem] = info.value.problems
     assert problem.path == "metrics.listen" and problem.line is not None
     assert message in problem.message
+
+
+def test_secrets_are_the_password_and_a_user_name_from_the_environment() -> None:
+    text = MINIMAL + "mqtt: {username: '${MQTT_USER}', password: '${MQTT_PASSWORD}'}\n"
+    config = parse_config(text, env={"MQTT_USER": "svc-7f3a", "MQTT_PASSWORD": "p:w#1"})
+    assert set(config.secrets) == {"svc-7f3a", "p:w#1"}
+    assert "svc-7f3a" not in repr(config) and "p:w#1" not in repr(config)
+    literal = parse_config(MINIMAL + "mqtt: {username: bridge, password: pw}\n", env={})
+    assert literal.secrets == ("pw",)  # a user name written in the file is no secret
+
+
+def test_config_problems_never_quote_a_secret() -> None:
+    # The password's variable reused where a number belongs: the message hides its value.
+    text = MINIMAL.replace("address: 10.0.0.1", "address: 10.0.0.1, port: '${PW}'")
+    text += "mqtt: {password: '${PW}'}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={"PW": "hunter2hunter2"})
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)

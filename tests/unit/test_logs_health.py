@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
 from bridge.health import TRIMMED, build_health, fit_health
-from bridge.logs import MAX_KINDS, Throttle
+from bridge.logs import MAX_KINDS, JsonFormatter, Redactor, Throttle, redact
 from bridge.model import DataType, Device, Point, Table
 from bridge.mqtt import LinkStats, publish_packet_size
 from bridge.scheduler import PollStats
@@ -149,3 +150,34 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
     }
     assert doc["devices"]["d3"]["available"] is None and doc["devices"]["d3"]["cycles"] == 0
     assert doc["mqtt"]["connected"] == 1 and doc["mqtt"]["commands_written"] == 4
+
+
+def test_redactor_hides_secrets_in_message_arguments_and_traceback() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(Redactor(["s3cr:t#pw", "s3cr"]))
+    logger = logging.getLogger("t.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("connect as %s failed", "s3cr:t#pw")
+        try:
+            raise ValueError("bad password s3cr:t#pw")
+        except ValueError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # one JSON object per line, tracebacks included
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "connect as *** failed"  # the longer secret hidden whole
+    assert first["level"] == "warning" and first["logger"] == "t.redact"
+    assert first["time"].endswith("Z")
+    assert "ValueError: bad password ***" in second["exception"]
+    assert "s3cr" not in stream.getvalue()
+
+
+def test_redact() -> None:
+    assert redact("user bob, password hunter2", ["hunter2", "bob"]) == "user ***, password ***"
+    assert redact("nothing here", ["hunter2"]) == "nothing here"
