@@ -1,4 +1,4 @@
-"""Command line: `modbus-bridge check | run | demo`.
+"""Command line: `modbus-bridge check | run | demo | read | write | scan`.
 
 Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
 """
@@ -14,6 +14,7 @@ from typing import TextIO
 
 from bridge import __version__
 from bridge.app import Bridge, compile_plan
+from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import load_config
 from bridge.errors import ConfigError
 from bridge.logs import redact
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--devices", type=int, default=6)
     p_demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
     p_demo.set_defaults(func=cmd_demo)
+    add_commission_parsers(sub)
     return parser
 
 

@@ -229,6 +229,38 @@ def parse_rate(text: str | float) -> float:
     return value / per
 
 
+def parse_endpoint(
+    text: str, *, default_address: str | None = None, default_port: int | None = None
+) -> tuple[str, int]:
+    """`ADDRESS:PORT` -> (address, port); an IPv6 address goes in brackets. Without a
+    port, `default_port` (then `text` is the address); a bare port takes
+    `default_address`. Raises ValueError saying what is wrong."""
+    text = text.strip()
+    example = "[::1]:9108" if default_port is None else "192.0.2.10:502"
+    hint = f"expected ADDRESS:PORT, e.g. {example}"
+    address, sep, port_text = text.rpartition(":")
+    bare_ipv6 = text.count(":") > 1 and not text.startswith("[")
+    if default_port is not None and (not sep or text.endswith("]") or bare_ipv6):
+        address, port_text = text, str(default_port)  # an address alone (IPv6 included)
+        if bare_ipv6:
+            address = f"[{address}]"
+    elif not sep and default_address is not None:
+        address = default_address  # a bare port
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    elif ":" in address:
+        raise ValueError(f"{_show(text)}: write an IPv6 address in brackets ({hint})")
+    port = _parse_int(port_text)
+    if not address or port is None:
+        raise ValueError(f"{_show(text)}: {hint}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1..65535")
+    why = _address_problem(address)
+    if why is not None:
+        raise ValueError(f"{_show(address)} {why}")
+    return address, port
+
+
 def parse_units(spec: int | str | Sequence[int | str]) -> list[int]:
     """Unit ids from ``3``, ``"1-80"``, ``"1,5,7-9"`` or ``[1, 5, "7-9"]``.
 
@@ -855,25 +887,10 @@ class _Reader:
         text = self.nonempty_text(node, path)
         if text is None:
             return None
-        hint = "expected ADDRESS:PORT, e.g. 127.0.0.1:9108 or [::1]:9108"
-        address, sep, port_text = text.strip().rpartition(":")
-        if not sep:  # a bare port: loopback
-            address = Metrics.address
-        elif address.startswith("[") and address.endswith("]"):
-            address = address[1:-1]
-        elif ":" in address:
-            self.report(node, path, f"{_show(text)}: write an IPv6 address in brackets ({hint})")
-            return None
-        port = _parse_int(port_text)
-        if not address or port is None:
-            self.report(node, path, f"{_show(text)}: {hint}")
-            return None
-        if not 1 <= port <= 65535:
-            self.report(node, path, f"port {port} is outside 1..65535")
-            return None
-        why = _address_problem(address)
-        if why is not None:
-            self.report(node, path, f"{_show(address)} {why}")
+        try:
+            address, port = parse_endpoint(text, default_address=Metrics.address)
+        except ValueError as exc:
+            self.report(node, path, str(exc))
             return None
         return Metrics(address=address, port=port)
 

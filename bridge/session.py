@@ -352,6 +352,7 @@ class HostSession:
             trace_packet=self._traced_packet, trace_connect=self._traced_connect
         )
         self.generation = 0  # sessions opened so far: "a new connection since" for backoffs
+        self.open_error: str | None = None  # why the last attempt to open failed (None: open)
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
         # Every received byte passes the frame guard before pymodbus decodes it.
@@ -730,7 +731,9 @@ class HostSession:
         ok = await self._client.connect()
         if not ok or not self._client.connected:
             self._failures += 1
-            raise _ConnectFailed(self._transport.unreachable())
+            self.open_error = self._transport.unreachable()
+            raise _ConnectFailed(self.open_error)
+        self.open_error = None
         self._transport.opened(self._client)
 
     async def _connector(self) -> None:
