@@ -9,20 +9,22 @@ shutdown: stop polling -> publish every device and the bridge `offline` ->
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bridge.discovery import Discovery
 from bridge.errors import HostUnavailable, ModbusRequestError
+from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
+from bridge.metrics import MetricsServer
 from bridge.model import BridgeConfig, Device
 from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
+from bridge.process import bounded, cancel
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.state import Message, StateCache
@@ -83,6 +85,10 @@ class Bridge:
         )
         self.scheduler = Scheduler(
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
+        )
+        # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
+        self.metrics = (
+            None if config.metrics is None else MetricsServer(config.metrics, self.figures)
         )
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -246,12 +252,43 @@ class Bridge:
         self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
+        self._start_metrics()
+        m = self.config.mqtt
+        # The user name is logged as written; a secret one shows as *** (logs.Redactor).
+        log.info(
+            "MQTT broker %s:%d%s, client id %s",
+            m.host,
+            m.port,
+            f" as user {m.username}" if m.username else "",
+            m.client_id,
+        )
         log.info(
             "bridge started: %d hosts, %d devices, %d read blocks",
             len(self.sessions),
             len(self.config.devices),
             sum(len(b) for b in self.plan.values()),
         )
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
+        on without metrics: moving data matters more than being watched (the scrape
+        target shows down in the monitoring)."""
+        if self.metrics is None:
+            return
+        where = self.metrics.settings.describe()
+        try:
+            self.metrics.start()
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s (%s); running without metrics", where, exc)
+            self.metrics = None
+            return
+        log.info("metrics on http://%s/metrics", where)
+        if not self.metrics.settings.loopback:
+            log.warning(
+                "metrics: %s is reachable from other machines, without authentication "
+                "(metrics.listen); use a loopback address unless that is intended",
+                where,
+            )
 
     def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """A task that must run until shutdown: if it ends otherwise, stop the bridge
@@ -288,47 +325,59 @@ class Bridge:
 
         if self._health_task is not None:
             self._health_task.cancel()
-        await _bounded(self.scheduler.stop(), left(1.0))
+        await bounded(self.scheduler.stop(), left(1.0), "shutdown: stop polling")
         # In-flight writes finish (or are cancelled) and are answered before offline.
-        await _bounded(self.drain_writes(left(1.0)), left(1.2))
+        await bounded(self.drain_writes(left(1.0)), left(1.2), "shutdown: drain writes")
         if self.link.connected:
             self._send(self.state.offline_all())
             self.link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
-            await _bounded(self.link.flush(left(2.0)), left(2.0))
-        if self._link_task is not None:
-            self._link_task.cancel()
-            await _bounded(_settle(self._link_task), left(1.0))
+            await bounded(self.link.flush(left(2.0)), left(2.0), "shutdown: MQTT flush")
+        await cancel(self._link_task, left(1.0), "shutdown: MQTT disconnect")
         if self.sessions:
-            await _bounded(_stop_all(self.sessions.values()), left(1.0))
+            await bounded(_stop_all(self.sessions.values()), left(1.0), "shutdown: Modbus close")
+        if self.metrics is not None:
+            await bounded(self.metrics.stop(), left(1.0), "shutdown: metrics")
         log.info("bridge stopped")
 
     # -- health ------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        link, commands = self.link.stats, self.commands.stats
-        return build_health(
-            now=time.time(),
+    def figures(self) -> Figures:
+        """One snapshot of every counter (bridge.figures): what the health report and
+        the metrics show. Called on the event loop."""
+        now = asyncio.get_running_loop().time()
+        units: dict[str, set[int]] = {}
+        for device in self.config.devices:
+            units.setdefault(device.host, set()).add(device.unit)
+        return Figures(
+            time=time.time(),
             started=self.started_at,
-            hosts={n: (s.connected, s.stats) for n, s in self.sessions.items()},
-            devices=self.state.devices,
-            polls=self.scheduler.stats,
             rss=rss_bytes(),
-            mqtt={
-                "connected": int(self.link.connected),
-                "connects": link.connects,
-                "published": link.published,
-                "dropped": link.dropped,
-                "requeued": link.requeued,
-                "oversize": link.oversize,
-                "refused": link.refused,
-                "max_packet_size": self.link.max_packet_size,
-                "commands_written": commands.writes,
-                "commands_rejected": commands.rejected,
-                "commands_failed": commands.failed,
-                "commands_retained": commands.retained,
-                "commands_overloaded": commands.overloaded,
-            },
+            hosts=tuple(
+                host_figures(
+                    name,
+                    connected=s.connected,
+                    stats=s.stats,
+                    queue_depth=s.queue_depth,
+                    units=units[name],
+                )
+                for name, s in self.sessions.items()
+            ),
+            devices=device_polls(
+                self.state.devices,
+                self.scheduler.stats,
+                lambda name: self.scheduler.backoff_left(name, now),
+            ),
+            mqtt=mqtt_figures(
+                connected=self.link.connected,
+                link=self.link.stats,
+                commands=self.commands.stats,
+                pending=self.link.pending,
+                max_packet_size=self.link.max_packet_size,
+            ),
         )
+
+    def health(self) -> dict[str, Any]:
+        return build_health(self.figures())
 
     def _publish_health(self) -> None:
         topic = self.topics.bridge_health
@@ -368,20 +417,3 @@ class Bridge:
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:
     await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
-
-
-async def _settle(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-
-
-async def _bounded(coro: Coroutine[Any, Any, None], timeout: float) -> None:
-    """Await `coro` for at most `timeout` seconds; log and move on past it.
-
-    asyncio.wait (not wait_for) so a swallowed cancellation cannot hang us here.
-    """
-    task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        task.cancel()
-        log.warning("shutdown step %s did not finish in %.1fs", task.get_name(), timeout)

@@ -1,4 +1,4 @@
-"""Command line: `modbus-bridge check | run | demo`.
+"""Command line: `modbus-bridge check | run | demo | read | write | scan`.
 
 Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
 """
@@ -6,51 +6,64 @@ Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import concurrent.futures
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from typing import ParamSpec, TextIO, TypeVar
+from collections.abc import Sequence
+from typing import TextIO
 
 from bridge import __version__
 from bridge.app import Bridge, compile_plan
+from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import load_config
 from bridge.errors import ConfigError
+from bridge.logs import redact
 from bridge.model import BridgeConfig, SerialLink
 from bridge.planner import host_load
+from bridge.process import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    LOG_FORMATS,
+    Process,
+    hide_secrets,
+    run_main,
+    setup_logging,
+)
 
 log = logging.getLogger("bridge")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_USAGE
 HARD_EXIT_AFTER = 4.8  # seconds after SIGTERM: the process is gone by then, whatever hangs
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _load(path: str, err: TextIO) -> BridgeConfig | None:
+    """The configuration, its secrets hidden in every log line from now on; or None
+    after printing every problem."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         n = len(exc.problems)
         print(f"{path}: {n} problem{'s' if n != 1 else ''} in the configuration:", file=err)
         for problem in exc.problems:
             print(f"  {problem}", file=err)
         return None
+    hide_secrets(config.secrets)
+    return config
+
+
+def describe_mqtt(config: BridgeConfig) -> str:
+    """The broker line of `check`. The user name is shown as written; a secret one
+    (from the environment) is hidden by the caller like any secret."""
+    m = config.mqtt
+    tls = ", TLS" if m.tls is not None else ""
+    user = f" as {m.username}" if m.username else ""
+    password = " with a password" if m.password else ""
+    protocol = "5" if m.protocol == 5 else "3.1.1"
+    return (
+        f"mqtt: {m.host}:{m.port}{tls}{user}{password}, client id {m.client_id}, "
+        f"MQTT {protocol}, base topic {m.base_topic}"
+    )
 
 
 def render_plan(config: BridgeConfig) -> str:
@@ -103,74 +116,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr)
     if config is None:
         return EXIT_CONFIG
-    print(f"{args.config}: configuration OK")
-    print(render_plan(config))
+    lines = [f"{args.config}: configuration OK", render_plan(config), describe_mqtt(config)]
+    if config.metrics is not None:
+        where = config.metrics.describe()
+        reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
+        lines.append(f"metrics: http://{where}/metrics ({reach}, no authentication)")
+    print(redact("\n".join(lines), config.secrets))  # nothing here may show a secret
     return EXIT_OK
 
 
-def _install_hard_deadline(seconds: float) -> None:
-    """Last resort: Python 3.11 can swallow a cancellation inside wait_for, and a
-    library may hang in shutdown. A daemon thread ends the process regardless."""
-
-    def expire() -> None:
-        # Non-zero: a hung shutdown is a bug that systemd and tests should see.
-        log.error("shutdown did not finish in %.1fs; exiting anyway", seconds)
-        logging.shutdown()
-        os._exit(EXIT_FAILURE)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-
-
-class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The loop's default executor: every call in its own daemon thread, never joined.
-
-    Blocking calls end up there: paho's connect with its TLS handshake (up to 5 s against
-    a broker that accepts TCP but does not answer) and DNS lookups. `asyncio.run` and the
-    interpreter join a ThreadPoolExecutor's threads at exit, so one such call would hold
-    the process for seconds after an orderly shutdown. Calls are rare (connect attempts,
-    spaced by backoff), so a thread each is cheap. (A ThreadPoolExecutor subclass only
-    because asyncio accepts nothing else as the default executor; its pool is unused.)
-    """
-
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> concurrent.futures.Future[_T]:
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-        def work() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        threading.Thread(target=work, name="bridge-blocking", daemon=True).start()
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Nothing to wait for: a thread still blocked dies with the process."""
-
-
-async def _run_bridge(config: BridgeConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(_DaemonExecutor())
-
-    def on_signal(signame: str) -> None:
-        if not stop.is_set():
-            log.info("%s received: shutting down", signame)
-            _install_hard_deadline(HARD_EXIT_AFTER)
-            stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+async def _run_bridge(config: BridgeConfig, process: Process) -> int:
     bridge = Bridge(config)
-    await bridge.run(stop)
+    await bridge.run(process.stop)
     return EXIT_FAILURE if bridge.failed else EXIT_OK
 
 
@@ -178,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr)
     if config is None:
         return EXIT_CONFIG
-    return asyncio.run(_run_bridge(config))
+    process = Process(hard_exit_after=HARD_EXIT_AFTER)
+    return run_main(lambda p: _run_bridge(config, p), process)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -199,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BRIDGE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("BRIDGE_LOG_FORMAT", "text"),
+        choices=LOG_FORMATS,
+        help="text (default; one line per event, for journald) or json (one JSON object "
+        "per line, for log shippers). Also BRIDGE_LOG_FORMAT.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate the configuration and print the read plan")
     p_check.add_argument("-c", "--config", required=True)
@@ -212,12 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--devices", type=int, default=6)
     p_demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
     p_demo.set_defaults(func=cmd_demo)
+    add_commission_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

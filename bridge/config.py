@@ -24,7 +24,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import yaml
@@ -33,6 +33,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from bridge import hass
 from bridge.codec import int_range
 from bridge.errors import ConfigError, Problem
+from bridge.logs import redact
 from bridge.model import (
     POINT_KEYS,
     BridgeConfig,
@@ -42,6 +43,7 @@ from bridge.model import (
     Framer,
     HomeAssistant,
     Host,
+    Metrics,
     Mqtt,
     Only,
     Order,
@@ -88,8 +90,11 @@ _FALSE = frozenset({"false", "no", "off"})
 # Allowed keys per section (did-you-mean suggestions come from these).
 # fmt: off
 _ROOT_KEYS = (
-    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "hosts",
-    "templates", "devices",
+    "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "metrics",
+    "hosts", "templates", "devices",
+)
+_METRICS_KEYS = (
+    "listen",
 )
 _HOMEASSISTANT_KEYS = (
     "enabled", "discovery_prefix", "status_topic",
@@ -191,7 +196,13 @@ def parse_config(
     if config is None and not reader.problems:
         reader.report(None, "", "internal error: no configuration and no problem found")
     if reader.problems or config is None:
-        raise ConfigError(reader.sorted_problems())
+        # A problem elsewhere may quote a secret's value (a password reused as a port).
+        raise ConfigError(
+            [
+                replace(p, message=redact(p.message, reader.secrets))
+                for p in reader.sorted_problems()
+            ]
+        )
     return config
 
 
@@ -216,6 +227,38 @@ def parse_rate(text: str | float) -> float:
     if value <= 0:
         raise ValueError("rate must be greater than zero")
     return value / per
+
+
+def parse_endpoint(
+    text: str, *, default_address: str | None = None, default_port: int | None = None
+) -> tuple[str, int]:
+    """`ADDRESS:PORT` -> (address, port); an IPv6 address goes in brackets. Without a
+    port, `default_port` (then `text` is the address); a bare port takes
+    `default_address`. Raises ValueError saying what is wrong."""
+    text = text.strip()
+    example = "[::1]:9108" if default_port is None else "192.0.2.10:502"
+    hint = f"expected ADDRESS:PORT, e.g. {example}"
+    address, sep, port_text = text.rpartition(":")
+    bare_ipv6 = text.count(":") > 1 and not text.startswith("[")
+    if default_port is not None and (not sep or text.endswith("]") or bare_ipv6):
+        address, port_text = text, str(default_port)  # an address alone (IPv6 included)
+        if bare_ipv6:
+            address = f"[{address}]"
+    elif not sep and default_address is not None:
+        address = default_address  # a bare port
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    elif ":" in address:
+        raise ValueError(f"{_show(text)}: write an IPv6 address in brackets ({hint})")
+    port = _parse_int(port_text)
+    if not address or port is None:
+        raise ValueError(f"{_show(text)}: {hint}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1..65535")
+    why = _address_problem(address)
+    if why is not None:
+        raise ValueError(f"{_show(address)} {why}")
+    return address, port
 
 
 def parse_units(spec: int | str | Sequence[int | str]) -> list[int]:
@@ -498,6 +541,7 @@ class _Reader:
         self._seen: set[Problem] = set()
         self._pairs_cache: dict[int, list[tuple[Node, Node]]] = {}
         self._declared_hosts: set[str] = set()  # valid or not: no "unknown host" noise
+        self.secrets: set[str] = set()  # values never shown (BridgeConfig.secrets)
         # Relative file names (TLS) are read from the configuration file's folder.
         self.base_dir = "" if source.startswith("<") else os.path.dirname(os.path.abspath(source))
 
@@ -796,6 +840,8 @@ class _Reader:
         mqtt = Mqtt() if mqtt_node is None else self.mqtt(mqtt_node, "mqtt")
         ha_node = f.value("homeassistant")
         ha = HomeAssistant() if ha_node is None else self.homeassistant(ha_node, "homeassistant")
+        metrics_node = f.value("metrics")
+        metrics = None if metrics_node is None else self.metrics(metrics_node, "metrics")
         hosts = self.hosts(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
@@ -811,7 +857,9 @@ class _Reader:
             write_timeout=2.0 if write_timeout is None else write_timeout,
             health_interval=30.0 if health_interval is None else health_interval,
             homeassistant=ha,
+            metrics=metrics,
             source=self.source,
+            secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
 
     def homeassistant(self, node: Node, path: str) -> HomeAssistant | None:
@@ -827,6 +875,24 @@ class _Reader:
             discovery_prefix=d.discovery_prefix if prefix is None else prefix,
             status_topic=d.status_topic if status is None else status,
         )
+
+    def metrics(self, node: Node, path: str) -> Metrics | None:
+        f = self.mapping(node, path, _METRICS_KEYS)
+        if f is None:
+            return None
+        return self.req(f, "listen", self.listen)
+
+    def listen(self, node: Node, path: str) -> Metrics | None:
+        """`ADDRESS:PORT` (an IPv6 address in brackets), or a bare port on loopback."""
+        text = self.nonempty_text(node, path)
+        if text is None:
+            return None
+        try:
+            address, port = parse_endpoint(text, default_address=Metrics.address)
+        except ValueError as exc:
+            self.report(node, path, str(exc))
+            return None
+        return Metrics(address=address, port=port)
 
     def topic(self, node: Node, path: str) -> str | None:
         """A topic without wildcards or empty levels (rules in bridge.topics)."""
@@ -856,11 +922,16 @@ class _Reader:
         port = self.get(f, "port", self.int_in(1, 65535))
         client_id = self.get(f, "client_id", lambda n, p: self.checked_text(n, p, name_problem))
         username = self.get(f, "username", self.text)
+        username_node = f.value("username")
+        if username and isinstance(username_node, ScalarNode) and "${" in str(username_node.value):
+            self.secrets.add(username)  # from the environment: a secret like the password
         if username:
             why = text_problem(username)
             if why is not None:
                 self.report(f.value("username"), f.sub("username"), f"the user name {why}")
         password = self.get(f, "password", self.text)
+        if password:
+            self.secrets.add(password)
         base_topic = self.get(f, "base_topic", self.text)
         if base_topic is not None:
             why = _topic_problem(base_topic, base_topic_problem(base_topic))

@@ -25,13 +25,11 @@ import logging
 import math
 import os
 import random
-import signal
 import socket
 import struct
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -39,6 +37,7 @@ from bridge.app import Bridge
 from bridge.config import parse_config
 from bridge.errors import ConfigError
 from bridge.mqtt import Incoming, MqttLink, Subscription
+from bridge.process import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Process, bounded, cancel, run_main
 from bridge.sim import SimServer, SimUnit
 from bridge.topics import Topics
 
@@ -55,10 +54,6 @@ POLL_INTERVAL = "1s"
 CONNECT_WAIT = 5.0  # seconds to wait for the console to reach the broker
 RETAINED_SETTLE = 0.3  # seconds: retained leftovers of an earlier run arrive, unprinted
 HARD_EXIT_AFTER = 15.0  # seconds after shutdown began: the process is gone by then
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 NO_BROKER_HELP = """\
 modbus-bridge demo needs an MQTT broker: {reason}.
@@ -404,91 +399,13 @@ def banner(gateways: Sequence[Gateway], broker: BrokerChoice, devices: int, dura
 # -- running it ------------------------------------------------------------------------------
 
 
-async def _bounded(coro: Coroutine[Any, Any, None], timeout: float, what: str) -> None:
-    """Await `coro` for at most `timeout` s (asyncio.wait: immune to swallowed cancels)."""
-    task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        task.cancel()
-        log.warning("demo: %s did not finish in %.1fs", what, timeout)
-    elif not task.cancelled() and task.exception() is not None:
-        log.warning("demo: %s failed: %s", what, task.exception())
-
-
-async def _cancel(task: asyncio.Task[None] | None, timeout: float, what: str) -> None:
-    if task is None:
-        return
-    task.cancel()
-
-    async def settle() -> None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-    await _bounded(settle(), timeout, what)
-
-
-class _Deadline:
-    """Once shutdown starts, a daemon thread ends the process if it has not ended by then."""
-
-    def __init__(self) -> None:
-        self._timer: threading.Timer | None = None
-
-    def arm(self, seconds: float) -> None:
-        if self._timer is not None:
-            return
-
-        def expire() -> None:
-            print(f"demo: shutdown did not finish in {seconds:g}s; exiting", file=sys.stderr)
-            logging.shutdown()
-            os._exit(EXIT_FAILURE)
-
-        self._timer = threading.Timer(seconds, expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-async def _demo(
-    devices: int, duration: float, out: TextIO, err: TextIO, deadline: _Deadline
-) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:  # a second Ctrl-C: the user does not want to wait
-            print("demo: forced exit", file=err, flush=True)
-            os._exit(EXIT_FAILURE)
-        stop.set()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
-            installed.append(sig)
-    try:
-        return await _demo_run(
-            devices=devices, duration=duration, out=out, err=err, stop=stop, deadline=deadline
-        )
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
 async def _demo_run(
     *,
     devices: int,
     duration: float,
     out: TextIO,
     err: TextIO,
-    stop: asyncio.Event,
-    deadline: _Deadline,
+    process: Process,
 ) -> int:
     force_embedded = os.environ.get(FORCE_EMBEDDED_ENV, "").strip().lower() in (
         "1",
@@ -547,14 +464,14 @@ async def _demo_run(
         bridge = Bridge(config)
         await bridge.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration if duration > 0 else None)
+            await asyncio.wait_for(process.stop.wait(), duration if duration > 0 else None)
         print("", file=out, flush=True)
         console.emit("stopping: the bridge publishes offline, then everything shuts down")
         return EXIT_OK
     finally:
-        deadline.arm(HARD_EXIT_AFTER)
+        process.shutting_down()
         if bridge is not None:
-            await _bounded(bridge.shutdown(), 5.0, "bridge shutdown")
+            await bounded(bridge.shutdown(), 5.0, "demo: bridge shutdown")
         if console_link is not None:
             if console_link.connected:
                 await asyncio.sleep(RETAINED_SETTLE)  # let the offline messages print
@@ -562,12 +479,12 @@ async def _demo_run(
                 await console_link.publish_now(
                     console_link.topics.bridge_state, b"", retain=True, timeout=1.0
                 )
-            await _cancel(console_task, 1.0, "console disconnect")
-        await _cancel(meter_task, 0.5, "meter simulation")
+            await cancel(console_task, 1.0, "demo: console disconnect")
+        await cancel(meter_task, 0.5, "demo: meter simulation")
         if broker is not None and broker.embedded is not None:
-            await _bounded(stop_embedded_broker(broker.embedded), 2.0, "embedded broker shutdown")
+            await bounded(stop_embedded_broker(broker.embedded), 2.0, "demo: embedded broker")
         for gw in gateways:
-            await _bounded(gw.server.stop(), 1.0, f"simulated gateway {gw.name}")
+            await bounded(gw.server.stop(), 1.0, f"demo: simulated gateway {gw.name}")
 
 
 def run_demo(*, devices: int = 6, duration: float = 0.0) -> int:
@@ -580,10 +497,11 @@ def run_demo(*, devices: int = 6, duration: float = 0.0) -> int:
             f"demo: --duration must be 0 (until Ctrl-C) or more, got {duration:g}", file=sys.stderr
         )
         return EXIT_USAGE
-    deadline = _Deadline()
-    try:
-        return asyncio.run(_demo(devices, duration, sys.stdout, sys.stderr, deadline))
-    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
-        return EXIT_OK
-    finally:
-        deadline.disarm()
+    process = Process(hard_exit_after=HARD_EXIT_AFTER, force_on_second_signal=True)
+
+    async def main(process: Process) -> int:
+        return await _demo_run(
+            devices=devices, duration=duration, out=sys.stdout, err=sys.stderr, process=process
+        )
+
+    return run_main(main, process)

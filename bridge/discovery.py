@@ -26,6 +26,7 @@ from typing import Any
 
 from bridge import __version__, hass
 from bridge.codec import int_range
+from bridge.figures import DeviceFigures, HostFigures, health_key
 from bridge.hass import Platform
 from bridge.model import BridgeConfig, DataType, Device, EntityCategory, Output, Point
 from bridge.payloads import OFFLINE, ONLINE
@@ -226,6 +227,11 @@ class Discovery:
         one entry per name, and what is left out renders as None (unknown).
         """
         t = self.topics
+        # The report's keys, from their declarations (bridge.figures).
+        connected = health_key(HostFigures, "connected")
+        requests = health_key(HostFigures, "requests")
+        errors = health_key(HostFigures, "errors")
+        available = health_key(DeviceFigures, "available")
         hosts = "{% set h = value_json.get('hosts', {}) %}"
         devices = "{% set d = value_json.get('devices', {}) %}"
         trimmed = "h.connected is number"  # a host named `connected` holds a mapping
@@ -238,23 +244,24 @@ class Discovery:
             (
                 "hosts_connected",
                 f"{hosts}{{{{ h.connected if {trimmed}"
-                " else h.values() | selectattr('connected') | list | count }}",
+                f" else h.values() | selectattr('{connected}') | list | count }}}}",
                 {"state_class": "measurement"},
             ),
             (
                 "devices_online",
                 f"{devices}{{{{ d.total - d.offline if d.offline is number"
-                " else d.values() | selectattr('available') | list | count }}",
+                f" else d.values() | selectattr('{available}') | list | count }}}}",
                 {"state_class": "measurement"},
             ),
             (
                 "requests",
-                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='requests') }}}}",
+                f"{hosts}{{{{ 'None' if {trimmed}"
+                f" else h.values() | sum(attribute='{requests}') }}}}",
                 {"state_class": "total_increasing"},
             ),
             (
                 "errors",
-                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='errors') }}}}",
+                f"{hosts}{{{{ 'None' if {trimmed} else h.values() | sum(attribute='{errors}') }}}}",
                 {"state_class": "total_increasing"},
             ),
             (

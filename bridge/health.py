@@ -1,17 +1,17 @@
-"""The health report published on `<base>/bridge/health`. Pure, except `rss_bytes`."""
+"""The health report published on `<base>/bridge/health`. Pure, except `rss_bytes`.
+
+It renders a `bridge.figures.Figures` snapshot: every figure that declares a health
+key, in declaration order.
+"""
 
 from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bridge.figures import Figures, shown_fields
 from bridge.payloads import iso_utc, json_doc
-
-if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
-    from bridge.scheduler import PollStats
-    from bridge.session import SessionStats
-    from bridge.state import DeviceState
 
 TRIMMED = "details left out: the full report is larger than the broker's maximum packet size"
 
@@ -26,63 +26,33 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
+def _doc(record: object) -> dict[str, Any]:
+    """A snapshot record as the report shows it. A field holding records (a host's
+    units) becomes a mapping by their `key` of those with a figure other than zero:
+    a bus with 200 healthy units stays short."""
+    doc: dict[str, Any] = {}
+    for name, spec in shown_fields(record):
+        if spec.health is None:
+            continue
+        value = getattr(record, name)
+        if spec.records:
+            doc[spec.health] = {
+                item.key: inner for item in value if any((inner := _doc(item)).values())
+            }
+        else:
+            doc[spec.health] = spec.to_health(value)
+    return doc
 
 
-def build_health(
-    *,
-    now: float,
-    started: float,
-    hosts: Mapping[str, tuple[bool, SessionStats]],
-    devices: Mapping[str, DeviceState],
-    polls: Mapping[str, PollStats],
-    rss: int,
-    mqtt: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
+def build_health(figures: Figures) -> dict[str, Any]:
     """The health document: per host, per device, MQTT and the process."""
     return {
-        "time": iso_utc(now),
-        "uptime_s": round(now - started, 1),
-        "rss_bytes": rss,
-        "mqtt": dict(mqtt or {}),
-        "hosts": {
-            name: {
-                "connected": connected,
-                "sockets_opened": s.sockets_opened,
-                "reconnects": s.reconnects,
-                "requests": s.requests,
-                "errors": s.errors,
-                "timeouts": s.timeouts,
-                "bad_replies": s.bad_replies,
-                "stray_frames": s.stray_frames,
-                "drains": s.drains,
-                "crc_errors": s.crc_errors,
-                # Only units that had a fault: a bus with 200 healthy units stays short.
-                "units": {
-                    str(unit): {
-                        "timeouts": u.timeouts,
-                        "crc_errors": u.crc_errors,
-                        "bad_replies": u.bad_replies,
-                    }
-                    for unit, u in sorted(s.units.items())
-                },
-                "latency_p50_ms": _ms(s.percentile(0.50)),
-                "latency_p99_ms": _ms(s.percentile(0.99)),
-            }
-            for name, (connected, s) in hosts.items()
-        },
-        "devices": {
-            name: {
-                "available": st.available,
-                "last_seen": iso_utc(st.last_seen) if st.last_seen is not None else None,
-                "errors": polls[name].failures if name in polls else 0,
-                "cycles": polls[name].cycles if name in polls else 0,
-                "missed_cycles": polls[name].skipped if name in polls else 0,
-                "skipped_ranges": list(polls[name].skipped_ranges) if name in polls else [],
-            }
-            for name, st in devices.items()
-        },
+        "time": iso_utc(figures.time),
+        "uptime_s": round(figures.time - figures.started, 1),
+        "rss_bytes": figures.rss,
+        "mqtt": _doc(figures.mqtt),
+        "hosts": {host.name: _doc(host) for host in figures.hosts},
+        "devices": {device.name: _doc(device) for device in figures.devices},
     }
 
 

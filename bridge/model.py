@@ -366,8 +366,9 @@ class Mqtt:
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = "modbus-bridge"
-    username: str | None = None
-    password: str | None = None
+    # Kept out of repr: a config printed by mistake must not show them (BridgeConfig.secrets)
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
     base_topic: str = "modbus"
     qos: int = 1
     retain: bool = True
@@ -388,6 +389,22 @@ class HomeAssistant:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """The Prometheus endpoint (`/metrics`); off unless configured."""
+
+    address: str = "127.0.0.1"  # where to listen: loopback unless the user says otherwise
+    port: int = 9108
+
+    @property
+    def loopback(self) -> bool:
+        return self.address in ("localhost", "::1") or self.address.startswith("127.")
+
+    def describe(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     mqtt: Mqtt
     hosts: tuple[Host, ...]
@@ -397,7 +414,11 @@ class BridgeConfig:
     write_timeout: float = 2.0
     health_interval: float = 30.0
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
+    metrics: Metrics | None = None  # None: no metrics endpoint
     source: str = field(default="", compare=False)
+    # Values that never appear in logs, `check` output, the health report or metrics:
+    # the MQTT password, and the MQTT user name when it comes from ${VAR}.
+    secrets: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:

@@ -142,6 +142,16 @@ class Scheduler:
             self._device_keys.setdefault(g.device.name, []).append(_key(g))
         self._tasks: list[asyncio.Task[None]] = []
 
+    def backoff_left(self, device: str, now: float) -> float:
+        """Seconds until a device that backs off is polled again (0: polled as usual);
+        `now` on the loop's clock."""
+        waits = [
+            self._backoff[key].retry_at - now
+            for key in self._device_keys.get(device, ())
+            if self._backoff[key].failures
+        ]
+        return max([0.0, *waits])
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()

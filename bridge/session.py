@@ -29,6 +29,7 @@ function code, length or echo); a mismatch is discarded and drained the same way
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import grp
 import itertools
@@ -59,6 +60,7 @@ from bridge.errors import (
     ModbusRequestError,
     RequestTimeout,
 )
+from bridge.figures import LATENCY_BUCKETS
 from bridge.logs import Throttle
 from bridge.model import Host, SerialLink, Table, TcpLink
 
@@ -283,6 +285,11 @@ class UnitStats:
     bad_replies: int = 0
 
 
+# Why a request failed (SessionStats.failed_by): an exception reply, no answer in time, an
+# answer that did not fit the request, the connection, anything else.
+ERROR_KINDS = ("exception", "timeout", "bad_reply", "connection", "other")
+
+
 @dataclass
 class SessionStats:
     """Counters a health report or a test reads. Plain numbers, no I/O."""
@@ -298,6 +305,21 @@ class SessionStats:
     crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
     units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    failed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    # answered requests per LATENCY_BUCKETS bound (the last: slower than all), and their sum
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """An answered request took `seconds`."""
+        self.latencies.append(seconds)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def failed(self, kind: str) -> None:
+        """A request failed; `kind` is one of ERROR_KINDS."""
+        self.errors += 1
+        self.failed_by[kind] += 1
 
     def percentile(self, q: float) -> float | None:
         if not self.latencies:
@@ -356,6 +378,7 @@ class HostSession:
             trace_packet=self._traced_packet, trace_connect=self._traced_connect
         )
         self.generation = 0  # sessions opened so far: "a new connection since" for backoffs
+        self.open_error: str | None = None  # why the last attempt to open failed (None: open)
         # Our own silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
         # The session runs each transaction itself (`_transact`): pymodbus encodes the
@@ -385,6 +408,11 @@ class HostSession:
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the socket (metrics)."""
+        return self._queue.qsize()
 
     async def start(self) -> None:
         self._need_connect.set()
@@ -815,7 +843,9 @@ class HostSession:
         ok = await self._client.connect()
         if not ok or not self._client.connected:
             self._failures += 1
-            raise _ConnectFailed(self._transport.unreachable())
+            self.open_error = self._transport.unreachable()
+            raise _ConnectFailed(self.open_error)
+        self.open_error = None
         self._transport.opened(self._client)
 
     async def _connector(self) -> None:
@@ -965,16 +995,16 @@ class HostSession:
         self._idle.clear()
         try:
             result = await job(self._client)
-        except ModbusRequestError:
+        except ModbusRequestError as exc:
             # The device answered (an exception reply): the link is healthy.
             self._consecutive_timeouts = 0
             self._answered_now()
-            self.stats.errors += 1
+            self.stats.failed("exception" if isinstance(exc, ExceptionReply) else "other")
             raise
         except (_Mismatch, _Malformed) as exc:
             # An answer that does not fit the request. On RTU it may be a late or stray
             # frame and ours may still come: drain. On TCP the frames stay in step.
-            self.stats.errors += 1
+            self.stats.failed("bad_reply")
             self.stats.unit(unit).bad_replies += 1
             if isinstance(exc, _Mismatch):
                 self.stats.bad_replies += 1
@@ -984,14 +1014,15 @@ class HostSession:
             reason = f"the reply did not match the request ({exc})"
             raise BadReply(self.host.name, unit, reason) from None
         except ConnectionException as exc:
-            self.stats.errors += 1
+            self.stats.failed("connection")
             self._lost(f"connection error: {exc}")
             raise HostUnavailable(self.host.name, unit, "connection lost") from None
         except ModbusIOException:
-            self.stats.errors += 1
             if not self._client.connected:
+                self.stats.failed("connection")
                 self._lost("connection closed")
                 raise HostUnavailable(self.host.name, unit, "connection lost") from None
+            self.stats.failed("timeout")
             self.stats.timeouts += 1
             self.stats.unit(unit).timeouts += 1
             self._consecutive_timeouts += 1
@@ -1002,7 +1033,7 @@ class HostSession:
             reason = f"no answer within {self.host.timeout:g}s"
             raise RequestTimeout(self.host.name, unit, reason) from None
         except (ModbusException, OSError) as exc:
-            self.stats.errors += 1
+            self.stats.failed("other" if self._client.connected else "connection")
             if not self._client.connected:
                 self._lost(f"{type(exc).__name__}: {exc}")
             elif self._rtu:
@@ -1016,7 +1047,7 @@ class HostSession:
             # A bug: this request fails, the worker (and every other device on the
             # host) carries on.
             log.exception("host %s unit %d: request failed unexpectedly", self.host.name, unit)
-            self.stats.errors += 1
+            self.stats.failed("other")
             if self._rtu:
                 self._stale_at = time.monotonic()
             reason = f"unexpected {type(exc).__name__}: {exc}"
@@ -1026,7 +1057,7 @@ class HostSession:
             self._idle.set()
         self._consecutive_timeouts = 0
         self._answered_now()
-        self.stats.latencies.append(time.monotonic() - started)
+        self.stats.observe(time.monotonic() - started)
         return result
 
     def _answered_now(self) -> None:

@@ -109,6 +109,7 @@ class _Expired(Exception):
 
 @dataclasses.dataclass
 class CommandStats:
+    ok: int = 0  # commands answered ok
     writes: int = 0  # points written
     rejected: int = 0  # commands refused before anything was sent
     failed: int = 0  # commands that failed while executing
@@ -150,6 +151,8 @@ class _Reply:
         return note if warning is None else f"{warning}; {note}"
 
     def ok(self, data: Mapping[str, Value], warning: str | None = None) -> None:
+        if not self.sent:
+            self.handler.stats.ok += 1
         self._send(
             result_payload("ok", data, transaction=self.transaction, warning=self._note(warning))
         )

@@ -96,8 +96,10 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(dist: Dist, tmp_path: Path) -> 
     python = venv / "bin" / "python"
     run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", dist.wheel)
     frozen = run(sys.executable, "-m", "pip", "--python", python, "freeze").splitlines()
-    installed = {re.split(r"[=@ ]", line, maxsplit=1)[0].lower() for line in frozen}
-    assert installed >= {"modbus-mqtt-bridge", "pymodbus", "aiomqtt", "pyyaml", "tenacity"}
+    names = (re.split(r"[=@ ]", line, maxsplit=1)[0] for line in frozen)
+    installed = {name.lower().replace("_", "-") for name in names}
+    runtime = {"pymodbus", "aiomqtt", "pyyaml", "tenacity", "prometheus-client"}
+    assert installed >= {"modbus-mqtt-bridge", *runtime}
     assert not installed & {"pytest", "ruff", "mypy", "build", "pipx"}, "the venv is clean"
     assert run(venv / "bin" / "modbus-bridge", "--version").strip() == (
         f"modbus-bridge {__version__}"

@@ -131,3 +131,12 @@ def test_check_estimates_bus_time_only_for_serial_buses(tmp_path: Path) -> None:
     assert "(/dev/ttyUSB0 9600 8N1)" in bus and "(serial port)" in bus
     warnings = [line for line in lines if line.startswith("WARNING")]
     assert len(warnings) == 1 and "host bus1" in warnings[0]  # 20 long reads twice a second
+
+
+def test_check_prints_where_metrics_listen(tmp_path: Path) -> None:
+    cfg = tmp_path / "metrics.yaml"
+    base = (REPO / "tests" / "configs" / "bad" / "metrics.yaml").read_text()
+    cfg.write_text(base.replace("0.0.0.0:70000", "0.0.0.0:9108").replace("  port: 9108\n", ""))
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "metrics: http://0.0.0.0:9108/metrics (REACHABLE FROM OTHER MACHINES" in result.stdout

@@ -280,6 +280,7 @@ def test_example_config_documents_every_key() -> None:
         *cfg._ROOT_KEYS,
         *cfg._MQTT_KEYS,
         *cfg._HOMEASSISTANT_KEYS,
+        *cfg._METRICS_KEYS,
         *cfg._TLS_KEYS,
         *cfg._HOST_KEYS,
         *cfg._KEEPALIVE_KEYS,
@@ -1044,3 +1045,57 @@ def test_device_class_must_fit_the_platform(point: str, message: str) -> None:
 )
 def test_homeassistant_keys_accepted(point: str) -> None:
     parse_config(one_device(f"[{{name: p, {point[1:]}]"), env={})
+
+
+@pytest.mark.parametrize(
+    ("listen", "address", "port", "loopback"),
+    [
+        ("127.0.0.1:9108", "127.0.0.1", 9108, True),
+        ("9200", "127.0.0.1", 9200, True),  # a bare port: loopback
+        ("'[::1]:9108'", "::1", 9108, True),
+        ("0.0.0.0:9108", "0.0.0.0", 9108, False),  # the user's explicit choice
+        ("'${METRICS}'", "192.0.2.7", 9100, False),
+    ],
+)
+def test_metrics_listen(listen: str, address: str, port: int, loopback: bool) -> None:
+    assert parse_config(MINIMAL, env={}).metrics is None  # off unless configured
+    text = MINIMAL + f"metrics: {{listen: {listen}}}\n"
+    metrics = parse_config(text, env={"METRICS": "192.0.2.7:9100"}).metrics
+    assert metrics is not None
+    assert (metrics.address, metrics.port, metrics.loopback) == (address, port, loopback)
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("'::1:9108'", "write an IPv6 address in brackets"),
+        ("localhost", "expected ADDRESS:PORT"),
+        ("'a b:9108'", "'a b' is not an IP address or a host name"),
+        ("0", "port 0 is outside 1..65535"),
+    ],
+)
+def test_metrics_listen_errors(listen: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + f"metrics: {{listen: {listen}}}\n", env={})
+    [problem] = info.value.problems
+    assert problem.path == "metrics.listen" and problem.line is not None
+    assert message in problem.message
+
+
+def test_secrets_are_the_password_and_a_user_name_from_the_environment() -> None:
+    text = MINIMAL + "mqtt: {username: '${MQTT_USER}', password: '${MQTT_PASSWORD}'}\n"
+    config = parse_config(text, env={"MQTT_USER": "svc-7f3a", "MQTT_PASSWORD": "p:w#1"})
+    assert set(config.secrets) == {"svc-7f3a", "p:w#1"}
+    assert "svc-7f3a" not in repr(config) and "p:w#1" not in repr(config)
+    literal = parse_config(MINIMAL + "mqtt: {username: bridge, password: pw}\n", env={})
+    assert literal.secrets == ("pw",)  # a user name written in the file is no secret
+
+
+def test_config_problems_never_quote_a_secret() -> None:
+    # The password's variable reused where a number belongs: the message hides its value.
+    text = MINIMAL.replace("address: 10.0.0.1", "address: 10.0.0.1, port: '${PW}'")
+    text += "mqtt: {password: '${PW}'}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={"PW": "hunter2hunter2"})
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)

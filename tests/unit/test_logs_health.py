@@ -1,16 +1,23 @@
-"""Throttled logs, the health report under a packet limit, and MQTT packet sizes."""
+"""Throttled logs, the health report (from a snapshot, under a packet limit), MQTT packet sizes."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
 
 import pytest
 
-from bridge.health import TRIMMED, fit_health
-from bridge.logs import MAX_KINDS, Throttle
-from bridge.mqtt import publish_packet_size
+from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
+from bridge.health import TRIMMED, build_health, fit_health
+from bridge.logs import MAX_KINDS, JsonFormatter, Redactor, Throttle, redact
+from bridge.model import DataType, Device, Point, Table
+from bridge.mqtt import LinkStats, publish_packet_size
+from bridge.scheduler import PollStats
+from bridge.session import SessionStats
+from bridge.state import DeviceState
+from bridge.writer import CommandStats
 
 
 class Clock:
@@ -98,3 +105,79 @@ def test_publish_packet_size_counts_every_header_byte() -> None:
     # Correlation data: 1 id + 2 length + data. A remaining length over 127 takes 2 bytes.
     size = publish_packet_size("t", 200, qos=1, v5=True, correlation_data=b"abc")
     assert size == 1 + 2 + (2 + 1 + 2 + 1 + 6 + 200)
+
+
+def test_health_renders_one_snapshot_of_the_live_counters() -> None:
+    stats = SessionStats(sockets_opened=1, requests=40, errors=3, timeouts=2, crc_errors=1)
+    stats.unit(3).timeouts = 2
+    for seconds in (0.010, 0.020, 0.500):
+        stats.observe(seconds)
+    point = Point(name="a", table=Table.HOLDING, address=0, type=DataType.UINT16, interval=1.0)
+    states = {f"d{u}": DeviceState(Device(f"d{u}", "gw", u, 1.0, (point,))) for u in (1, 3)}
+    states["d1"].available, states["d1"].last_seen = True, 1_700_000_000.5
+    polls = {"d1": PollStats(cycles=5, skipped=1, skipped_ranges=["holding 10..11"])}
+    figures = Figures(
+        time=1_700_000_100.0,
+        started=1_700_000_000.0,
+        rss=1234,
+        hosts=(host_figures("gw", connected=True, stats=stats, queue_depth=0, units=[1, 3]),),
+        devices=device_polls(states, polls),  # d3 has no poll statistics yet: zeros
+        mqtt=mqtt_figures(
+            connected=True,
+            link=LinkStats(connects=1, published=33),
+            commands=CommandStats(writes=4),
+            pending=0,
+            max_packet_size=1000,
+        ),
+    )
+    doc = build_health(figures)
+    assert doc["uptime_s"] == 100.0 and doc["rss_bytes"] == 1234
+    host = doc["hosts"]["gw"]
+    assert list(host)[:5] == ["connected", "sockets_opened", "reconnects", "requests", "errors"]
+    assert host["requests"] == 40 and host["crc_errors"] == 1
+    # Unit 1 had no fault: left out, so a bus of 200 healthy units stays short.
+    assert host["units"] == {"3": {"timeouts": 2, "crc_errors": 0, "bad_replies": 0}}
+    assert (host["latency_p50_ms"], host["latency_p99_ms"]) == (20.0, 500.0)
+    assert doc["devices"]["d1"] == {
+        "available": True,
+        "last_seen": "2023-11-14T22:13:20.500Z",
+        "errors": 0,
+        "cycles": 5,
+        "missed_cycles": 1,
+        "backoff_cycles": 0,
+        "backoff_s": 0.0,
+        "skipped_ranges": ["holding 10..11"],
+    }
+    assert doc["devices"]["d3"]["available"] is None and doc["devices"]["d3"]["cycles"] == 0
+    assert doc["mqtt"]["connected"] == 1 and doc["mqtt"]["commands_written"] == 4
+
+
+def test_redactor_hides_secrets_in_message_arguments_and_traceback() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(Redactor(["s3cr:t#pw", "s3cr"]))
+    logger = logging.getLogger("t.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("connect as %s failed", "s3cr:t#pw")
+        try:
+            raise ValueError("bad password s3cr:t#pw")
+        except ValueError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # one JSON object per line, tracebacks included
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "connect as *** failed"  # the longer secret hidden whole
+    assert first["level"] == "warning" and first["logger"] == "t.redact"
+    assert first["time"].endswith("Z")
+    assert "ValueError: bad password ***" in second["exception"]
+    assert "s3cr" not in stream.getvalue()
+
+
+def test_redact() -> None:
+    assert redact("user bob, password hunter2", ["hunter2", "bob"]) == "user ***, password ***"
+    assert redact("nothing here", ["hunter2"]) == "nothing here"

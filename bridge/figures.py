@@ -1,0 +1,440 @@
+"""One snapshot of the bridge's figures: what `bridge/health` and `/metrics` show. Pure.
+
+The counters live where things happen: `SessionStats` (with `UnitStats`) in each
+host session, `PollStats` and the backoffs in the scheduler, the state cache's
+availability and `last_seen`, `LinkStats` of the MQTT link and the command handler's
+`CommandStats`. The composition root (`app.Bridge.figures`) copies them into these
+frozen dataclasses at one moment, with the builders below; the health report and
+the metrics endpoint render the snapshot, never the live objects.
+
+Each figure declares how it is shown (`Shown`, in the field's metadata): its key in
+the health report and its Prometheus metric. The renderers (`health.py`,
+`metrics.py`) walk the declarations, so a new figure is one field here plus its line
+in the builder (mypy names a builder that misses one).
+
+Metric names follow Prometheus conventions (base units, `_total` for counters,
+`_seconds`, `_bytes`); `metrics.py` adds the `modbus_bridge_` prefix. Label values
+come from the configuration (host, device and unit names) or from the fixed sets
+declared here, never from what a device or a broker sends.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from bridge.payloads import iso_utc
+
+if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
+    from bridge.mqtt import LinkStats
+    from bridge.scheduler import PollStats
+    from bridge.session import SessionStats
+    from bridge.state import DeviceState
+    from bridge.writer import CommandStats
+
+# Upper bounds (seconds) of the request latency histogram (SessionStats counts by them): a
+# local Modbus TCP device answers in a few ms, a unit behind a 9600-baud gateway in 50-300 ms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A sample value; None (unknown) leaves the sample out."""
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How one figure is shown."""
+
+    help: str
+    health: str | None = ""  # its key in the health report ("": the field's name; None: not in it)
+    # how the health report writes the value (milliseconds, ISO time, ...)
+    to_health: Callable[[Any], Any] = _same
+    records: bool = False  # the value is a tuple of records, each with its own figures
+    metric: str | None = None  # its Prometheus metric, without the prefix (None: not one)
+    kind: str = COUNTER  # COUNTER, GAUGE or HISTOGRAM
+    # Fixed labels: several figures are samples of one metric (dropped messages by reason).
+    labels: tuple[tuple[str, str], ...] = ()
+    label: str | None = None  # the value is a mapping: one sample per key, under this label
+    to_metric: Callable[[Any], float | None] = _number
+
+
+_SHOWN = "shown"
+
+
+def shown(
+    help: str,
+    *,
+    health: str | None = "",
+    to_health: Callable[[Any], Any] = _same,
+    records: bool = False,
+    metric: str | None = None,
+    kind: str = COUNTER,
+    labels: Mapping[str, str] | None = None,
+    label: str | None = None,
+    to_metric: Callable[[Any], float | None] = _number,
+) -> Any:
+    """A figure's field, declaring how it is shown."""
+    spec = Shown(
+        help,
+        health=health,
+        to_health=to_health,
+        records=records,
+        metric=metric,
+        kind=kind,
+        labels=tuple((labels or {}).items()),
+        label=label,
+        to_metric=to_metric,
+    )
+    return field(metadata={_SHOWN: spec})
+
+
+def shown_fields(record: object) -> Iterator[tuple[str, Shown]]:
+    """(field name, how it is shown) of each figure of a snapshot record, in declaration
+    order, with `health` resolved to the key the report uses."""
+    for f in fields(record):  # type: ignore[arg-type]
+        spec: Shown | None = f.metadata.get(_SHOWN)
+        if spec is not None:
+            yield f.name, spec if spec.health != "" else replace(spec, health=f.name)
+
+
+def health_key(record: type, name: str) -> str:
+    """The health report's key for the figure `name` of a record class (Home Assistant
+    reads the report by these keys: bridge.discovery)."""
+    for field_name, spec in shown_fields(record):
+        if field_name == name and spec.health is not None:
+            return spec.health
+    raise KeyError(f"{record.__name__}.{name} is not in the health report")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency histogram: answered requests per upper bound (seconds), cumulative as
+    Prometheus counts them, and the sum of their latencies."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]  # one per bound, then the count of all (+Inf)
+    total: float
+
+
+@dataclass(frozen=True)
+class UnitFigures:
+    """Line faults of one unit id behind a host."""
+
+    host: str
+    unit: int
+    timeouts: int = shown(
+        "Requests to the unit that got no answer in time.", metric="unit_timeouts_total"
+    )
+    crc_errors: int = shown(
+        "RTU replies from the unit whose CRC did not match.", metric="unit_crc_errors_total"
+    )
+    bad_replies: int = shown(
+        "Replies from the unit that did not fit the request.", metric="unit_bad_replies_total"
+    )
+
+    @property
+    def key(self) -> str:
+        return str(self.unit)
+
+
+@dataclass(frozen=True)
+class HostFigures:
+    """One Modbus host (a TCP endpoint or a serial port) and its session."""
+
+    name: str
+    connected: bool = shown(
+        "1 while the host's session (socket or serial port) is open.",
+        metric="host_connected",
+        kind=GAUGE,
+    )
+    sockets_opened: int = shown(
+        "Sockets (or serial ports) opened; one per host unless sessions were lost.",
+        metric="host_sockets_opened_total",
+    )
+    reconnects: int = shown("Sessions reopened after a loss.", metric="host_reconnects_total")
+    requests: int = shown("Modbus requests sent.", metric="host_requests_total")
+    errors: int = shown("requests that failed (by kind: failed_by)")
+    failed_by: Mapping[str, int] = shown(
+        "Modbus requests that failed, by kind: exception (an exception reply), timeout, "
+        "bad_reply (an answer that did not fit the request), connection, other.",
+        health=None,
+        metric="host_request_errors_total",
+        label="kind",
+    )
+    timeouts: int = shown("requests that got no answer in time (failed_by timeout)")
+    bad_replies: int = shown("malformed or mismatched replies")
+    stray_frames: int = shown(
+        "Late replies that no request waited for (dropped).", metric="host_stray_frames_total"
+    )
+    drains: int = shown(
+        "Waits for a quiet line after a failed request (RTU).", metric="host_line_drains_total"
+    )
+    crc_errors: int = shown("RTU replies whose CRC did not match.", metric="host_crc_errors_total")
+    queue_depth: int = shown(
+        "Requests waiting for the host's session.", metric="host_queue_depth", kind=GAUGE
+    )
+    # The health report lists only the units that had a fault (health._doc).
+    units: tuple[UnitFigures, ...] = shown("per unit id", records=True)
+    latency_p50: float | None = shown(
+        "median latency of the last 1000 answered requests", health="latency_p50_ms", to_health=_ms
+    )
+    latency_p99: float | None = shown(
+        "99th percentile of the same", health="latency_p99_ms", to_health=_ms
+    )
+    latency: Latency = shown(  # noqa: RUF009 - shown() is a dataclasses.field
+        "Time from sending a Modbus request to its answer (answered requests).",
+        health=None,
+        metric="host_request_duration_seconds",
+        kind=HISTOGRAM,
+    )
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """One device (a unit id on a host) and its polling."""
+
+    name: str
+    host: str
+    unit: int
+    available: bool | None = shown(
+        "1 while the device's last poll succeeded (0: failed, or no poll yet).",
+        metric="device_available",
+        kind=GAUGE,
+        to_metric=lambda v: 1.0 if v else 0.0,
+    )
+    last_seen: float | None = shown(
+        "When values were last read from the device (Unix time).",
+        to_health=lambda t: None if t is None else iso_utc(t),
+        metric="device_last_read_timestamp_seconds",
+        kind=GAUGE,
+    )
+    failures: int = shown("Polls that failed.", health="errors", metric="device_poll_errors_total")
+    cycles: int = shown("Poll cycles run.", metric="device_poll_cycles_total")
+    skipped: int = shown(
+        "Poll cycles not run, by reason: overrun (the previous poll overran its interval), "
+        "backoff (the device backs off after failures).",
+        health="missed_cycles",
+        metric="device_skipped_cycles_total",
+        labels={"reason": "overrun"},
+    )
+    backoff_skips: int = shown(
+        "cycles not polled while the device backs off",
+        health="backoff_cycles",
+        metric="device_skipped_cycles_total",
+        labels={"reason": "backoff"},
+    )
+    backoff: float = shown(
+        "Seconds until a device that backs off is polled again (0: polled as usual).",
+        health="backoff_s",
+        to_health=lambda s: round(s, 1),
+        metric="device_backoff_seconds",
+        kind=GAUGE,
+    )
+    skipped_ranges: tuple[str, ...] = shown(
+        "Address ranges the device refused, skipped now.",
+        to_health=list,
+        metric="device_skipped_ranges",
+        kind=GAUGE,
+        to_metric=len,
+    )
+
+
+@dataclass(frozen=True)
+class MqttFigures:
+    """The broker connection and the write commands received over it."""
+
+    connected: bool = shown(
+        "1 while the broker connection is up.",
+        to_health=int,
+        metric="mqtt_connected",
+        kind=GAUGE,
+    )
+    connects: int = shown("Connections made to the broker.", metric="mqtt_connects_total")
+    published: int = shown(
+        "Messages the broker took (acknowledged, or written at QoS 0).",
+        metric="mqtt_messages_published_total",
+    )
+    pending: int = shown(
+        "Messages waiting to be sent (newest per topic).",
+        metric="mqtt_pending_messages",
+        kind=GAUGE,
+    )
+    dropped: int = shown(
+        "Messages given up, by reason: queue_full (answers waiting for the broker "
+        "overflowed), oversize (larger than the broker takes), refused (the broker "
+        "answered with a failure reason code).",
+        metric="mqtt_messages_dropped_total",
+        labels={"reason": "queue_full"},
+    )
+    requeued: int = shown(
+        "Messages cut off by a disconnect and sent again.", metric="mqtt_messages_requeued_total"
+    )
+    oversize: int = shown(
+        "messages larger than the broker takes",
+        metric="mqtt_messages_dropped_total",
+        labels={"reason": "oversize"},
+    )
+    refused: int = shown(
+        "publishes the broker refused",
+        metric="mqtt_messages_dropped_total",
+        labels={"reason": "refused"},
+    )
+    max_packet_size: int = shown(
+        "The largest packet the broker takes.", metric="mqtt_max_packet_size_bytes", kind=GAUGE
+    )
+    commands_ok: int = shown(
+        "Write and read commands received over MQTT, by result: ok, rejected (refused "
+        "before anything was sent), failed (while executing), retained (replayed by the "
+        "broker: never executed), overloaded (refused by the flood guard).",
+        metric="mqtt_commands_total",
+        labels={"result": "ok"},
+    )
+    commands_written: int = shown("Points written by commands.", metric="points_written_total")
+    commands_rejected: int = shown(
+        "commands refused before sending",
+        metric="mqtt_commands_total",
+        labels={"result": "rejected"},
+    )
+    commands_failed: int = shown(
+        "commands that failed while executing",
+        metric="mqtt_commands_total",
+        labels={"result": "failed"},
+    )
+    commands_retained: int = shown(
+        "retained commands refused",
+        metric="mqtt_commands_total",
+        labels={"result": "retained"},
+    )
+    commands_overloaded: int = shown(
+        "commands refused by the flood guard",
+        metric="mqtt_commands_total",
+        labels={"result": "overloaded"},
+    )
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Everything the health report and the metrics show, at one moment."""
+
+    time: float  # Unix time of the snapshot
+    started: float  # Unix time the bridge started
+    rss: int  # resident memory, bytes
+    hosts: tuple[HostFigures, ...]
+    devices: tuple[DeviceFigures, ...]
+    mqtt: MqttFigures
+
+
+# -- builders: live objects -> snapshot (called by the composition root) ------------
+
+
+def host_figures(
+    name: str,
+    *,
+    connected: bool,
+    stats: SessionStats,
+    queue_depth: int,
+    units: Iterable[int] = (),
+) -> HostFigures:
+    """`units`: the unit ids configured on the host; each gets a record (zeros until it
+    has a fault), as does any other unit the session counted."""
+    ids = sorted(set(units) | set(stats.units))
+    faults = stats.units
+    return HostFigures(
+        name=name,
+        connected=connected,
+        sockets_opened=stats.sockets_opened,
+        reconnects=stats.reconnects,
+        requests=stats.requests,
+        errors=stats.errors,
+        failed_by=dict(stats.failed_by),
+        timeouts=stats.timeouts,
+        bad_replies=stats.bad_replies,
+        stray_frames=stats.stray_frames,
+        drains=stats.drains,
+        crc_errors=stats.crc_errors,
+        queue_depth=queue_depth,
+        units=tuple(
+            UnitFigures(
+                host=name,
+                unit=u,
+                timeouts=faults[u].timeouts if u in faults else 0,
+                crc_errors=faults[u].crc_errors if u in faults else 0,
+                bad_replies=faults[u].bad_replies if u in faults else 0,
+            )
+            for u in ids
+        ),
+        latency_p50=stats.percentile(0.50),
+        latency_p99=stats.percentile(0.99),
+        latency=Latency(
+            LATENCY_BUCKETS, tuple(itertools.accumulate(stats.latency_counts)), stats.latency_sum
+        ),
+    )
+
+
+def device_figures(state: DeviceState, polls: PollStats | None, backoff: float) -> DeviceFigures:
+    device = state.device
+    return DeviceFigures(
+        name=device.name,
+        host=device.host,
+        unit=device.unit,
+        available=state.available,
+        last_seen=state.last_seen,
+        failures=polls.failures if polls else 0,
+        cycles=polls.cycles if polls else 0,
+        skipped=polls.skipped if polls else 0,
+        backoff_skips=polls.backoff_skips if polls else 0,
+        backoff=backoff,
+        skipped_ranges=tuple(polls.skipped_ranges) if polls else (),
+    )
+
+
+def mqtt_figures(
+    *,
+    connected: bool,
+    link: LinkStats,
+    commands: CommandStats,
+    pending: int,
+    max_packet_size: int,
+) -> MqttFigures:
+    return MqttFigures(
+        connected=connected,
+        connects=link.connects,
+        published=link.published,
+        pending=pending,
+        dropped=link.dropped,
+        requeued=link.requeued,
+        oversize=link.oversize,
+        refused=link.refused,
+        max_packet_size=max_packet_size,
+        commands_ok=commands.ok,
+        commands_written=commands.writes,
+        commands_rejected=commands.rejected,
+        commands_failed=commands.failed,
+        commands_retained=commands.retained,
+        commands_overloaded=commands.overloaded,
+    )
+
+
+def device_polls(
+    states: Mapping[str, DeviceState],
+    polls: Mapping[str, PollStats],
+    backoff: Callable[[str], float] = lambda _name: 0.0,
+) -> tuple[DeviceFigures, ...]:
+    """Every device of the state cache, with its poll statistics when it has any and
+    `backoff(name)`: seconds until it is polled again when it backs off."""
+    return tuple(device_figures(st, polls.get(name), backoff(name)) for name, st in states.items())

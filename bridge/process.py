@@ -1,0 +1,197 @@
+"""Process control for the command line: one place for what every command needs.
+
+- exit codes: 0 ok, 1 a failure (systemd restarts), 2 bad configuration or usage;
+- logging to stderr, as text or JSON lines, with secrets hidden;
+- `Process`: SIGTERM/SIGINT set its `stop` event; the first one also arms a hard
+  deadline (a daemon thread that ends the process if shutdown hangs: Python 3.11 can
+  swallow a cancellation inside `asyncio.wait_for`, and a library may hang in its own
+  shutdown); a second signal can end the process at once;
+- `run_main`: `asyncio.run` with those signals and a default executor whose threads
+  never hold the process at exit;
+- `bounded` and `cancel`: shutdown steps that cannot hang the caller.
+
+`modbus-bridge run`, `demo` and the commissioning commands all run through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from bridge.logs import JsonFormatter, Redactor
+
+log = logging.getLogger("bridge")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # a bad configuration is a usage error too
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+LOG_FORMATS = ("text", "json")
+_redactor = Redactor()
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: `text` (one line per event, for journald) or `json` (one JSON
+    object per line, for log shippers). Secrets given to `hide_secrets` never show."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_redactor)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+def hide_secrets(secrets: Collection[str]) -> None:
+    """From now on, these values show as `***` in every log line."""
+    _redactor.secrets = tuple(s for s in secrets if s)
+
+
+class Process:
+    """The stop switch and the last-resort deadline of one command's process.
+
+    `hard_exit_after`: seconds from the start of shutdown (the first signal, or
+    `shutting_down()`) after which the process ends with exit code 1 whatever still
+    runs: a hung shutdown is a bug that systemd and tests should see.
+    `force_on_second_signal`: a second Ctrl-C ends the process at once (interactive
+    commands: the user does not want to wait).
+    """
+
+    def __init__(self, *, hard_exit_after: float, force_on_second_signal: bool = False) -> None:
+        self.hard_exit_after = hard_exit_after
+        self.force_on_second_signal = force_on_second_signal
+        self.stop = asyncio.Event()
+        self.signals = 0
+        self._timer: threading.Timer | None = None
+
+    def on_signal(self, signame: str) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            if self.force_on_second_signal:
+                print(f"{signame} again: forced exit", file=sys.stderr, flush=True)
+                os._exit(EXIT_FAILURE)
+            return
+        log.info("%s received: shutting down", signame)
+        self.shutting_down()
+        self.stop.set()
+
+    def shutting_down(self) -> None:
+        """Shutdown has begun: arm the hard deadline (once)."""
+        if self._timer is not None:
+            return
+        seconds = self.hard_exit_after
+
+        def expire() -> None:
+            log.error("shutdown did not finish in %.1fs; exiting anyway", seconds)
+            logging.shutdown()
+            os._exit(EXIT_FAILURE)
+
+        self._timer = threading.Timer(seconds, expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: every call in its own daemon thread, never joined.
+
+    Blocking calls end up there: paho's connect with its TLS handshake (up to 5 s against
+    a broker that accepts TCP but does not answer) and DNS lookups. `asyncio.run` and the
+    interpreter join a ThreadPoolExecutor's threads at exit, so one such call would hold
+    the process for seconds after an orderly shutdown. Calls are rare (connect attempts,
+    spaced by backoff), so a thread each is cheap. (A ThreadPoolExecutor subclass only
+    because asyncio accepts nothing else as the default executor; its pool is unused.)
+    """
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=work, name="bridge-blocking", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to wait for: a thread still blocked dies with the process."""
+
+
+Main = Callable[[Process], Coroutine[Any, Any, int]]
+
+
+async def _main_with_signals(main: Main, process: Process) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(DaemonExecutor())
+    installed: list[signal.Signals] = []
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, process.on_signal, sig.name)
+            installed.append(sig)
+    try:
+        return await main(process)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_main(main: Main, process: Process) -> int:
+    """Run `main(process)` in a new event loop; its result is the exit code."""
+    try:
+        return asyncio.run(_main_with_signals(main, process))
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        return EXIT_OK
+    finally:
+        process.disarm()
+
+
+async def bounded(coro: Coroutine[Any, Any, Any], timeout: float, what: str) -> None:
+    """Await `coro` for at most `timeout` seconds; log and move on past it.
+
+    asyncio.wait (not wait_for) so a swallowed cancellation cannot hang us here.
+    """
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("%s did not finish in %.1fs", what, timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed: %s", what, task.exception())
+
+
+async def cancel(task: asyncio.Task[Any] | None, timeout: float, what: str) -> None:
+    """Cancel `task` and wait (at most `timeout` s) for it to end, whatever it raises."""
+    if task is None:
+        return
+    task.cancel()
+
+    async def settle() -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    await bounded(settle(), timeout, what)
