@@ -263,10 +263,11 @@ class Bridge:
             m.client_id,
         )
         log.info(
-            "bridge started: %d hosts, %d devices, %d read blocks",
+            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)",
             len(self.sessions),
             len(self.config.devices),
             sum(len(b) for b in self.plan.values()),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     def _start_metrics(self) -> None:

@@ -20,8 +20,9 @@ declared here, never from what a device or a broker sends.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -99,13 +100,21 @@ def shown(
     return field(metadata={_SHOWN: spec})
 
 
-def shown_fields(record: object) -> Iterator[tuple[str, Shown]]:
+def shown_fields(record: object) -> tuple[tuple[str, Shown], ...]:
     """(field name, how it is shown) of each figure of a snapshot record, in declaration
     order, with `health` resolved to the key the report uses."""
-    for f in fields(record):  # type: ignore[arg-type]
+    return _shown_fields(type(record) if not isinstance(record, type) else record)
+
+
+@functools.cache
+def _shown_fields(cls: type) -> tuple[tuple[str, Shown], ...]:
+    # Once per record class: a health report of 1,000 devices walks these 13,000 times.
+    out = []
+    for f in fields(cls):
         spec: Shown | None = f.metadata.get(_SHOWN)
         if spec is not None:
-            yield f.name, spec if spec.health != "" else replace(spec, health=f.name)
+            out.append((f.name, spec if spec.health != "" else replace(spec, health=f.name)))
+    return tuple(out)
 
 
 def health_key(record: type, name: str) -> str:

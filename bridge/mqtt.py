@@ -624,14 +624,14 @@ class MqttLink:
         async def send_one(key: str | tuple[str, int], item: _Pending) -> None:
             topic = key if isinstance(key, str) else key[0]
             try:
-                await client.unless_dropped(
-                    client.publish(
-                        topic,
-                        item.payload,
-                        qos=qos,
-                        retain=item.retain,
-                        properties=self._properties(item),
-                    )
+                # No race against the disconnect here: the receiver notices a drop at
+                # once, and `run` then cancels every publish still in flight.
+                await client.publish(
+                    topic,
+                    item.payload,
+                    qos=qos,
+                    retain=item.retain,
+                    properties=self._properties(item),
                 )
                 self.stats.published += 1
             except aiomqtt.MqttError as exc:

@@ -172,6 +172,10 @@ install_venv() {
     say "installing $PACKAGE $VERSION into $VENV${have:+ (replacing $have)}"
     [ -z "$have" ] || "$R$VENV/bin/python" -m pip uninstall --quiet --yes "$PACKAGE"
     "$R$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SRC"
+    # uvloop, a faster event loop, where a wheel exists (x86_64, aarch64): never compiled.
+    "$R$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --only-binary :all: "uvloop>=0.19" 2>/dev/null \
+        || say "no uvloop wheel for this machine: the standard event loop is used"
     CHANGED=1
 }
 
