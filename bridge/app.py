@@ -12,15 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.discovery import Discovery
 from bridge.errors import HostUnavailable, ModbusRequestError
 from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
-from bridge.metrics import MetricsServer
-from bridge.model import BridgeConfig, Device
+from bridge.model import BridgeConfig, Device, Metrics
 from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
@@ -31,9 +30,19 @@ from bridge.state import Message, StateCache
 from bridge.topics import Topics
 from bridge.writer import CommandHandler
 
+if TYPE_CHECKING:
+    from bridge.metrics import MetricsServer
+
 log = logging.getLogger("bridge")
 
 SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
+
+
+def _metrics_server(settings: Metrics, figures: Callable[[], Figures]) -> MetricsServer:
+    # Imported here: prometheus-client loads only when metrics are switched on.
+    from bridge.metrics import MetricsServer  # noqa: PLC0415
+
+    return MetricsServer(settings, figures)
 
 
 def compile_plan(config: BridgeConfig) -> dict[str, tuple[ReadBlock, ...]]:
@@ -88,7 +97,7 @@ class Bridge:
         )
         # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
         self.metrics = (
-            None if config.metrics is None else MetricsServer(config.metrics, self.figures)
+            None if config.metrics is None else _metrics_server(config.metrics, self.figures)
         )
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None

@@ -8,6 +8,7 @@ expanded, overrides applied), so consumers never look at raw YAML.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -213,7 +214,7 @@ class Point:
     # publishing: a change smaller than this (engineering units) is not published
     deadband: float | None = field(default=None, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
         if self.table.is_bits:
             return 1
@@ -221,7 +222,7 @@ class Point:
             return self.length
         return self.type.width
 
-    @property
+    @functools.cached_property
     def end(self) -> int:
         """One past the last address used."""
         return self.address + self.count

@@ -23,6 +23,7 @@ does only slicing and decoding per poll.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ from bridge.codec import CodecError, Data, Decoder, Value, compile_decoder
 from bridge.model import BridgeConfig, Device, Host, Point, Table
 
 _TABLE_ORDER = {table: i for i, table in enumerate(Table)}
+
+# A fleet shares its points (devices made from one template share the very objects):
+# each point's decoder is compiled once, however many devices and blocks use it.
+_decoder = functools.lru_cache(maxsize=None)(compile_decoder)
 
 
 class PlanError(ValueError):
@@ -62,7 +67,7 @@ class ReadBlock:
                     f"point {p.name!r} ({p.table.value} {p.address}..{p.end - 1}) is outside "
                     f"the block {self.table.value} {self.start}..{self.end - 1}"
                 )
-            slices.append((p.name, p.address - self.start, p.end - self.start, compile_decoder(p)))
+            slices.append((p.name, p.address - self.start, p.end - self.start, _decoder(p)))
         object.__setattr__(self, "slices", tuple(slices))
 
     @property

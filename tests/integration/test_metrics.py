@@ -94,6 +94,7 @@ async def test_metrics_scraped_from_the_running_bridge(broker, run_bridge) -> No
             and (_get(s, "device_skipped_cycles_total", device="a2", host="gw-a", reason="backoff")
                  or 0) >= 1
             and (_get(s, "unit_crc_errors_total", host="gw-b", unit="2") or 0) >= 1
+            and all((_get(s, "host_requests_total", host=h) or 0) >= 4 for h in ("gw-a", "gw-b"))
         )  # fmt: skip
         text, samples, types = await asyncio.to_thread(_scrape, port)
         assert tcp.unit(1).get_registers("holding", 0) == [7]
