@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -206,6 +206,7 @@ class _Client(aiomqtt.Client):
         self,
         *args: Any,
         on_refused: Callable[[str, int, str], None],
+        on_acked: Callable[[int], None],
         max_incoming: int,
         **kwargs: Any,
     ) -> None:
@@ -214,6 +215,7 @@ class _Client(aiomqtt.Client):
         self.disconnect_reason: int | None = None  # the broker's DISCONNECT reason (MQTT 5)
         self.oversize_in: int | None = None  # size of an incoming packet over the cap
         self._on_refused = on_refused
+        self._on_acked = on_acked
         paho = self._client
         receive = paho._sock_recv
 
@@ -305,7 +307,17 @@ class _Client(aiomqtt.Client):
             message = self._client._out_messages.get(mid)
             topic = getattr(message, "topic", "?")
             self._on_refused(topic, code, str(reason_code))
+        self._on_acked(mid)
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any) -> int | None:
+        """Hand a message to paho without waiting (the link tracks the acknowledgement
+        through `on_acked`): the message id for QoS 1/2, None for QoS 0. aiomqtt's
+        `publish` would cost a future, a timer and a scan of its pending calls each."""
+        info = self._client.publish(topic, payload, qos, retain, props)
+        if info.rc != 0:
+            raise MqttCodeError(info.rc, "Could not publish message")
+        return int(info.mid) if qos > 0 else None
 
 
 class MqttLink:
@@ -342,7 +354,10 @@ class MqttLink:
         self._client: _Client | None = None
         self._connected = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._inflight: set[asyncio.Task[None]] = set()  # publishes awaiting the broker's ack
+        # Handed to the broker, not yet acknowledged: message id -> (key, message).
+        self._unacked: dict[int, tuple[str | tuple[str, int], _Pending]] = {}
+        self._window = asyncio.Event()  # set while fewer than SEND_CONCURRENCY are unacked
+        self._window.set()
         self._broker_max: int | None = None  # from the last CONNACK (MQTT 5)
         self.stats = LinkStats()
         self._throttle = Throttle(log)
@@ -453,10 +468,12 @@ class MqttLink:
             # Session state is not kept: we republish everything after a reconnect.
             clean_session=None if v5 else True,
             on_refused=self._refused,
+            on_acked=self._acked,
             max_incoming=MAX_INCOMING_PACKET,
         )
         # We bound concurrency ourselves (SEND_CONCURRENCY); silence its warning below that.
         client.pending_calls_threshold = SEND_CONCURRENCY + 16
+        client._client.max_inflight_messages_set(SEND_CONCURRENCY)
         return client
 
     async def _subscribe(self, client: _Client) -> None:
@@ -534,8 +551,7 @@ class MqttLink:
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
-                for task in list(self._inflight):
-                    task.cancel()
+                self._requeue_unacked()
             if client is not None and client.disconnect_reason == SESSION_TAKEN_OVER:
                 taken_over = True
                 error = "the broker ended the session: another client connected with its id"
@@ -615,47 +631,18 @@ class MqttLink:
         return True
 
     async def _sender(self, client: _Client) -> None:
-        limit = asyncio.Semaphore(SEND_CONCURRENCY)
-        inflight = self._inflight
-        failed: list[BaseException] = []
+        """Hand queued messages to paho, at most SEND_CONCURRENCY unacknowledged."""
         qos = self.settings.qos
         v5 = self.settings.protocol == 5
-
-        async def send_one(key: str | tuple[str, int], item: _Pending) -> None:
-            topic = key if isinstance(key, str) else key[0]
-            try:
-                # No race against the disconnect here: the receiver notices a drop at
-                # once, and `run` then cancels every publish still in flight.
-                await client.publish(
-                    topic,
-                    item.payload,
-                    qos=qos,
-                    retain=item.retain,
-                    properties=self._properties(item),
-                )
-                self.stats.published += 1
-            except aiomqtt.MqttError as exc:
-                requeue(key, topic, item)
-                failed.append(exc)
-            except asyncio.CancelledError:
-                requeue(key, topic, item)  # the connection ended under it
-                raise
-            finally:
-                limit.release()
-
-        def requeue(key: str | tuple[str, int], topic: str, item: _Pending) -> None:
-            # Cut off by a disconnect: send it again after the reconnect (a newer
-            # payload for the same topic, queued meanwhile, wins).
-            if not (isinstance(key, str) and key in self._pending):
-                self.stats.requeued += 1
-                self._queue(key, topic, item)
-
+        unacked = self._unacked
         while True:
-            if failed:
-                raise failed[0]
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            if len(unacked) >= SEND_CONCURRENCY:
+                self._window.clear()
+                await self._window.wait()
                 continue
             key, item = self._take()
             topic = key if isinstance(key, str) else key[0]
@@ -664,10 +651,36 @@ class MqttLink:
             )
             if self._too_large(topic, size):
                 continue
-            await limit.acquire()
-            task = asyncio.create_task(send_one(key, item))
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
+            try:
+                mid = client.send(topic, item.payload, qos, item.retain, self._properties(item))
+            except aiomqtt.MqttError:
+                self._requeue(key, topic, item)
+                raise
+            if mid is None:
+                self.stats.published += 1
+            else:
+                unacked[mid] = (key, item)
+
+    def _acked(self, mid: int) -> None:
+        if self._unacked.pop(mid, None) is not None:
+            self.stats.published += 1
+            if len(self._unacked) < SEND_CONCURRENCY:
+                self._window.set()
+
+    def _requeue(self, key: str | tuple[str, int], topic: str, item: _Pending) -> None:
+        # Cut off by a disconnect: send it again after the reconnect (a newer payload
+        # for the same topic, queued meanwhile, wins).
+        if not (isinstance(key, str) and key in self._pending):
+            self.stats.requeued += 1
+            self._queue(key, topic, item)
+
+    def _requeue_unacked(self) -> None:
+        """The connection ended: what it did not acknowledge goes out again after the
+        reconnect (the new client knows nothing of the old one's messages)."""
+        unacked, self._unacked = self._unacked, {}
+        for key, item in unacked.values():
+            self._requeue(key, key if isinstance(key, str) else key[0], item)
+        self._window.set()
 
     def _properties(self, item: _Pending) -> Properties | None:
         if item.correlation_data is None or self.settings.protocol != 5:
@@ -730,7 +743,7 @@ class MqttLink:
         shutdown: a QoS 1 publish cut off by the disconnect may never reach subscribers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._pending or self._inflight) and self.connected and loop.time() < deadline:  # noqa: ASYNC110
+        while (self._pending or self._unacked) and self.connected and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     async def publish_now(
