@@ -148,6 +148,18 @@ class _Transport:
     def client(self, *, trace_packet: Trace, trace_connect: TraceConnect) -> ModbusBaseClient:
         raise NotImplementedError
 
+    def _options(self, trace_packet: Trace, trace_connect: TraceConnect) -> dict[str, Any]:
+        """What every link's client gets: pymodbus's own retries and reconnects off (the
+        session owns both), the host's timeout, and the session's trace hooks."""
+        return {
+            "timeout": self.host.timeout,
+            "retries": 0,
+            "reconnect_delay": 0,
+            "name": f"bridge-{self.host.name}",
+            "trace_packet": trace_packet,
+            "trace_connect": trace_connect,
+        }
+
     def opened(self, client: ModbusBaseClient) -> None:
         """Called after every successful open."""
 
@@ -173,12 +185,7 @@ class _TcpTransport(_Transport):
             self.link.address,
             port=self.link.port,
             framer=FramerType.RTU if self.host.rtu else FramerType.SOCKET,
-            timeout=self.host.timeout,
-            retries=0,
-            reconnect_delay=0,
-            name=f"bridge-{self.host.name}",
-            trace_packet=trace_packet,
-            trace_connect=trace_connect,
+            **self._options(trace_packet, trace_connect),
         )
 
     def opened(self, client: ModbusBaseClient) -> None:
@@ -215,12 +222,7 @@ class _SerialTransport(_Transport):
             bytesize=link.bytesize,
             parity=link.parity.value,
             stopbits=link.stopbits,
-            timeout=self.host.timeout,
-            retries=0,
-            reconnect_delay=0,
-            name=f"bridge-{self.host.name}",
-            trace_packet=trace_packet,
-            trace_connect=trace_connect,
+            **self._options(trace_packet, trace_connect),
         )
 
     def unreachable(self) -> str:
