@@ -55,34 +55,16 @@ class Bridge:
         self.config = config
         self.topics = Topics(config.mqtt.base_topic)
         self.plan = compile_plan(config)
-        self.sessions: dict[str, HostSession] = {}
-        for host in config.hosts:
-            devices = config.devices_on(host.name)
-            if devices:
-                units = len({d.unit for d in devices})
-                self.sessions[host.name] = HostSession(host, units=units)
-        self.state = StateCache(
-            config.devices, self.topics, output=config.mqtt.output, retain=config.mqtt.retain
-        )
+        self.sessions: dict[str, HostSession] = {
+            host.name: self._make_session(config, host.name)
+            for host in config.hosts
+            if config.devices_on(host.name)
+        }
+        self.state = self._make_state(config, self.topics)
         # Home Assistant discovery, an optional feature: the messages are built once.
         self.discovery = Discovery(config) if config.homeassistant.enabled else None
-        self._announced: dict[str, bytes] = {}
-        routes: dict[str, Callable[[Incoming], None]] = {}
-        if self.discovery is not None:
-            self._announced = {m.topic: m.payload for m in self.discovery.messages()}
-            routes[config.homeassistant.status_topic] = self._on_ha_status
-            if self._can_receive_discovery():
-                routes[self.discovery.filter] = self._on_old_discovery
-        self.link = MqttLink(
-            config.mqtt,
-            self.topics,
-            on_connected=self._republish,
-            on_message=self._on_message,  # commands
-            on_overload=self._on_overload,
-            # Commands must be live: the broker is asked not to replay retained ones.
-            subscriptions=[Subscription(f, retained=False) for f in self.topics.command_filters],
-            routes=routes,  # Home Assistant: its status and our earlier discovery
-        )
+        self._announced = _announced(self.discovery)
+        self.link = self._make_link(config, self.topics)
         # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
         self.commands = CommandHandler(
             config,
@@ -96,9 +78,7 @@ class Bridge:
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
         )
         # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
-        self.metrics = (
-            None if config.metrics is None else _metrics_server(config.metrics, self.figures)
-        )
+        self.metrics = self._make_metrics(config)
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._fatal = asyncio.Event()
@@ -109,6 +89,38 @@ class Bridge:
         self._host_back: dict[str, int] = {}
         self._throttle = Throttle(log)
         self.started_at = time.time()
+
+    # -- building the parts (at start; a reload builds again what changed) --
+
+    @staticmethod
+    def _make_session(config: BridgeConfig, host: str) -> HostSession:
+        units = len({d.unit for d in config.devices_on(host)})
+        return HostSession(config.host(host), units=units)
+
+    @staticmethod
+    def _make_state(config: BridgeConfig, topics: Topics) -> StateCache:
+        m = config.mqtt
+        return StateCache(config.devices, topics, output=m.output, retain=m.retain)
+
+    def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
+        routes: dict[str, Callable[[Incoming], None]] = {}
+        if self.discovery is not None:
+            routes[config.homeassistant.status_topic] = self._on_ha_status
+            if self._can_receive_discovery(config):
+                routes[self.discovery.filter] = self._on_old_discovery
+        return MqttLink(
+            config.mqtt,
+            topics,
+            on_connected=self._republish,
+            on_message=self._on_message,  # commands
+            on_overload=self._on_overload,
+            # Commands must be live: the broker is asked not to replay retained ones.
+            subscriptions=[Subscription(f, retained=False) for f in topics.command_filters],
+            routes=routes,  # Home Assistant: its status and our earlier discovery
+        )
+
+    def _make_metrics(self, config: BridgeConfig) -> MetricsServer | None:
+        return None if config.metrics is None else _metrics_server(config.metrics, self.figures)
 
     # -- wiring ----------------------------------------------------------
 
@@ -124,15 +136,15 @@ class Bridge:
                 self.link.publish(topic, payload, retain=True)
         self._send(self.state.full())
 
-    def _can_receive_discovery(self) -> bool:
+    def _can_receive_discovery(self, config: BridgeConfig) -> bool:
         """Whether the bridge may subscribe to its own discovery topics. It also receives
         what it publishes there, and on MQTT 3.1.1 a packet larger than it accepts drops
         the connection (MQTT 5 brokers just do not send it), so a device too large for
         that means no clean-up of stale discovery, with a warning."""
-        if self.config.mqtt.protocol == 5:
+        if config.mqtt.protocol == 5:
             return True
         for topic, payload in self._announced.items():
-            size = publish_packet_size(topic, len(payload), qos=self.config.mqtt.qos, v5=False)
+            size = publish_packet_size(topic, len(payload), qos=config.mqtt.qos, v5=False)
             if size > MAX_INCOMING_PACKET:
                 log.warning(
                     "Home Assistant: the discovery on %s is %d bytes, more than the %d this "
@@ -368,7 +380,7 @@ class Bridge:
                     connected=s.connected,
                     stats=s.stats,
                     queue_depth=s.queue_depth,
-                    units=units[name],
+                    units=units.get(name, ()),
                 )
                 for name, s in self.sessions.items()
             ),
@@ -423,6 +435,11 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+def _announced(discovery: Discovery | None) -> dict[str, bytes]:
+    """Topic -> payload of every discovery message (none without Home Assistant)."""
+    return {} if discovery is None else {m.topic: m.payload for m in discovery.messages()}
 
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:

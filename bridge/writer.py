@@ -214,7 +214,7 @@ class CommandHandler:
         self.stats = CommandStats()
         self.throttle = Throttle(log)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight: dict[asyncio.Task[Any], str] = {}  # command tasks -> their device
         self._closing = False
         # Retained commands already answered: (topic, hash of payload), oldest first.
         self._retained_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -234,7 +234,7 @@ class CommandHandler:
             return
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.add(task)
+            self._inflight[task] = device
         try:
             if verb == "get":
                 await self._get(reply, device, message.payload)
@@ -255,7 +255,7 @@ class CommandHandler:
             reply.error(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if task is not None:
-                self._inflight.discard(task)
+                self._inflight.pop(task, None)
 
     @property
     def in_flight(self) -> int:
