@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bridge.discovery import Discovery
-from bridge.errors import HostUnavailable, ModbusRequestError
-from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
+from bridge.errors import ConfigError, HostUnavailable, ModbusRequestError
+from bridge.figures import (
+    Figures,
+    ReloadStats,
+    config_figures,
+    device_polls,
+    host_figures,
+    mqtt_figures,
+)
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device, Metrics
@@ -24,8 +31,9 @@ from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
+from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
-from bridge.session import HostSession
+from bridge.session import HostSession, SessionStats
 from bridge.state import Message, StateCache
 from bridge.topics import Topics
 from bridge.writer import CommandHandler
@@ -36,6 +44,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge")
 
 SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
+RELOAD_DRAIN = 1.0  # seconds a command in flight for a device a reload changes may finish
+
+# Reads the configuration file again (and picks this process's share of it); raises
+# ConfigError listing every problem. Called in a worker thread.
+Loader = Callable[[], BridgeConfig]
 
 
 def _metrics_server(settings: Metrics, figures: Callable[[], Figures]) -> MetricsServer:
@@ -81,6 +94,11 @@ class Bridge:
         self.metrics = self._make_metrics(config)
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reconfiguring = asyncio.Lock()  # a reload applies; shutdown waits for it
+        self._stopping = False
+        self.reloads = ReloadStats()
+        self._retired: dict[str, SessionStats] = {}  # counters of hosts a reload closed
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
         self._failing: dict[str, ModbusRequestError] = {}  # offline devices and why
@@ -272,7 +290,7 @@ class Bridge:
             await session.start()
         self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
-        self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
+        self._start_health()
         self._start_metrics()
         m = self.config.mqtt
         # The user name is logged as written; a secret one shows as *** (logs.Redactor).
@@ -290,6 +308,9 @@ class Bridge:
             sum(len(b) for b in self.plan.values()),
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    def _start_health(self) -> None:
+        self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
 
     def _start_metrics(self) -> None:
         """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
@@ -327,8 +348,20 @@ class Bridge:
         task.add_done_callback(done)
         return task
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        reload: asyncio.Event | None = None,
+        load: Loader | None = None,
+    ) -> None:
+        """Run until `stop` is set. Each time `reload` is set (SIGHUP), `load` reads the
+        configuration again and the difference is applied (`apply`)."""
         await self.start()
+        if reload is not None and load is not None:
+            self._reload_task = self._watch(
+                asyncio.create_task(self._reload_loop(reload, load), name="reload")
+            )
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(self._fatal.wait())}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -345,6 +378,11 @@ class Bridge:
         def left(share: float) -> float:
             return max(0.05, min(share, end - loop.time()))
 
+        # A reload being applied may finish (every step of it is bounded), then none starts.
+        self._stopping = True
+        if self._reconfiguring.locked():
+            await bounded(self._reconfiguring.acquire(), left(1.5), "shutdown: wait for the reload")
+        await cancel(self._reload_task, left(0.5), "shutdown: stop reloading")
         if self._health_task is not None:
             self._health_task.cancel()
         await bounded(self.scheduler.stop(), left(1.0), "shutdown: stop polling")
@@ -360,6 +398,159 @@ class Bridge:
         if self.metrics is not None:
             await bounded(self.metrics.stop(), left(1.0), "shutdown: metrics")
         log.info("bridge stopped")
+
+    # -- reload ------------------------------------------------------------
+
+    async def _reload_loop(self, requests: asyncio.Event, load: Loader) -> None:
+        """Each request: read the file again (in a thread: a large file takes a while
+        to check); an invalid one changes nothing, a valid one is applied."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await requests.wait()
+            requests.clear()
+            try:
+                config = await loop.run_in_executor(None, load)
+            except ConfigError as exc:
+                self.reloads.invalid += 1
+                n = len(exc.problems)
+                log.error(
+                    "reload: %d problem%s in the configuration; still running the previous one",
+                    n,
+                    "s" if n != 1 else "",
+                )
+                for problem in exc.problems:
+                    log.error("  %s", problem)
+                continue
+            await self.apply(plan_reload(self.config, config), config)
+
+    async def apply(self, plan: ReloadPlan, config: BridgeConfig) -> None:
+        """Run `config` from now on, changing only what `plan` names (`plan_reload` of
+        the running configuration and `config`).
+
+        Order: commands and polls of the devices that change or go end first (each
+        command answered), then the sessions of hosts that go or change close; a
+        changed broker connection is closed before the new one opens (one at a time);
+        then the new configuration's state, discovery and commands take over, new
+        sessions open and polling starts. Every step that waits is bounded, as at
+        shutdown; a host that is kept is never touched, so its socket stays open.
+        """
+        async with self._reconfiguring:
+            if self._stopping:
+                return
+            log.info("reload: %s", plan.summary())
+            await self._apply(plan, config)
+            self.reloads.ok += 1
+            self.reloads.last = time.time()
+            log.info(
+                "reload done: %d hosts, %d devices",
+                len(self.sessions),
+                len(self.config.devices),
+            )
+
+    async def _apply(self, plan: ReloadPlan, config: BridgeConfig) -> None:
+        stopped = plan.stopped
+        # 1. Commands and polls of the devices that change or go.
+        self.commands.hold(stopped)
+        why = "the device was changed or removed by a configuration reload"
+        await bounded(
+            self.commands.settle(stopped, RELOAD_DRAIN, why),
+            RELOAD_DRAIN + 1.0,
+            "reload: commands in flight",
+        )
+        await bounded(self.scheduler.remove(stopped), 1.0, "reload: stop polling")
+        # 2. Hosts that go or change: their sessions close (queued requests fail).
+        closing = {n: self.sessions.pop(n) for n in plan.hosts_removed + plan.hosts_reopened}
+        for name, session in closing.items():
+            self._retired[name] = session.stats  # counters go on if the host comes back
+        if closing:
+            await bounded(_stop_all(closing.values()), 1.5, "reload: close hosts")
+        # 3. A changed broker connection closes before the new one opens.
+        topics = Topics(config.mqtt.base_topic)
+        discovery = Discovery(config) if config.homeassistant.enabled else None
+        announced = _announced(discovery)
+        stale, fresh = discovery_changes(self._announced, announced)
+        if plan.mqtt_changed:
+            await self._close_link(moved=plan.mqtt_moved, stale=stale)
+        # 4. The new configuration takes over (no await until the messages are queued).
+        old_devices = {d.name: d for d in self.config.devices}
+        messages = self.state.offline(plan.devices_removed)
+        for name in plan.devices_changed:
+            new = next(d for d in config.devices if d.name == name)
+            messages += dropped_points(old_devices[name], new, topics, config.mqtt.output)
+        state = self._make_state(config, topics)
+        for name, st in self.state.devices.items():
+            if name in state.devices and name not in plan.devices_changed:
+                state.devices[name] = st  # values, availability and last_seen carry over
+        self.plan = {
+            d.name: self.plan[d.name] if old_devices.get(d.name) == d else plan_device(d)
+            for d in config.devices
+        }
+        self.config, self.topics, self.state = config, topics, state
+        self.discovery, self._announced = discovery, announced
+        self.commands.reconfigure(config, topics, state)
+        for name in plan.devices_removed:
+            self._forget_device(name)
+        if plan.mqtt_changed:
+            self._open_link()  # on connect: discovery and the full state
+            if not plan.mqtt_moved:  # same broker and topics: tidy up there
+                self._send(messages + stale)
+        else:
+            self._send(messages + stale + fresh)
+        # 5. New sessions, then polling.
+        for name in plan.hosts_added + plan.hosts_reopened:
+            session = self._make_session(config, name)
+            stats = self._retired.pop(name, None)
+            if stats is not None:
+                session.stats = stats
+            self.sessions[name] = session
+            await session.start()
+        for name in plan.hosts_kept:
+            self.sessions[name].set_units(len({d.unit for d in config.devices_on(name)}))
+        started = set(plan.started)
+        self.scheduler.add(
+            group_blocks([d for d in config.devices if d.name in started], self.plan)
+        )
+        self.commands.release(stopped)
+        # 6. The rest.
+        if plan.metrics_changed:
+            if self.metrics is not None:
+                await bounded(self.metrics.stop(), 1.5, "reload: metrics")
+            self.metrics = self._make_metrics(config)
+            self._start_metrics()
+        if plan.health_changed and self._health_task is not None:
+            await cancel(self._health_task, 0.5, "reload: health")
+            self._start_health()
+
+    async def _close_link(self, *, moved: bool, stale: list[Message]) -> None:
+        """End the broker connection before a new one opens. When the topics move (another
+        broker or base topic), what the bridge leaves behind there says `offline` first."""
+        link = self.link
+        if link.connected:
+            if moved:
+                self._send(self.state.offline_all())
+                self._send(stale)
+                link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
+            await bounded(link.flush(2.0), 2.5, "reload: MQTT flush")
+        await cancel(self._link_task, 1.0, "reload: MQTT disconnect")
+        self._link_task = None
+
+    def _open_link(self) -> None:
+        old = self.link
+        self.link = self._make_link(self.config, self.topics)
+        self.link.stats = old.stats  # the counters go on across the reconnect
+        self.commands.publish = self.link.publish
+        self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
+        m = self.config.mqtt
+        log.info("MQTT: reconnecting to %s:%d, client id %s", m.host, m.port, m.client_id)
+
+    def _forget_device(self, name: str) -> None:
+        """A device a reload removed: no more log bookkeeping for it."""
+        self._failing.pop(name, None)
+        for host in list(self._host_down):
+            self._host_down[host].discard(name)
+            if not self._host_down[host]:
+                del self._host_down[host]
+                self._host_back.pop(host, None)
 
     # -- health ------------------------------------------------------------
 
@@ -389,6 +580,7 @@ class Bridge:
                 self.scheduler.stats,
                 lambda name: self.scheduler.backoff_left(name, now),
             ),
+            config=config_figures(self.reloads),
             mqtt=mqtt_figures(
                 connected=self.link.connected,
                 link=self.link.stats,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bridge import __version__
-from bridge.app import Bridge, compile_plan
+from bridge.app import Bridge, Loader, compile_plan
 from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import load_config
 from bridge.errors import ConfigError
@@ -125,18 +125,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_bridge(config: BridgeConfig, process: Process) -> int:
+async def _run_bridge(config: BridgeConfig, load: Loader, process: Process) -> int:
     bridge = Bridge(config)
-    await bridge.run(process.stop)
+    await bridge.run(process.stop, reload=process.reload, load=load)
     return EXIT_FAILURE if bridge.failed else EXIT_OK
+
+
+def _reloader(path: str, config: BridgeConfig) -> Loader:
+    """Reads `path` again for a reload (SIGHUP). The secrets of every configuration read
+    so far stay hidden in the logs."""
+    secrets = set(config.secrets)
+
+    def load() -> BridgeConfig:
+        new = load_config(path)  # raises ConfigError: the bridge logs every problem
+        secrets.update(new.secrets)
+        hide_secrets(sorted(secrets))
+        return new
+
+    return load
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr)
     if config is None:
         return EXIT_CONFIG
-    process = Process(hard_exit_after=HARD_EXIT_AFTER)
-    return run_main(lambda p: _run_bridge(config, p), process)
+    process = Process(hard_exit_after=HARD_EXIT_AFTER, reloadable=True)
+    load = _reloader(args.config, config)
+    return run_main(lambda p: _run_bridge(config, load, p), process)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -337,6 +337,38 @@ class MqttFigures:
 
 
 @dataclass(frozen=True)
+class ConfigFigures:
+    """The configuration the bridge runs, and its reloads (SIGHUP)."""
+
+    reloads: int = shown(
+        "Configuration reloads (SIGHUP), by result: ok (the new file was applied), invalid "
+        "(the file had problems: nothing changed).",
+        metric="config_reloads_total",
+        labels={"result": "ok"},
+    )
+    reloads_invalid: int = shown(
+        "reloads refused: the file had problems",
+        metric="config_reloads_total",
+        labels={"result": "invalid"},
+    )
+    last_reload: float | None = shown(
+        "When a reload last applied a configuration (Unix time; none yet: no sample).",
+        to_health=lambda t: None if t is None else iso_utc(t),
+        metric="config_last_reload_timestamp_seconds",
+        kind=GAUGE,
+    )
+
+
+@dataclass
+class ReloadStats:
+    """Counted by the composition root at each reload. Plain numbers, no I/O."""
+
+    ok: int = 0
+    invalid: int = 0
+    last: float | None = None  # Unix time of the last applied reload
+
+
+@dataclass(frozen=True)
 class Figures:
     """Everything the health report and the metrics show, at one moment."""
 
@@ -346,6 +378,13 @@ class Figures:
     hosts: tuple[HostFigures, ...]
     devices: tuple[DeviceFigures, ...]
     mqtt: MqttFigures
+    config: ConfigFigures
+
+
+def config_figures(reloads: ReloadStats) -> ConfigFigures:
+    return ConfigFigures(
+        reloads=reloads.ok, reloads_invalid=reloads.invalid, last_reload=reloads.last
+    )
 
 
 # -- builders: live objects -> snapshot (called by the composition root) ------------

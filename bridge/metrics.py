@@ -100,6 +100,7 @@ def families(figures: Figures) -> list[Metric]:
     for device in figures.devices:
         out.add(device, [("device", device.name), ("host", device.host)])
     out.add(figures.mqtt, [])
+    out.add(figures.config, [])
     info = InfoMetricFamily(
         PREFIX + "build", "The bridge's version.", value={"version": __version__}
     )

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from bridge.codec import CodecError
@@ -216,6 +216,8 @@ class CommandHandler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[asyncio.Task[Any], str] = {}  # command tasks -> their device
         self._closing = False
+        self._held: set[str] = set()  # devices a reload is changing: commands refused
+        self._interrupted: dict[asyncio.Task[Any], str] = {}  # cancelled tasks -> why
         # Retained commands already answered: (topic, hash of payload), oldest first.
         self._retained_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
 
@@ -243,9 +245,11 @@ class CommandHandler:
         except asyncio.CancelledError:
             if not reply.sent:
                 self.stats.failed += 1
+                why = "the bridge is shutting down"
+                if task is not None:
+                    why = self._interrupted.pop(task, why)
                 reason = (
-                    "interrupted: the bridge is shutting down"
-                    " (a write in progress may or may not have been applied)"
+                    f"interrupted: {why} (a write in progress may or may not have been applied)"
                 )
                 log.warning("%s: %s", message.topic, reason)
                 reply.error(reason)
@@ -256,6 +260,7 @@ class CommandHandler:
         finally:
             if task is not None:
                 self._inflight.pop(task, None)
+                self._interrupted.pop(task, None)
 
     @property
     def in_flight(self) -> int:
@@ -273,6 +278,51 @@ class CommandHandler:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=0.5)
+
+    # -- reload (see app.Bridge.apply) ----------------------------------------
+
+    def hold(self, devices: Collection[str]) -> None:
+        """A reload is about to change or remove `devices`: refuse new commands for them
+        (answered: retry) until `release`."""
+        self._held.update(devices)
+
+    def release(self, devices: Collection[str]) -> None:
+        self._held.difference_update(devices)
+
+    async def settle(self, devices: Collection[str], timeout: float, why: str) -> None:
+        """Give commands in flight for `devices` `timeout` seconds to finish, then
+        interrupt the rest: each is answered with an error saying `why`."""
+        names = set(devices)
+        tasks = {t for t, device in self._inflight.items() if device in names}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            self._interrupted[task] = why
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+
+    def reconfigure(self, config: BridgeConfig, topics: Topics, state: StateCache) -> None:
+        """Serve the devices of `config` from now on (a reload). A device's `write_rate`
+        budget carries over while its rate is unchanged."""
+        old = self.devices
+        self.config = config
+        self.topics = topics
+        self.state = state
+        self.devices = {d.name: d for d in config.devices}
+        self.limiters = {
+            d.name: (
+                self.limiters[d.name]
+                if d.name in self.limiters and old[d.name].write_rate == d.write_rate
+                else RateLimiter(d.write_rate)
+            )
+            for d in config.devices
+            if d.write_rate is not None
+        }
+        for name in set(self._locks) - set(self.devices):
+            if not self._locks[name].locked():
+                del self._locks[name]
 
     def _refuse_retained(self, reply: _Reply) -> None:
         """A command the broker replayed from its retained store is never executed: it
@@ -374,6 +424,11 @@ class CommandHandler:
         """Why a command for `device` is refused before it is queued, or None."""
         if self._closing:
             return "the bridge is shutting down"
+        if device.name in self._held:
+            return (
+                f"device {device.name} is being reconfigured (configuration reload); "
+                "nothing was written, retry in a moment"
+            )
         session = self.sessions.get(device.host)
         if session is None or not session.connected:
             return f"host {device.host} of device {device.name} is not connected"

@@ -5,7 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
+from bridge.figures import (
+    Figures,
+    ReloadStats,
+    config_figures,
+    device_polls,
+    host_figures,
+    mqtt_figures,
+)
 from bridge.metrics import PREFIX, registry_for
 from bridge.model import DataType, Device, Point, Table
 from bridge.mqtt import LinkStats
@@ -42,6 +49,7 @@ def _figures() -> Figures:
             pending=6,
             max_packet_size=1000,
         ),
+        config=config_figures(ReloadStats(ok=2, invalid=1, last=1_700_000_050.0)),
     )
 
 
@@ -96,6 +104,9 @@ def test_every_figure_with_a_metric_renders_with_bounded_labels() -> None:
     assert value("mqtt_commands_total", result="rejected") == 1
     assert value("mqtt_pending_messages") == 6
     assert value("mqtt_max_packet_size_bytes") == 1000
+    assert value("config_reloads_total", result="ok") == 2
+    assert value("config_reloads_total", result="invalid") == 1
+    assert value("config_last_reload_timestamp_seconds") == 1_700_000_050.0
     assert value("build_info", version=__import__("bridge").__version__) == 1
     # the usual process collectors
     assert ("process_resident_memory_bytes", ()) in samples
@@ -110,7 +121,7 @@ def test_counters_end_in_total_and_labels_come_from_fixed_sets() -> None:
         "unit": {"1", "2"},
         "kind": {"exception", "timeout", "bad_reply", "connection", "other"},
         "reason": {"overrun", "backoff", "queue_full", "oversize", "refused"},
-        "result": {"ok", "rejected", "failed", "retained", "overloaded"},
+        "result": {"ok", "rejected", "failed", "retained", "overloaded", "invalid"},
     }
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):
