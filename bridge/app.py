@@ -35,7 +35,7 @@ from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_re
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession, SessionStats
 from bridge.state import Message, StateCache
-from bridge.topics import Topics
+from bridge.topics import Topics, topics_of
 from bridge.writer import CommandHandler
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def compile_plan(config: BridgeConfig) -> dict[str, tuple[ReadBlock, ...]]:
 class Bridge:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
-        self.topics = Topics(config.mqtt.base_topic)
+        self.topics = topics_of(config)
         self.plan = compile_plan(config)
         self.sessions: dict[str, HostSession] = {
             host.name: self._make_session(config, host.name)
@@ -465,7 +465,7 @@ class Bridge:
         if closing:
             await bounded(_stop_all(closing.values()), 1.5, "reload: close hosts")
         # 3. A changed broker connection closes before the new one opens.
-        topics = Topics(config.mqtt.base_topic)
+        topics = topics_of(config)
         discovery = Discovery(config) if config.homeassistant.enabled else None
         announced = _announced(discovery)
         stale, fresh = discovery_changes(self._announced, announced)
