@@ -301,13 +301,21 @@ class Bridge:
             f" as user {m.username}" if m.username else "",
             m.client_id,
         )
+        shard = self.config.shard
         log.info(
-            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)",
+            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)%s",
             len(self.sessions),
             len(self.config.devices),
             sum(len(b) for b in self.plan.values()),
             type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "" if shard is None else f"; shard {shard}, bridge topics {self.topics.bridge_state}",
         )
+        if shard is not None and not self.sessions:
+            log.warning(
+                "shard %s has no hosts with devices: it only reports itself online "
+                "(check --shards shows how the hosts are split)",
+                shard,
+            )
 
     def _start_health(self) -> None:
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
@@ -580,7 +588,7 @@ class Bridge:
                 self.scheduler.stats,
                 lambda name: self.scheduler.backoff_left(name, now),
             ),
-            config=config_figures(self.reloads),
+            config=config_figures(self.reloads, self.config.shard),
             mqtt=mqtt_figures(
                 connected=self.link.connected,
                 link=self.link.stats,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.payloads import iso_utc
 
 if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
+    from bridge.model import Shard
     from bridge.mqtt import LinkStats
     from bridge.scheduler import PollStats
     from bridge.session import SessionStats
@@ -340,6 +341,7 @@ class MqttFigures:
 class ConfigFigures:
     """The configuration the bridge runs, and its reloads (SIGHUP)."""
 
+    shard: str | None = shown("this process's shard of the fleet, e.g. 2/4 (none: the whole)")
     reloads: int = shown(
         "Configuration reloads (SIGHUP), by result: ok (the new file was applied), invalid "
         "(the file had problems: nothing changed).",
@@ -381,9 +383,13 @@ class Figures:
     config: ConfigFigures
 
 
-def config_figures(reloads: ReloadStats) -> ConfigFigures:
+def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:
+    """`shard`: the shard of a fleet this process runs, if it is one (shown as ``2/4``)."""
     return ConfigFigures(
-        reloads=reloads.ok, reloads_invalid=reloads.invalid, last_reload=reloads.last
+        shard=None if shard is None else str(shard),
+        reloads=reloads.ok,
+        reloads_invalid=reloads.invalid,
+        last_reload=reloads.last,
     )
 
 

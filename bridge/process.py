@@ -46,14 +46,18 @@ LOG_FORMATS = ("text", "json")
 _redactor = Redactor()
 
 
-def setup_logging(level: str, log_format: str = "text") -> None:
+def setup_logging(level: str, log_format: str = "text", *, shard: str | None = None) -> None:
     """Log to stderr: `text` (one line per event, for journald) or `json` (one JSON
-    object per line, for log shippers). Secrets given to `hide_secrets` never show."""
+    object per line, for log shippers). Secrets given to `hide_secrets` never show.
+    `shard` (e.g. ``2/4``) is named in every line: `[shard 2/4]`, or a `shard` field."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(None if shard is None else {"shard": shard}))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = "" if shard is None else f" [shard {shard}]"
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s %(name)s{where}: %(message)s")
+        )
     handler.addFilter(_redactor)
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 

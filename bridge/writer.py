@@ -130,7 +130,7 @@ class _Reply:
         self.response_problem: str | None = None
         if self.response_topic is not None:
             self.response_problem = handler.topics.response_topic_problem(
-                self.response_topic, handler.devices
+                self.response_topic, handler.fleet
             )
             if self.response_problem is not None:
                 handler.throttle.log(
@@ -208,6 +208,7 @@ class CommandHandler:
         self.on_read = on_read
         self.clock = clock
         self.devices = {d.name: d for d in config.devices}
+        self._set_fleet(config)
         self.limiters = {
             d.name: RateLimiter(d.write_rate) for d in config.devices if d.write_rate is not None
         }
@@ -221,6 +222,21 @@ class CommandHandler:
         # Retained commands already answered: (topic, hash of payload), oldest first.
         self._retained_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
 
+    def _set_fleet(self, config: BridgeConfig) -> None:
+        # One shard of a fleet (--shard) answers the commands of its own devices only:
+        # those of a device another shard runs are that shard's, and a device that no
+        # shard runs is answered ("unknown device") by shard 1 alone, so every command
+        # gets exactly one answer. `fleet` (every device of the file) also keeps answers
+        # off another shard's state topics (response topics).
+        self.fleet = frozenset(self.devices) | config.elsewhere
+        self._answers_unknown = config.shard is None or config.shard.index == 1
+
+    def ours(self, device: str) -> bool:
+        """Whether this bridge answers commands for `device`."""
+        if device in self.devices:
+            return True
+        return self._answers_unknown and device not in self.fleet
+
     # -- entry points ------------------------------------------------------
 
     async def handle(self, message: Incoming) -> None:
@@ -230,6 +246,9 @@ class CommandHandler:
             log.debug("ignored message on %s", message.topic)
             return
         device, point, verb = parsed
+        if not self.ours(device):
+            log.debug("%s: for a device of another shard: not answered here", message.topic)
+            return
         reply = _Reply(self, device, message)
         if message.retained:
             self._refuse_retained(reply)
@@ -311,6 +330,7 @@ class CommandHandler:
         self.topics = topics
         self.state = state
         self.devices = {d.name: d for d in config.devices}
+        self._set_fleet(config)
         self.limiters = {
             d.name: (
                 self.limiters[d.name]
@@ -354,7 +374,7 @@ class CommandHandler:
     def refuse_overloaded(self, message: Incoming) -> None:
         """Answer a command the flood guard turned away (nothing was written)."""
         parsed = self.topics.parse_command(message.topic)
-        if parsed is None:
+        if parsed is None or not self.ours(parsed[0]):
             return
         self.stats.overloaded += 1
         reply = _Reply(self, parsed[0], message)

@@ -140,7 +140,12 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
     )
     doc = build_health(figures)
     assert doc["uptime_s"] == 100.0 and doc["rss_bytes"] == 1234
-    assert doc["config"] == {"reloads": 0, "reloads_invalid": 0, "last_reload": None}
+    assert doc["config"] == {
+        "shard": None,
+        "reloads": 0,
+        "reloads_invalid": 0,
+        "last_reload": None,
+    }
     host = doc["hosts"]["gw"]
     assert list(host)[:5] == ["connected", "sockets_opened", "reconnects", "requests", "errors"]
     assert host["requests"] == 40 and host["crc_errors"] == 1
@@ -185,6 +190,13 @@ def test_redactor_hides_secrets_in_message_arguments_and_traceback() -> None:
     assert first["time"].endswith("Z")
     assert "ValueError: bad password ***" in second["exception"]
     assert "s3cr" not in stream.getvalue()
+
+
+def test_json_lines_name_the_shard() -> None:
+    record = logging.LogRecord("bridge", logging.INFO, __file__, 1, "started", None, None)
+    doc = json.loads(JsonFormatter({"shard": "2/4"}).format(record))
+    assert doc["shard"] == "2/4" and doc["message"] == "started"
+    assert "shard" not in json.loads(JsonFormatter().format(record))
 
 
 def test_redact() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,8 +15,9 @@ from bridge.figures import (
     host_figures,
     mqtt_figures,
 )
-from bridge.metrics import PREFIX, registry_for
-from bridge.model import DataType, Device, Point, Table
+from bridge.health import build_health
+from bridge.metrics import PREFIX, families, registry_for
+from bridge.model import DataType, Device, Point, Shard, Table
 from bridge.mqtt import LinkStats
 from bridge.scheduler import PollStats
 from bridge.session import SessionStats
@@ -111,6 +114,15 @@ def test_every_figure_with_a_metric_renders_with_bounded_labels() -> None:
     # the usual process collectors
     assert ("process_resident_memory_bytes", ()) in samples
     assert any(name == "python_info" for name, _ in samples)
+
+
+def test_a_shard_is_named_in_build_info() -> None:
+    figures = dataclasses.replace(
+        _figures(), config=config_figures(ReloadStats(), Shard(2, 4, "plant"))
+    )
+    [info] = [f for f in families(figures) if f.name == PREFIX + "build"]
+    assert info.samples[0].labels == {"version": __import__("bridge").__version__, "shard": "2/4"}
+    assert build_health(figures)["config"]["shard"] == "2/4"
 
 
 def test_counters_end_in_total_and_labels_come_from_fixed_sets() -> None:
