@@ -219,10 +219,11 @@ def _reloader(path: str, shard: ShardArg | None, config: BridgeConfig) -> Loader
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    process = Process(hard_exit_after=HARD_EXIT_AFTER, reloadable=True)
+    process.hold_reloads()
     config = _load(args.config, sys.stderr, args.shard)
     if config is None:
         return EXIT_CONFIG
-    process = Process(hard_exit_after=HARD_EXIT_AFTER, reloadable=True)
     load = _reloader(args.config, args.shard, config)
     return run_main(lambda p: _run_bridge(config, load, p), process)
 

@@ -104,6 +104,15 @@ class Process:
         self.shutting_down()
         self.stop.set()
 
+    def hold_reloads(self) -> None:
+        """Until the event loop takes SIGHUP over, ignore it: its default action ends the
+        process, and systemd counts an end by SIGHUP as clean, so a `systemctl reload`
+        during start-up would stop the bridge for good. Call it before reading the
+        configuration, which then is the newest anyway."""
+        if self.reloadable:
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)
+
     def on_reload_signal(self, signame: str) -> None:
         if self.stop.is_set():
             return  # shutting down: nothing to reload into

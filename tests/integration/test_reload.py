@@ -3,8 +3,8 @@ connections server-side, a real Mosquitto.
 
 One bridge process goes through five reloads: an invalid file (nothing changes), the
 same file (nothing changes), a file that keeps one host, reopens one, removes one and
-adds one, and changes, removes and adds devices while a command is on the wire, then an
-MQTT setting (one reconnect, no Modbus socket touched).
+adds one, and changes, removes and adds devices while a command is on the wire, an MQTT
+setting (one reconnect, no Modbus socket touched), and one with SIGTERM right behind it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -238,6 +239,16 @@ async def test_sighup_applies_the_difference(broker, sim_servers, mqtt_watcher, 
     assert [m.payload for m in watcher.on("modbus/bridge/state")[-1:]] == [b"online"]
     assert (await _retained(broker))["modbus/bridge/state"] == b"online"
 
+    # A reload and SIGTERM at once: shutdown waits for the reload (or cuts it short) and
+    # still ends cleanly within the usual 5 s.
+    fourth = copy.deepcopy(third)
+    fourth["devices"] = fourth["devices"][:-1]
+    fourth["mqtt"]["keepalive"] = 25
+    bridge.write_config(fourth)
+    started = time.monotonic()
+    bridge.reload()
     assert await bridge.terminate() == 0
+    assert time.monotonic() - started < 5.0
     log = bridge.log()
+    assert "bridge stopped" in log and "exiting anyway" not in log
     assert "Traceback" not in log and SECRET not in log
