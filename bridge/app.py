@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bridge.discovery import Discovery
-from bridge.errors import HostUnavailable, ModbusRequestError
-from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
+from bridge.errors import ConfigError, HostUnavailable, ModbusRequestError
+from bridge.figures import (
+    Figures,
+    ReloadStats,
+    config_figures,
+    device_polls,
+    host_figures,
+    mqtt_figures,
+)
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device, Metrics
@@ -24,10 +31,11 @@ from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
+from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
-from bridge.session import HostSession
+from bridge.session import HostSession, SessionStats
 from bridge.state import Message, StateCache
-from bridge.topics import Topics
+from bridge.topics import Topics, topics_of
 from bridge.writer import CommandHandler
 
 if TYPE_CHECKING:
@@ -36,6 +44,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge")
 
 SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
+RELOAD_DRAIN = 1.0  # seconds a command in flight for a device a reload changes may finish
+
+# Reads the configuration file again (and picks this process's share of it); raises
+# ConfigError listing every problem. Called in a worker thread.
+Loader = Callable[[], BridgeConfig]
 
 
 def _metrics_server(settings: Metrics, figures: Callable[[], Figures]) -> MetricsServer:
@@ -53,36 +66,18 @@ def compile_plan(config: BridgeConfig) -> dict[str, tuple[ReadBlock, ...]]:
 class Bridge:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
-        self.topics = Topics(config.mqtt.base_topic)
+        self.topics = topics_of(config)
         self.plan = compile_plan(config)
-        self.sessions: dict[str, HostSession] = {}
-        for host in config.hosts:
-            devices = config.devices_on(host.name)
-            if devices:
-                units = len({d.unit for d in devices})
-                self.sessions[host.name] = HostSession(host, units=units)
-        self.state = StateCache(
-            config.devices, self.topics, output=config.mqtt.output, retain=config.mqtt.retain
-        )
+        self.sessions: dict[str, HostSession] = {
+            host.name: self._make_session(config, host.name)
+            for host in config.hosts
+            if config.devices_on(host.name)
+        }
+        self.state = self._make_state(config, self.topics)
         # Home Assistant discovery, an optional feature: the messages are built once.
         self.discovery = Discovery(config) if config.homeassistant.enabled else None
-        self._announced: dict[str, bytes] = {}
-        routes: dict[str, Callable[[Incoming], None]] = {}
-        if self.discovery is not None:
-            self._announced = {m.topic: m.payload for m in self.discovery.messages()}
-            routes[config.homeassistant.status_topic] = self._on_ha_status
-            if self._can_receive_discovery():
-                routes[self.discovery.filter] = self._on_old_discovery
-        self.link = MqttLink(
-            config.mqtt,
-            self.topics,
-            on_connected=self._republish,
-            on_message=self._on_message,  # commands
-            on_overload=self._on_overload,
-            # Commands must be live: the broker is asked not to replay retained ones.
-            subscriptions=[Subscription(f, retained=False) for f in self.topics.command_filters],
-            routes=routes,  # Home Assistant: its status and our earlier discovery
-        )
+        self._announced = _announced(self.discovery)
+        self.link = self._make_link(config, self.topics)
         # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
         self.commands = CommandHandler(
             config,
@@ -96,11 +91,14 @@ class Bridge:
             group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
         )
         # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
-        self.metrics = (
-            None if config.metrics is None else _metrics_server(config.metrics, self.figures)
-        )
+        self.metrics = self._make_metrics(config)
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reconfiguring = asyncio.Lock()  # a reload applies; shutdown waits for it
+        self._stopping = False
+        self.reloads = ReloadStats()
+        self._retired: dict[str, SessionStats] = {}  # counters of hosts a reload closed
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
         self._failing: dict[str, ModbusRequestError] = {}  # offline devices and why
@@ -109,6 +107,38 @@ class Bridge:
         self._host_back: dict[str, int] = {}
         self._throttle = Throttle(log)
         self.started_at = time.time()
+
+    # -- building the parts (at start; a reload builds again what changed) --
+
+    @staticmethod
+    def _make_session(config: BridgeConfig, host: str) -> HostSession:
+        units = len({d.unit for d in config.devices_on(host)})
+        return HostSession(config.host(host), units=units)
+
+    @staticmethod
+    def _make_state(config: BridgeConfig, topics: Topics) -> StateCache:
+        m = config.mqtt
+        return StateCache(config.devices, topics, output=m.output, retain=m.retain)
+
+    def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
+        routes: dict[str, Callable[[Incoming], None]] = {}
+        if self.discovery is not None:
+            routes[config.homeassistant.status_topic] = self._on_ha_status
+            if self._can_receive_discovery(config):
+                routes[self.discovery.filter] = self._on_old_discovery
+        return MqttLink(
+            config.mqtt,
+            topics,
+            on_connected=self._republish,
+            on_message=self._on_message,  # commands
+            on_overload=self._on_overload,
+            # Commands must be live: the broker is asked not to replay retained ones.
+            subscriptions=[Subscription(f, retained=False) for f in topics.command_filters],
+            routes=routes,  # Home Assistant: its status and our earlier discovery
+        )
+
+    def _make_metrics(self, config: BridgeConfig) -> MetricsServer | None:
+        return None if config.metrics is None else _metrics_server(config.metrics, self.figures)
 
     # -- wiring ----------------------------------------------------------
 
@@ -124,15 +154,15 @@ class Bridge:
                 self.link.publish(topic, payload, retain=True)
         self._send(self.state.full())
 
-    def _can_receive_discovery(self) -> bool:
+    def _can_receive_discovery(self, config: BridgeConfig) -> bool:
         """Whether the bridge may subscribe to its own discovery topics. It also receives
         what it publishes there, and on MQTT 3.1.1 a packet larger than it accepts drops
         the connection (MQTT 5 brokers just do not send it), so a device too large for
         that means no clean-up of stale discovery, with a warning."""
-        if self.config.mqtt.protocol == 5:
+        if config.mqtt.protocol == 5:
             return True
         for topic, payload in self._announced.items():
-            size = publish_packet_size(topic, len(payload), qos=self.config.mqtt.qos, v5=False)
+            size = publish_packet_size(topic, len(payload), qos=config.mqtt.qos, v5=False)
             if size > MAX_INCOMING_PACKET:
                 log.warning(
                     "Home Assistant: the discovery on %s is %d bytes, more than the %d this "
@@ -260,7 +290,7 @@ class Bridge:
             await session.start()
         self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
-        self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
+        self._start_health()
         self._start_metrics()
         m = self.config.mqtt
         # The user name is logged as written; a secret one shows as *** (logs.Redactor).
@@ -271,13 +301,24 @@ class Bridge:
             f" as user {m.username}" if m.username else "",
             m.client_id,
         )
+        shard = self.config.shard
         log.info(
-            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)",
+            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)%s",
             len(self.sessions),
             len(self.config.devices),
             sum(len(b) for b in self.plan.values()),
             type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "" if shard is None else f"; shard {shard}, bridge topics {self.topics.bridge_state}",
         )
+        if shard is not None and not self.sessions:
+            log.warning(
+                "shard %s has no hosts with devices: it only reports itself online "
+                "(check --shards shows how the hosts are split)",
+                shard,
+            )
+
+    def _start_health(self) -> None:
+        self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
 
     def _start_metrics(self) -> None:
         """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
@@ -315,8 +356,20 @@ class Bridge:
         task.add_done_callback(done)
         return task
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        reload: asyncio.Event | None = None,
+        load: Loader | None = None,
+    ) -> None:
+        """Run until `stop` is set. Each time `reload` is set (SIGHUP), `load` reads the
+        configuration again and the difference is applied (`apply`)."""
         await self.start()
+        if reload is not None and load is not None:
+            self._reload_task = self._watch(
+                asyncio.create_task(self._reload_loop(reload, load), name="reload")
+            )
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(self._fatal.wait())}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -333,6 +386,11 @@ class Bridge:
         def left(share: float) -> float:
             return max(0.05, min(share, end - loop.time()))
 
+        # A reload being applied may finish (every step of it is bounded), then none starts.
+        self._stopping = True
+        if self._reconfiguring.locked():
+            await bounded(self._reconfiguring.acquire(), left(1.5), "shutdown: wait for the reload")
+        await cancel(self._reload_task, left(0.5), "shutdown: stop reloading")
         if self._health_task is not None:
             self._health_task.cancel()
         await bounded(self.scheduler.stop(), left(1.0), "shutdown: stop polling")
@@ -348,6 +406,159 @@ class Bridge:
         if self.metrics is not None:
             await bounded(self.metrics.stop(), left(1.0), "shutdown: metrics")
         log.info("bridge stopped")
+
+    # -- reload ------------------------------------------------------------
+
+    async def _reload_loop(self, requests: asyncio.Event, load: Loader) -> None:
+        """Each request: read the file again (in a thread: a large file takes a while
+        to check); an invalid one changes nothing, a valid one is applied."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await requests.wait()
+            requests.clear()
+            try:
+                config = await loop.run_in_executor(None, load)
+            except ConfigError as exc:
+                self.reloads.invalid += 1
+                n = len(exc.problems)
+                log.error(
+                    "reload: %d problem%s in the configuration; still running the previous one",
+                    n,
+                    "s" if n != 1 else "",
+                )
+                for problem in exc.problems:
+                    log.error("  %s", problem)
+                continue
+            await self.apply(plan_reload(self.config, config), config)
+
+    async def apply(self, plan: ReloadPlan, config: BridgeConfig) -> None:
+        """Run `config` from now on, changing only what `plan` names (`plan_reload` of
+        the running configuration and `config`).
+
+        Order: commands and polls of the devices that change or go end first (each
+        command answered), then the sessions of hosts that go or change close; a
+        changed broker connection is closed before the new one opens (one at a time);
+        then the new configuration's state, discovery and commands take over, new
+        sessions open and polling starts. Every step that waits is bounded, as at
+        shutdown; a host that is kept is never touched, so its socket stays open.
+        """
+        async with self._reconfiguring:
+            if self._stopping:
+                return
+            log.info("reload: %s", plan.summary())
+            await self._apply(plan, config)
+            self.reloads.ok += 1
+            self.reloads.last = time.time()
+            log.info(
+                "reload done: %d hosts, %d devices",
+                len(self.sessions),
+                len(self.config.devices),
+            )
+
+    async def _apply(self, plan: ReloadPlan, config: BridgeConfig) -> None:
+        stopped = plan.stopped
+        # 1. Commands and polls of the devices that change or go.
+        self.commands.hold(stopped)
+        why = "the device was changed or removed by a configuration reload"
+        await bounded(
+            self.commands.settle(stopped, RELOAD_DRAIN, why),
+            RELOAD_DRAIN + 1.0,
+            "reload: commands in flight",
+        )
+        await bounded(self.scheduler.remove(stopped), 1.0, "reload: stop polling")
+        # 2. Hosts that go or change: their sessions close (queued requests fail).
+        closing = {n: self.sessions.pop(n) for n in plan.hosts_removed + plan.hosts_reopened}
+        for name, session in closing.items():
+            self._retired[name] = session.stats  # counters go on if the host comes back
+        if closing:
+            await bounded(_stop_all(closing.values()), 1.5, "reload: close hosts")
+        # 3. A changed broker connection closes before the new one opens.
+        topics = topics_of(config)
+        discovery = Discovery(config) if config.homeassistant.enabled else None
+        announced = _announced(discovery)
+        stale, fresh = discovery_changes(self._announced, announced)
+        if plan.mqtt_changed:
+            await self._close_link(moved=plan.mqtt_moved, stale=stale)
+        # 4. The new configuration takes over (no await until the messages are queued).
+        old_devices = {d.name: d for d in self.config.devices}
+        messages = self.state.offline(plan.devices_removed)
+        for name in plan.devices_changed:
+            new = next(d for d in config.devices if d.name == name)
+            messages += dropped_points(old_devices[name], new, topics, config.mqtt.output)
+        state = self._make_state(config, topics)
+        for name, st in self.state.devices.items():
+            if name in state.devices and name not in plan.devices_changed:
+                state.devices[name] = st  # values, availability and last_seen carry over
+        self.plan = {
+            d.name: self.plan[d.name] if old_devices.get(d.name) == d else plan_device(d)
+            for d in config.devices
+        }
+        self.config, self.topics, self.state = config, topics, state
+        self.discovery, self._announced = discovery, announced
+        self.commands.reconfigure(config, topics, state)
+        for name in plan.devices_removed:
+            self._forget_device(name)
+        if plan.mqtt_changed:
+            self._open_link()  # on connect: discovery and the full state
+            if not plan.mqtt_moved:  # same broker and topics: tidy up there
+                self._send(messages + stale)
+        else:
+            self._send(messages + stale + fresh)
+        # 5. New sessions, then polling.
+        for name in plan.hosts_added + plan.hosts_reopened:
+            session = self._make_session(config, name)
+            stats = self._retired.pop(name, None)
+            if stats is not None:
+                session.stats = stats
+            self.sessions[name] = session
+            await session.start()
+        for name in plan.hosts_kept:
+            self.sessions[name].set_units(len({d.unit for d in config.devices_on(name)}))
+        started = set(plan.started)
+        self.scheduler.add(
+            group_blocks([d for d in config.devices if d.name in started], self.plan)
+        )
+        self.commands.release(stopped)
+        # 6. The rest.
+        if plan.metrics_changed:
+            if self.metrics is not None:
+                await bounded(self.metrics.stop(), 1.5, "reload: metrics")
+            self.metrics = self._make_metrics(config)
+            self._start_metrics()
+        if plan.health_changed and self._health_task is not None:
+            await cancel(self._health_task, 0.5, "reload: health")
+            self._start_health()
+
+    async def _close_link(self, *, moved: bool, stale: list[Message]) -> None:
+        """End the broker connection before a new one opens. When the topics move (another
+        broker or base topic), what the bridge leaves behind there says `offline` first."""
+        link = self.link
+        if link.connected:
+            if moved:
+                self._send(self.state.offline_all())
+                self._send(stale)
+                link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
+            await bounded(link.flush(2.0), 2.5, "reload: MQTT flush")
+        await cancel(self._link_task, 1.0, "reload: MQTT disconnect")
+        self._link_task = None
+
+    def _open_link(self) -> None:
+        old = self.link
+        self.link = self._make_link(self.config, self.topics)
+        self.link.stats = old.stats  # the counters go on across the reconnect
+        self.commands.publish = self.link.publish
+        self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
+        m = self.config.mqtt
+        log.info("MQTT: reconnecting to %s:%d, client id %s", m.host, m.port, m.client_id)
+
+    def _forget_device(self, name: str) -> None:
+        """A device a reload removed: no more log bookkeeping for it."""
+        self._failing.pop(name, None)
+        for host in list(self._host_down):
+            self._host_down[host].discard(name)
+            if not self._host_down[host]:
+                del self._host_down[host]
+                self._host_back.pop(host, None)
 
     # -- health ------------------------------------------------------------
 
@@ -368,7 +579,7 @@ class Bridge:
                     connected=s.connected,
                     stats=s.stats,
                     queue_depth=s.queue_depth,
-                    units=units[name],
+                    units=units.get(name, ()),
                 )
                 for name, s in self.sessions.items()
             ),
@@ -377,6 +588,7 @@ class Bridge:
                 self.scheduler.stats,
                 lambda name: self.scheduler.backoff_left(name, now),
             ),
+            config=config_figures(self.reloads, self.config.shard),
             mqtt=mqtt_figures(
                 connected=self.link.connected,
                 link=self.link.stats,
@@ -423,6 +635,11 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+def _announced(discovery: Discovery | None) -> dict[str, bytes]:
+    """Topic -> payload of every discovery message (none without Home Assistant)."""
+    return {} if discovery is None else {m.topic: m.payload for m in discovery.messages()}
 
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bridge import __version__
-from bridge.app import Bridge, compile_plan
+from bridge.app import Bridge, Loader, compile_plan
 from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import load_config
 from bridge.errors import ConfigError
@@ -30,6 +30,10 @@ from bridge.process import (
     run_main,
     setup_logging,
 )
+from bridge.shard import MAX_SHARDS, imbalance, parse_shard, shares
+from bridge.shard import client_id as shard_client_id
+from bridge.shard import select as select_shard
+from bridge.topics import topics_of
 
 log = logging.getLogger("bridge")
 
@@ -37,11 +41,20 @@ EXIT_CONFIG = EXIT_USAGE
 HARD_EXIT_AFTER = 4.8  # seconds after SIGTERM: the process is gone by then, whatever hangs
 
 
-def _load(path: str, err: TextIO) -> BridgeConfig | None:
-    """The configuration, its secrets hidden in every log line from now on; or None
-    after printing every problem."""
+ShardArg = tuple[int, int]  # (K, N): shard K of N
+
+
+def _read(path: str, shard: ShardArg | None) -> BridgeConfig:
+    """The configuration file, or the share of shard K of N of it; raises ConfigError."""
+    config = load_config(path)
+    return config if shard is None else select_shard(config, *shard)
+
+
+def _load(path: str, err: TextIO, shard: ShardArg | None = None) -> BridgeConfig | None:
+    """The configuration (or a shard's share of it), its secrets hidden in every log
+    line from now on; or None after printing every problem."""
     try:
-        config = load_config(path)
+        config = _read(path, shard)
     except ConfigError as exc:
         n = len(exc.problems)
         print(f"{path}: {n} problem{'s' if n != 1 else ''} in the configuration:", file=err)
@@ -112,11 +125,71 @@ def render_plan(config: BridgeConfig) -> str:
     return "\n".join(lines + warnings)
 
 
+def describe_shard(config: BridgeConfig, fleet: BridgeConfig) -> str:
+    """The header of `check --shard`: what this shard runs of the fleet."""
+    shard = config.shard
+    assert shard is not None
+    parts = shares(fleet, shard.count)
+    mine = parts[shard.index - 1]
+    hosts = sum(len(p.hosts) for p in parts)
+    rate = sum(p.requests_per_second for p in parts)
+    return (
+        f"shard {shard} (hosts by a stable hash of their name): {len(mine.hosts)} of {hosts} "
+        f"hosts, {mine.devices} of {len(fleet.devices)} devices, "
+        f"{mine.requests_per_second:.1f} of {rate:.1f} requests/s; bridge topics "
+        f"{topics_of(config).bridge_state.removesuffix('/state')}/..."
+    )
+
+
+def render_shares(config: BridgeConfig, count: int) -> str:
+    """`check --shards N`: every shard's hosts, devices and requests per second."""
+    parts = shares(config, count)
+    lines = [
+        f"{count} shard{'s' if count != 1 else ''} (hosts by a stable hash of their name; "
+        f"run each with --shard K/{count}):"
+    ]
+    for part in parts:
+        shard = part.shard
+        metrics = ""
+        if config.metrics is not None:
+            metrics = f", metrics on port {config.metrics.port + shard.index - 1}"
+        hosts = ", ".join(part.hosts[:8]) + (
+            f" and {len(part.hosts) - 8} more" if len(part.hosts) > 8 else ""
+        )
+        lines.append(
+            f"  shard {shard}: {len(part.hosts)} hosts, {part.devices} devices, "
+            f"{part.requests_per_second:.1f} requests/s, client id "
+            f"{shard_client_id(shard.fleet_client_id, shard.index, shard.count)}{metrics}"
+            + (f": {hosts}" if hosts else "")
+        )
+    busiest = imbalance(parts)
+    if count > 1:
+        lines.append(
+            f"the busiest shard has {busiest:.2f} x an even share of the requests"
+            + (
+                " (a hash splits a few hosts unevenly: compare other counts with --shards)"
+                if busiest >= 1.5
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config, sys.stderr)
+    if args.shards is not None:
+        fleet = _load(args.config, sys.stderr)
+        if fleet is None:
+            return EXIT_CONFIG
+        lines = [f"{args.config}: configuration OK", render_shares(fleet, args.shards)]
+        print(redact("\n".join(lines), fleet.secrets))
+        return EXIT_OK
+    config = _load(args.config, sys.stderr, args.shard)
     if config is None:
         return EXIT_CONFIG
-    lines = [f"{args.config}: configuration OK", render_plan(config), describe_mqtt(config)]
+    lines = [f"{args.config}: configuration OK"]
+    if config.shard is not None:
+        lines.append(describe_shard(config, load_config(args.config)))
+    lines += [render_plan(config), describe_mqtt(config)]
     if config.metrics is not None:
         where = config.metrics.describe()
         reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
@@ -125,18 +198,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_bridge(config: BridgeConfig, process: Process) -> int:
+async def _run_bridge(config: BridgeConfig, load: Loader, process: Process) -> int:
     bridge = Bridge(config)
-    await bridge.run(process.stop)
+    await bridge.run(process.stop, reload=process.reload, load=load)
     return EXIT_FAILURE if bridge.failed else EXIT_OK
 
 
+def _reloader(path: str, shard: ShardArg | None, config: BridgeConfig) -> Loader:
+    """Reads `path` again for a reload (SIGHUP), for the same shard. The secrets of
+    every configuration read so far stay hidden in the logs."""
+    secrets = set(config.secrets)
+
+    def load() -> BridgeConfig:
+        new = _read(path, shard)  # raises ConfigError: the bridge logs every problem
+        secrets.update(new.secrets)
+        hide_secrets(sorted(secrets))
+        return new
+
+    return load
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config, sys.stderr)
+    process = Process(hard_exit_after=HARD_EXIT_AFTER, reloadable=True)
+    process.hold_reloads()
+    config = _load(args.config, sys.stderr, args.shard)
     if config is None:
         return EXIT_CONFIG
-    process = Process(hard_exit_after=HARD_EXIT_AFTER)
-    return run_main(lambda p: _run_bridge(config, p), process)
+    load = _reloader(args.config, args.shard, config)
+    return run_main(lambda p: _run_bridge(config, load, p), process)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -144,6 +233,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     code: int = run_demo(devices=args.devices, duration=args.duration)
     return code
+
+
+def _shard_arg(text: str) -> ShardArg:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shards_arg(text: str) -> int:
+    count = text.strip()
+    if not count.isdigit() or not 1 <= int(count) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the number of shards must be 1 to {MAX_SHARDS}"
+        )
+    return int(count)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate the configuration and print the read plan")
     p_check.add_argument("-c", "--config", required=True)
+    split = p_check.add_mutually_exclusive_group()
+    split.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="K/N",
+        default=os.environ.get("BRIDGE_SHARD") or None,
+        help="the read plan of shard K of N only (also BRIDGE_SHARD)",
+    )
+    split.add_argument(
+        "--shards",
+        type=_shards_arg,
+        metavar="N",
+        help="how N shards would split the hosts: hosts, devices and requests/s of each",
+    )
     p_check.set_defaults(func=cmd_check)
     p_run = sub.add_parser("run", help="run the bridge")
     p_run.add_argument("-c", "--config", required=True)
+    p_run.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="K/N",
+        default=os.environ.get("BRIDGE_SHARD") or None,
+        help="run only the hosts whose stable hash falls in shard K of N (docs/scaling.md; "
+        "also BRIDGE_SHARD)",
+    )
     p_run.set_defaults(func=cmd_run)
     p_demo = sub.add_parser(
         "demo", help="simulated devices + broker, values printed as they arrive"
@@ -183,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    shard = args.shard if args.command == "run" else None
+    setup_logging(
+        args.log_level, args.log_format, shard=None if shard is None else f"{shard[0]}/{shard[1]}"
+    )
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

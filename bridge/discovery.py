@@ -12,6 +12,11 @@ Identities are built from the MQTT ``client_id``, the device name and the point
 name, which never contain ``/``, so ``<client_id>/<device>/<point>`` is unique and
 the same after every restart. `Discovery.repair` recognises this bridge's own
 earlier messages (origin name and identifiers) and answers those that are stale.
+
+One shard of a fleet (`--shard`) keeps the configured client id for its devices (their
+topics and identities do not depend on how the fleet is split) and uses its own client
+id for its bridge device, which its devices name as ``via_device``; it leaves alone the
+discovery of devices that other shards run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from bridge import __version__, hass
@@ -31,7 +37,7 @@ from bridge.hass import Platform
 from bridge.model import BridgeConfig, DataType, Device, EntityCategory, Output, Point
 from bridge.payloads import OFFLINE, ONLINE
 from bridge.state import Message
-from bridge.topics import Topics
+from bridge.topics import Topics, topics_of
 
 ORIGIN_NAME = "modbus-mqtt-bridge"
 SUPPORT_URL: str | None = None  # the project has no public home yet; sent when it has one
@@ -85,10 +91,18 @@ class Discovery:
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.config.mqtt.base_topic)
+        return topics_of(self.config)
 
     @property
     def client_id(self) -> str:
+        """The devices' identity: the configured client id, the same in every shard, so a
+        device keeps its entities when the fleet is split or split differently."""
+        shard = self.config.shard
+        return self.config.mqtt.client_id if shard is None else shard.fleet_client_id
+
+    @property
+    def node_id(self) -> str:
+        """This process's client id: the bridge device's identity (one per shard)."""
         return self.config.mqtt.client_id
 
     @property
@@ -103,12 +117,16 @@ class Discovery:
     def config_topic(self, device: str) -> str:
         return f"{self.prefix}/device/{safe_id(self.client_id)}/{safe_id(device)}/config"
 
+    @property
+    def bridge_topic(self) -> str:
+        return f"{self.prefix}/device/{safe_id(self.node_id)}/{BRIDGE_DEVICE}/config"
+
     # -- messages -----------------------------------------------------------
 
     def messages(self) -> list[Message]:
         """Every retained discovery message: the bridge device first, then each device
         with at least one point in Home Assistant."""
-        out = [Message(self.config_topic(BRIDGE_DEVICE), _json(self.bridge_payload()), True)]
+        out = [Message(self.bridge_topic, _json(self.bridge_payload()), True)]
         for device in self.config.devices:
             payload = self.device_payload(device)
             if payload["cmps"]:
@@ -126,7 +144,7 @@ class Discovery:
         dev: dict[str, Any] = {
             "identifiers": [device_identifier(self.client_id, device.name)],
             "name": device.name,
-            "via_device": device_identifier(self.client_id, BRIDGE_DEVICE),
+            "via_device": device_identifier(self.node_id, BRIDGE_DEVICE),
         }
         for key, value in (
             ("manufacturer", device.manufacturer),
@@ -274,8 +292,8 @@ class Discovery:
             name: {
                 "p": Platform.SENSOR.value,
                 "name": readable(name),
-                "unique_id": unique_id(self.client_id, BRIDGE_DEVICE, name),
-                "object_id": f"{self.client_id}_{name}",
+                "unique_id": unique_id(self.node_id, BRIDGE_DEVICE, name),
+                "object_id": f"{self.node_id}_{name}",
                 "value_template": template,
                 "entity_category": "diagnostic",
                 "qos": self.config.mqtt.qos,
@@ -285,8 +303,8 @@ class Discovery:
         }
         return {
             "dev": {
-                "identifiers": [device_identifier(self.client_id, BRIDGE_DEVICE)],
-                "name": f"Modbus bridge {self.client_id}",
+                "identifiers": [device_identifier(self.node_id, BRIDGE_DEVICE)],
+                "name": f"Modbus bridge {self.node_id}",
                 "manufacturer": ORIGIN_NAME,
                 "model": "Modbus to MQTT bridge",
                 "sw_version": self.version,
@@ -298,6 +316,11 @@ class Discovery:
         }
 
     # -- earlier messages ---------------------------------------------------
+
+    @cached_property
+    def _elsewhere(self) -> frozenset[str]:
+        """Discovery topics of the devices other shards run."""
+        return frozenset(self.config_topic(d) for d in self.config.elsewhere)
 
     def is_ours(self, payload: bytes) -> bool:
         """A discovery payload this bridge (this origin and client id) published."""
@@ -321,8 +344,8 @@ class Discovery:
         ``{"p": <platform>}`` stub per removed component, which is how Home Assistant
         removes a single entity of a device.
         """
-        if not payload or not self.is_ours(payload):
-            return None
+        if not payload or not self.is_ours(payload) or topic in self._elsewhere:
+            return None  # not ours, or a device another shard runs
         now = current.get(topic)
         if now is None:
             return Message(topic, b"", True)

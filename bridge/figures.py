@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.payloads import iso_utc
 
 if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
+    from bridge.model import Shard
     from bridge.mqtt import LinkStats
     from bridge.scheduler import PollStats
     from bridge.session import SessionStats
@@ -337,6 +338,39 @@ class MqttFigures:
 
 
 @dataclass(frozen=True)
+class ConfigFigures:
+    """The configuration the bridge runs, and its reloads (SIGHUP)."""
+
+    shard: str | None = shown("this process's shard of the fleet, e.g. 2/4 (none: the whole)")
+    reloads: int = shown(
+        "Configuration reloads (SIGHUP), by result: ok (the new file was applied), invalid "
+        "(the file had problems: nothing changed).",
+        metric="config_reloads_total",
+        labels={"result": "ok"},
+    )
+    reloads_invalid: int = shown(
+        "reloads refused: the file had problems",
+        metric="config_reloads_total",
+        labels={"result": "invalid"},
+    )
+    last_reload: float | None = shown(
+        "When a reload last applied a configuration (Unix time; none yet: no sample).",
+        to_health=lambda t: None if t is None else iso_utc(t),
+        metric="config_last_reload_timestamp_seconds",
+        kind=GAUGE,
+    )
+
+
+@dataclass
+class ReloadStats:
+    """Counted by the composition root at each reload. Plain numbers, no I/O."""
+
+    ok: int = 0
+    invalid: int = 0
+    last: float | None = None  # Unix time of the last applied reload
+
+
+@dataclass(frozen=True)
 class Figures:
     """Everything the health report and the metrics show, at one moment."""
 
@@ -346,6 +380,17 @@ class Figures:
     hosts: tuple[HostFigures, ...]
     devices: tuple[DeviceFigures, ...]
     mqtt: MqttFigures
+    config: ConfigFigures
+
+
+def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:
+    """`shard`: the shard of a fleet this process runs, if it is one (shown as ``2/4``)."""
+    return ConfigFigures(
+        shard=None if shard is None else str(shard),
+        reloads=reloads.ok,
+        reloads_invalid=reloads.invalid,
+        last_reload=reloads.last,
+    )
 
 
 # -- builders: live objects -> snapshot (called by the composition root) ------------

@@ -53,6 +53,7 @@ def build_health(figures: Figures) -> dict[str, Any]:
         "mqtt": _doc(figures.mqtt),
         "hosts": {host.name: _doc(host) for host in figures.hosts},
         "devices": {device.name: _doc(device) for device in figures.devices},
+        "config": _doc(figures.config),
     }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -57,8 +57,12 @@ class Redactor(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ms), level, logger, message, and the
-    traceback as `exception` when there is one."""
+    """One JSON object per line: time (UTC, ms), level, logger, any fixed `fields` (the
+    shard), message, and the traceback as `exception` when there is one."""
+
+    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.fields = dict(fields or {})  # the same in every line, e.g. {"shard": "2/4"}
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created, tz=UTC)
@@ -66,6 +70,7 @@ class JsonFormatter(logging.Formatter):
             "time": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **self.fields,
             "message": record.getMessage(),
         }
         if record.exc_info and not record.exc_text:

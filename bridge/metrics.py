@@ -100,8 +100,12 @@ def families(figures: Figures) -> list[Metric]:
     for device in figures.devices:
         out.add(device, [("device", device.name), ("host", device.host)])
     out.add(figures.mqtt, [])
+    out.add(figures.config, [])
+    build = {"version": __version__}
+    if figures.config.shard is not None:
+        build["shard"] = figures.config.shard  # which process of a sharded fleet this is
     info = InfoMetricFamily(
-        PREFIX + "build", "The bridge's version.", value={"version": __version__}
+        PREFIX + "build", "The bridge's version, and its shard of the fleet.", value=build
     )
     return [info, *out.by_name.values()]
 

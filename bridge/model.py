@@ -406,6 +406,24 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This process's share of a fleet (`run --shard 2/4`): the hosts whose stable hash
+    falls in shard `index` of `count` (`bridge.shard`)."""
+
+    index: int  # 1-based
+    count: int
+    fleet_client_id: str  # mqtt.client_id as configured: the devices' identity in discovery
+
+    @property
+    def label(self) -> str:
+        """A topic level and client id suffix, e.g. ``2of4``."""
+        return f"{self.index}of{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     mqtt: Mqtt
     hosts: tuple[Host, ...]
@@ -416,6 +434,10 @@ class BridgeConfig:
     health_interval: float = 30.0
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     metrics: Metrics | None = None  # None: no metrics endpoint
+    # Set by `bridge.shard.select` for one shard of a fleet: which one, and the devices
+    # the other shards run (their commands are theirs to answer).
+    shard: Shard | None = None
+    elsewhere: frozenset[str] = frozenset()
     source: str = field(default="", compare=False)
     # Values that never appear in logs, `check` output, the health report or metrics:
     # the MQTT password, and the MQTT user name when it comes from ${VAR}.

@@ -5,7 +5,9 @@
 - `Process`: SIGTERM/SIGINT set its `stop` event; the first one also arms a hard
   deadline (a daemon thread that ends the process if shutdown hangs: Python 3.11 can
   swallow a cancellation inside `asyncio.wait_for`, and a library may hang in its own
-  shutdown); a second signal can end the process at once;
+  shutdown); a second signal can end the process at once. A `reloadable` process
+  takes SIGHUP as a request to read its configuration again (its `reload` event);
+  any other keeps SIGHUP's default (the process ends);
 - `run_main`: `asyncio.run` with those signals and a default executor whose threads
   never hold the process at exit;
 - `bounded` and `cancel`: shutdown steps that cannot hang the caller.
@@ -34,6 +36,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # a bad configuration is a usage error too
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP  # `systemctl reload` sends it (ExecReload=)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -43,14 +46,18 @@ LOG_FORMATS = ("text", "json")
 _redactor = Redactor()
 
 
-def setup_logging(level: str, log_format: str = "text") -> None:
+def setup_logging(level: str, log_format: str = "text", *, shard: str | None = None) -> None:
     """Log to stderr: `text` (one line per event, for journald) or `json` (one JSON
-    object per line, for log shippers). Secrets given to `hide_secrets` never show."""
+    object per line, for log shippers). Secrets given to `hide_secrets` never show.
+    `shard` (e.g. ``2/4``) is named in every line: `[shard 2/4]`, or a `shard` field."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(None if shard is None else {"shard": shard}))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = "" if shard is None else f" [shard {shard}]"
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s %(name)s{where}: %(message)s")
+        )
     handler.addFilter(_redactor)
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
@@ -68,12 +75,21 @@ class Process:
     runs: a hung shutdown is a bug that systemd and tests should see.
     `force_on_second_signal`: a second Ctrl-C ends the process at once (interactive
     commands: the user does not want to wait).
+    `reloadable`: SIGHUP sets `reload` (the daemon reads its configuration again).
     """
 
-    def __init__(self, *, hard_exit_after: float, force_on_second_signal: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        hard_exit_after: float,
+        force_on_second_signal: bool = False,
+        reloadable: bool = False,
+    ) -> None:
         self.hard_exit_after = hard_exit_after
         self.force_on_second_signal = force_on_second_signal
+        self.reloadable = reloadable
         self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
         self.signals = 0
         self._timer: threading.Timer | None = None
 
@@ -87,6 +103,21 @@ class Process:
         log.info("%s received: shutting down", signame)
         self.shutting_down()
         self.stop.set()
+
+    def hold_reloads(self) -> None:
+        """Until the event loop takes SIGHUP over, ignore it: its default action ends the
+        process, and systemd counts an end by SIGHUP as clean, so a `systemctl reload`
+        during start-up would stop the bridge for good. Call it before reading the
+        configuration, which then is the newest anyway."""
+        if self.reloadable:
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)
+
+    def on_reload_signal(self, signame: str) -> None:
+        if self.stop.is_set():
+            return  # shutting down: nothing to reload into
+        log.info("%s received: reading the configuration again", signame)
+        self.reload.set()
 
     def shutting_down(self) -> None:
         """Shutdown has begun: arm the hard deadline (once)."""
@@ -153,6 +184,10 @@ async def _main_with_signals(main: Main, process: Process) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, process.on_signal, sig.name)
             installed.append(sig)
+    if process.reloadable:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(RELOAD_SIGNAL, process.on_reload_signal, RELOAD_SIGNAL.name)
+            installed.append(RELOAD_SIGNAL)
     try:
         return await main(process)
     finally:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.backoff import full_jitter
 from bridge.codec import CodecError
@@ -115,32 +116,37 @@ class Scheduler:
         *,
         on_poll: OnPoll,
     ) -> None:
-        self.groups = list(groups)
+        self.groups: list[PollGroup] = []
         self.sessions = sessions
         self.on_poll = on_poll
-        self.stats: dict[str, PollStats] = {g.device.name: PollStats() for g in self.groups}
+        self.stats: dict[str, PollStats] = {}
         # The live plan: starts as compiled, changes only when a range is learned bad.
-        self.blocks: dict[GroupKey, list[ReadBlock]] = {
-            _key(g): list(g.blocks) for g in self.groups
-        }
-        self._compiled: dict[GroupKey, tuple[ReadBlock, ...]] = {
-            _key(g): g.blocks for g in self.groups
-        }
+        self.blocks: dict[GroupKey, list[ReadBlock]] = {}
+        self._compiled: dict[GroupKey, tuple[ReadBlock, ...]] = {}
         # The last data read for each block of the live plan (None: decode next time).
-        self._raw: dict[GroupKey, list[Sequence[int] | Sequence[bool] | None]] = {
-            _key(g): [None] * len(g.blocks) for g in self.groups
-        }
+        self._raw: dict[GroupKey, list[Sequence[int] | Sequence[bool] | None]] = {}
         self._relearn_at: dict[GroupKey, float] = {}
         self._learned: dict[GroupKey, set[str]] = {}  # ever learned bad (log once)
         self._skipping: dict[GroupKey, list[str]] = {}  # skipped now (health)
         # Backoff and last error per group: a device whose fast group reads fine
         # while its slow group fails stays offline instead of flapping.
-        self._backoff: dict[GroupKey, _Backoff] = {_key(g): _Backoff() for g in self.groups}
+        self._backoff: dict[GroupKey, _Backoff] = {}
         self._errors: dict[GroupKey, ModbusRequestError | None] = {}
         self._device_keys: dict[str, list[GroupKey]] = {}
-        for g in self.groups:
-            self._device_keys.setdefault(g.device.name, []).append(_key(g))
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[GroupKey, asyncio.Task[None]] = {}
+        self._running = False
+        self._register(groups)
+
+    def _register(self, groups: Sequence[PollGroup]) -> None:
+        for g in groups:
+            key = _key(g)
+            self.groups.append(g)
+            self.stats.setdefault(g.device.name, PollStats())
+            self.blocks[key] = list(g.blocks)
+            self._compiled[key] = g.blocks
+            self._raw[key] = [None] * len(g.blocks)
+            self._backoff[key] = _Backoff()
+            self._device_keys.setdefault(g.device.name, []).append(key)
 
     def backoff_left(self, device: str, now: float) -> float:
         """Seconds until a device that backs off is polled again (0: polled as usual);
@@ -153,21 +159,63 @@ class Scheduler:
         return max([0.0, *waits])
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        self._tasks = [
-            asyncio.create_task(self._loop(g, t0), name=f"poll:{g.device.name}:{g.interval}")
-            for g in self.groups
-        ]
+        self._running = True
+        self._launch(self.groups)
+
+    def _launch(self, groups: Sequence[PollGroup]) -> None:
+        t0 = asyncio.get_running_loop().time()
+        for g in groups:
+            self._tasks[_key(g)] = asyncio.create_task(
+                self._loop(g, t0), name=f"poll:{g.device.name}:{g.interval}"
+            )
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._running = False
+        await self._cancel(list(self._tasks))
+
+    async def _cancel(self, keys: Sequence[GroupKey]) -> None:
+        tasks = [self._tasks.pop(key) for key in keys if key in self._tasks]
+        for task in tasks:
             task.cancel()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task, result in zip(self._tasks, results, strict=True):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):
                 log.error("poll task %s had failed: %r", task.get_name(), result)
-        self._tasks = []
+
+    def add(self, groups: Sequence[PollGroup]) -> None:
+        """Poll these groups too (devices added or changed by a reload); their first polls
+        are spread by their phases from now. Their devices must not be polled already."""
+        clash = {g.device.name for g in groups} & set(self._device_keys)
+        if clash:
+            raise ValueError(f"already polled: {', '.join(sorted(clash))}")
+        self._register(groups)
+        if self._running:
+            self._launch(groups)
+
+    async def remove(self, devices: Collection[str], *, keep_stats: bool = False) -> None:
+        """Stop polling `devices` and forget their groups. With `keep_stats` their
+        `PollStats` stay, for a device polled again under the same name."""
+        gone = set(devices)
+        keys = [k for name in gone for k in self._device_keys.get(name, ())]
+        await self._cancel(keys)
+        self.groups = [g for g in self.groups if g.device.name not in gone]
+        tables: tuple[dict[GroupKey, Any], ...] = (
+            self.blocks,
+            self._compiled,
+            self._raw,
+            self._backoff,
+            self._errors,
+            self._relearn_at,
+            self._learned,
+            self._skipping,
+        )
+        for key in keys:
+            for table in tables:
+                table.pop(key, None)
+        for name in gone:
+            self._device_keys.pop(name, None)
+            if not keep_stats:
+                self.stats.pop(name, None)
 
     async def _loop(self, group: PollGroup, t0: float) -> None:
         loop = asyncio.get_running_loop()

@@ -416,6 +416,11 @@ class HostSession:
         """Requests waiting for the socket (metrics)."""
         return self._queue.qsize()
 
+    def set_units(self, units: int) -> None:
+        """The number of unit ids behind the host changed (a reload): the silence rule
+        counts them."""
+        self._silence_limit = max(3, units)
+
     async def start(self) -> None:
         self._need_connect.set()
         self._tasks = [

@@ -94,9 +94,11 @@ class StateCache:
 
     def offline_all(self) -> list[Message]:
         """Availability `offline` for every device (shutdown)."""
-        return [
-            Message(self.topics.availability(name), OFFLINE.encode(), True) for name in self.devices
-        ]
+        return self.offline(self.devices)
+
+    def offline(self, devices: Iterable[str]) -> list[Message]:
+        """Availability `offline` for `devices` (shutdown; devices a reload removes)."""
+        return [Message(self.topics.availability(name), OFFLINE.encode(), True) for name in devices]
 
     def _availability(self, st: DeviceState) -> Message:
         payload = ONLINE if st.available else OFFLINE

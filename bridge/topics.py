@@ -8,6 +8,10 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.model import BridgeConfig
 
 # Names that would clash with the bridge's own topics at that level.
 RESERVED_POINT_NAMES = frozenset({"set", "get", "availability"})
@@ -103,9 +107,13 @@ def base_topic_problem(base: str) -> str | None:
 
 @dataclass(frozen=True)
 class Topics:
-    """Topics under one base, e.g. ``Topics("modbus").state("meter-1")``."""
+    """Topics under one base, e.g. ``Topics("modbus").state("meter-1")``.
+
+    `shard` (e.g. ``2of4``) gives one shard of a fleet its own bridge topics
+    (``<base>/bridge/2of4/state``); device topics are the same in every shard."""
 
     base: str
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         why = base_topic_problem(self.base)
@@ -115,14 +123,19 @@ class Topics:
     def _join(self, *levels: str) -> str:
         return "/".join((self.base, *levels))
 
-    # bridge-wide
+    # bridge-wide (this process's: one per shard)
+    def _bridge(self, name: str) -> str:
+        if self.shard is None:
+            return self._join("bridge", name)
+        return self._join("bridge", self.shard, name)
+
     @property
     def bridge_state(self) -> str:
-        return self._join("bridge", "state")
+        return self._bridge("state")
 
     @property
     def bridge_health(self) -> str:
-        return self._join("bridge", "health")
+        return self._bridge("health")
 
     # per device
     def state(self, device: str) -> str:
@@ -196,3 +209,9 @@ class Topics:
         if len(levels) == 3 and levels[2] == "set" and levels[1] != "set":
             return levels[0], levels[1], "set"
         return None
+
+
+def topics_of(config: BridgeConfig) -> Topics:
+    """The topics of a configuration (of one shard, when it is one)."""
+    shard = config.shard
+    return Topics(config.mqtt.base_topic, None if shard is None else shard.label)

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from bridge.codec import CodecError
@@ -130,7 +130,7 @@ class _Reply:
         self.response_problem: str | None = None
         if self.response_topic is not None:
             self.response_problem = handler.topics.response_topic_problem(
-                self.response_topic, handler.devices
+                self.response_topic, handler.fleet
             )
             if self.response_problem is not None:
                 handler.throttle.log(
@@ -208,16 +208,34 @@ class CommandHandler:
         self.on_read = on_read
         self.clock = clock
         self.devices = {d.name: d for d in config.devices}
+        self._set_fleet(config)
         self.limiters = {
             d.name: RateLimiter(d.write_rate) for d in config.devices if d.write_rate is not None
         }
         self.stats = CommandStats()
         self.throttle = Throttle(log)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight: dict[asyncio.Task[Any], str] = {}  # command tasks -> their device
         self._closing = False
+        self._held: set[str] = set()  # devices a reload is changing: commands refused
+        self._interrupted: dict[asyncio.Task[Any], str] = {}  # cancelled tasks -> why
         # Retained commands already answered: (topic, hash of payload), oldest first.
         self._retained_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    def _set_fleet(self, config: BridgeConfig) -> None:
+        # One shard of a fleet (--shard) answers the commands of its own devices only:
+        # those of a device another shard runs are that shard's, and a device that no
+        # shard runs is answered ("unknown device") by shard 1 alone, so every command
+        # gets exactly one answer. `fleet` (every device of the file) also keeps answers
+        # off another shard's state topics (response topics).
+        self.fleet = frozenset(self.devices) | config.elsewhere
+        self._answers_unknown = config.shard is None or config.shard.index == 1
+
+    def ours(self, device: str) -> bool:
+        """Whether this bridge answers commands for `device`."""
+        if device in self.devices:
+            return True
+        return self._answers_unknown and device not in self.fleet
 
     # -- entry points ------------------------------------------------------
 
@@ -228,13 +246,16 @@ class CommandHandler:
             log.debug("ignored message on %s", message.topic)
             return
         device, point, verb = parsed
+        if not self.ours(device):
+            log.debug("%s: for a device of another shard: not answered here", message.topic)
+            return
         reply = _Reply(self, device, message)
         if message.retained:
             self._refuse_retained(reply)
             return
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.add(task)
+            self._inflight[task] = device
         try:
             if verb == "get":
                 await self._get(reply, device, message.payload)
@@ -243,9 +264,11 @@ class CommandHandler:
         except asyncio.CancelledError:
             if not reply.sent:
                 self.stats.failed += 1
+                why = "the bridge is shutting down"
+                if task is not None:
+                    why = self._interrupted.pop(task, why)
                 reason = (
-                    "interrupted: the bridge is shutting down"
-                    " (a write in progress may or may not have been applied)"
+                    f"interrupted: {why} (a write in progress may or may not have been applied)"
                 )
                 log.warning("%s: %s", message.topic, reason)
                 reply.error(reason)
@@ -255,7 +278,8 @@ class CommandHandler:
             reply.error(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if task is not None:
-                self._inflight.discard(task)
+                self._inflight.pop(task, None)
+                self._interrupted.pop(task, None)
 
     @property
     def in_flight(self) -> int:
@@ -273,6 +297,52 @@ class CommandHandler:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=0.5)
+
+    # -- reload (see app.Bridge.apply) ----------------------------------------
+
+    def hold(self, devices: Collection[str]) -> None:
+        """A reload is about to change or remove `devices`: refuse new commands for them
+        (answered: retry) until `release`."""
+        self._held.update(devices)
+
+    def release(self, devices: Collection[str]) -> None:
+        self._held.difference_update(devices)
+
+    async def settle(self, devices: Collection[str], timeout: float, why: str) -> None:
+        """Give commands in flight for `devices` `timeout` seconds to finish, then
+        interrupt the rest: each is answered with an error saying `why`."""
+        names = set(devices)
+        tasks = {t for t, device in self._inflight.items() if device in names}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            self._interrupted[task] = why
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+
+    def reconfigure(self, config: BridgeConfig, topics: Topics, state: StateCache) -> None:
+        """Serve the devices of `config` from now on (a reload). A device's `write_rate`
+        budget carries over while its rate is unchanged."""
+        old = self.devices
+        self.config = config
+        self.topics = topics
+        self.state = state
+        self.devices = {d.name: d for d in config.devices}
+        self._set_fleet(config)
+        self.limiters = {
+            d.name: (
+                self.limiters[d.name]
+                if d.name in self.limiters and old[d.name].write_rate == d.write_rate
+                else RateLimiter(d.write_rate)
+            )
+            for d in config.devices
+            if d.write_rate is not None
+        }
+        for name in set(self._locks) - set(self.devices):
+            if not self._locks[name].locked():
+                del self._locks[name]
 
     def _refuse_retained(self, reply: _Reply) -> None:
         """A command the broker replayed from its retained store is never executed: it
@@ -304,7 +374,7 @@ class CommandHandler:
     def refuse_overloaded(self, message: Incoming) -> None:
         """Answer a command the flood guard turned away (nothing was written)."""
         parsed = self.topics.parse_command(message.topic)
-        if parsed is None:
+        if parsed is None or not self.ours(parsed[0]):
             return
         self.stats.overloaded += 1
         reply = _Reply(self, parsed[0], message)
@@ -374,6 +444,11 @@ class CommandHandler:
         """Why a command for `device` is refused before it is queued, or None."""
         if self._closing:
             return "the bridge is shutting down"
+        if device.name in self._held:
+            return (
+                f"device {device.name} is being reconfigured (configuration reload); "
+                "nothing was written, retry in a moment"
+            )
         session = self.sessions.get(device.host)
         if session is None or not session.connected:
             return f"host {device.host} of device {device.name} is not connected"

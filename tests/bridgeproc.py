@@ -19,17 +19,36 @@ REPO = Path(__file__).resolve().parents[1]
 class BridgeProcess:
     """The bridge daemon in a child process, stopped with SIGTERM like systemd would."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.config_path = workdir / "bridge.yaml"
-        # Written the way a person types it: enum labels such as off/on unquoted,
-        # which YAML 1.1 reads as booleans unless the loader keeps the text.
-        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-        text = text.replace(": 'off'", ": off").replace(": 'on'", ": on")
-        self.config_path.write_text(text)
+        self.write_config(config)
         self.log_path = workdir / "bridge.log"
         self.env = {**os.environ, **(env or {})}
+        self.args = args  # after `run -c <file>`, e.g. ("--shard", "1/2")
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        """Replace the configuration file (a dict as YAML, or the text as given)."""
+        if isinstance(config, str):
+            text = config
+        else:
+            # Written the way a person types it: enum labels such as off/on unquoted,
+            # which YAML 1.1 reads as booleans unless the loader keeps the text.
+            text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+            text = text.replace(": 'off'", ": off").replace(": 'on'", ": on")
+        self.config_path.write_text(text)
+
+    def reload(self) -> None:
+        """SIGHUP, as `systemctl reload` sends it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
@@ -43,6 +62,7 @@ class BridgeProcess:
                 "run",
                 "-c",
                 str(self.config_path),
+                *self.args,
             ],
             cwd=REPO,
             stdout=self._log,

@@ -10,8 +10,9 @@ Fixture factories (call them inside the test):
 - ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
 - ``serial_pair``: a virtual null-modem cable (`socat` pty pair), unpluggable
   (`tests.serial_line.SerialPair`).
-- ``await run_bridge(config, env=None) -> BridgeProcess``: the bridge daemon as a child
-  process (`tests.bridgeproc`), stopped with SIGTERM at teardown if still running.
+- ``await run_bridge(config, env=None, args=()) -> BridgeProcess``: the bridge daemon as a
+  child process (`tests.bridgeproc`; `args` follow `run -c <file>`), stopped with SIGTERM
+  at teardown if still running. `write_config()` and `reload()` (SIGHUP) change its file.
 
 Everything is stopped at teardown.
 """
@@ -133,10 +134,12 @@ async def run_bridge(
 ) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
     procs: list[BridgeProcess] = []
 
-    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> BridgeProcess:
+    async def make(
+        config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> BridgeProcess:
         workdir = tmp_path / f"bridge-{len(procs)}"
         workdir.mkdir()
-        proc = BridgeProcess(config, workdir, env)
+        proc = BridgeProcess(config, workdir, env, args)
         proc.start()
         procs.append(proc)
         return proc

@@ -141,6 +141,14 @@ def test_restart_policy_matches_the_exit_codes(unit: str) -> None:
 
 
 @pytest.mark.parametrize("unit", UNITS)
+def test_reload_sends_sighup_to_the_bridge(unit: str) -> None:
+    """`systemctl reload` sends SIGHUP to the main process: the bridge re-reads its file
+    (tests/integration/test_reload.py)."""
+    service = parse_unit((SYSTEMD / unit).read_text())["Service"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+@pytest.mark.parametrize("unit", UNITS)
 def test_runs_as_the_service_user_with_secrets_from_a_root_file(unit: str) -> None:
     service = parse_unit((SYSTEMD / unit).read_text())["Service"]
     assert service["User"] == ["modbus-bridge"]

@@ -140,3 +140,58 @@ def test_check_prints_where_metrics_listen(tmp_path: Path) -> None:
     result = _cli("check", "-c", str(cfg))
     assert result.returncode == 0, result.stderr
     assert "metrics: http://0.0.0.0:9108/metrics (REACHABLE FROM OTHER MACHINES" in result.stdout
+
+
+def _fleet_file(tmp_path: Path) -> Path:
+    cfg = tmp_path / "fleet.yaml"
+    hosts = "".join(f"  - {{name: gw-{n}, address: 10.0.0.{n}}}\n" for n in range(1, 7))
+    devices = "".join(
+        f"  - {{name: 'm{n}-{{unit}}', host: gw-{n}, units: 1-{n}, interval: 1s, points: "
+        "[{name: a, table: holding, address: 0, type: uint16}]}\n"
+        for n in range(1, 7)
+    )
+    cfg.write_text(
+        "version: 1\nmqtt: {client_id: plant}\nmetrics: {listen: 127.0.0.1:9108}\n"
+        f"hosts:\n{hosts}devices:\n{devices}"
+    )
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--shard", "0/2"),
+        ("run", "--shard", "3/2"),
+        ("run", "--shard", "two/4"),
+        ("check", "--shard", "1/0"),
+        ("check", "--shards", "0"),
+        ("check", "--shard", "1/2", "--shards", "2"),
+    ],
+    ids=" ".join,
+)
+def test_bad_shard_values_are_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    verb, *rest = args
+    result = _cli(verb, "-c", str(_fleet_file(tmp_path)), *rest)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage:" in result.stderr and "--shard" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_shows_each_shards_share(tmp_path: Path) -> None:
+    cfg = _fleet_file(tmp_path)
+    result = _cli("check", "-c", str(cfg), "--shards", "3")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("  shard ")]
+    assert [line.split(":")[0].strip() for line in lines] == ["shard 1/3", "shard 2/3", "shard 3/3"]
+    devices = [int(re.search(r"(\d+) devices", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    rates = [float(re.search(r"([\d.]+) requests/s", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert sum(devices) == 21 and sum(rates) == pytest.approx(21.0)
+    assert "client id plant-shard-2of3, metrics on port 9109" in result.stdout
+    # One shard's plan: the hosts of that share only, with its client id and bridge topics.
+    one = _cli("check", "-c", str(cfg), "--shard", "2/3")
+    assert one.returncode == 0, one.stderr
+    hosts = re.findall(r"^host (gw-\d)", one.stdout, re.MULTILINE)
+    assert lines[1].endswith(": " + ", ".join(hosts))
+    assert f"{devices[1]} of 21 devices" in one.stdout
+    assert "client id plant-shard-2of3" in one.stdout and "modbus/bridge/2of3/" in one.stdout
+    assert "metrics: http://127.0.0.1:9109/metrics" in one.stdout

@@ -13,6 +13,7 @@ from bridge.config import parse_config
 from bridge.discovery import Discovery, number_range, number_step, readable, safe_id
 from bridge.hass import Platform
 from bridge.model import BridgeConfig, DataType, Point, Table
+from bridge.shard import select, shard_of
 
 CONFIG = """\
 version: 1
@@ -456,3 +457,47 @@ def test_repair_removes_a_point_with_a_platform_stub() -> None:
     assert doc["cmps"]["temp"] == GOLDEN["temp"]
     # once repaired, the stub is not repaired again
     assert new.repair(topic, message.payload, _current(new)) is None
+
+
+def test_a_shard_keeps_the_devices_identity_and_has_its_own_bridge_device() -> None:
+    fleet = _config(CONFIG.replace("  - {name: gw, address: 10.0.0.1}", _TWO_HOSTS))
+    count = 2
+    boiler_shard = shard_of("gw", count)
+    part = select(fleet, boiler_shard, count)
+    assert [d.name for d in part.devices] == ["boiler", "empty"]
+    other = select(fleet, 3 - boiler_shard, count)
+    assert other.elsewhere == {"boiler", "empty"}
+    label = f"{boiler_shard}of2"
+    d = Discovery(part, version="1.2.3")
+    assert [m.topic for m in d.messages()] == [
+        f"homeassistant/device/site-7-shard-{label}/bridge/config",
+        "homeassistant/device/site-7/boiler/config",  # as unsharded: entities survive
+    ]
+    boiler = json.loads(d.messages()[1].payload)
+    assert boiler["dev"]["identifiers"] == ["site-7/boiler"]
+    assert boiler["dev"]["via_device"] == f"site-7-shard-{label}/bridge"
+    assert boiler["availability"][0]["topic"] == f"plant/bridge/{label}/state"
+    assert boiler["availability"][1]["topic"] == "plant/boiler/availability"
+    assert boiler["cmps"]["temp"]["unique_id"] == "site-7/boiler/temp"
+    bridge = json.loads(d.messages()[0].payload)
+    assert bridge["dev"]["identifiers"] == [f"site-7-shard-{label}/bridge"]
+    assert bridge["state_topic"] == f"plant/bridge/{label}/health"
+    assert bridge["availability"][0]["topic"] == f"plant/bridge/{label}/state"
+    assert d.filter == "homeassistant/device/site-7/+/config"
+
+
+def test_a_shard_leaves_the_other_shards_discovery_alone() -> None:
+    fleet = _config(CONFIG.replace("  - {name: gw, address: 10.0.0.1}", _TWO_HOSTS))
+    whole = Discovery(fleet)
+    current = _current(whole)
+    topic = whole.config_topic("boiler")
+    other = Discovery(select(fleet, 3 - shard_of("gw", 2), 2))
+    # the boiler runs in the other shard: not stale here
+    assert other.repair(topic, current[topic], _current(other)) is None
+    # the bridge device of an unsharded run is stale once the fleet is sharded
+    unsharded = whole.bridge_topic
+    fix = other.repair(unsharded, current[unsharded], _current(other))
+    assert fix is not None and fix.payload == b""
+
+
+_TWO_HOSTS = "  - {name: gw, address: 10.0.0.1}\n  - {name: gw-far, address: 10.0.0.2}"

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
+from bridge.figures import (
+    Figures,
+    ReloadStats,
+    config_figures,
+    device_polls,
+    host_figures,
+    mqtt_figures,
+)
 from bridge.health import TRIMMED, build_health, fit_health
 from bridge.logs import MAX_KINDS, JsonFormatter, Redactor, Throttle, redact
 from bridge.model import DataType, Device, Point, Table
@@ -129,9 +136,16 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
             pending=0,
             max_packet_size=1000,
         ),
+        config=config_figures(ReloadStats()),
     )
     doc = build_health(figures)
     assert doc["uptime_s"] == 100.0 and doc["rss_bytes"] == 1234
+    assert doc["config"] == {
+        "shard": None,
+        "reloads": 0,
+        "reloads_invalid": 0,
+        "last_reload": None,
+    }
     host = doc["hosts"]["gw"]
     assert list(host)[:5] == ["connected", "sockets_opened", "reconnects", "requests", "errors"]
     assert host["requests"] == 40 and host["crc_errors"] == 1
@@ -176,6 +190,13 @@ def test_redactor_hides_secrets_in_message_arguments_and_traceback() -> None:
     assert first["time"].endswith("Z")
     assert "ValueError: bad password ***" in second["exception"]
     assert "s3cr" not in stream.getvalue()
+
+
+def test_json_lines_name_the_shard() -> None:
+    record = logging.LogRecord("bridge", logging.INFO, __file__, 1, "started", None, None)
+    doc = json.loads(JsonFormatter({"shard": "2/4"}).format(record))
+    assert doc["shard"] == "2/4" and doc["message"] == "started"
+    assert "shard" not in json.loads(JsonFormatter().format(record))
 
 
 def test_redact() -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.figures import Figures, device_polls, host_figures, mqtt_figures
-from bridge.metrics import PREFIX, registry_for
-from bridge.model import DataType, Device, Point, Table
+from bridge.figures import (
+    Figures,
+    ReloadStats,
+    config_figures,
+    device_polls,
+    host_figures,
+    mqtt_figures,
+)
+from bridge.health import build_health
+from bridge.metrics import PREFIX, families, registry_for
+from bridge.model import DataType, Device, Point, Shard, Table
 from bridge.mqtt import LinkStats
 from bridge.scheduler import PollStats
 from bridge.session import SessionStats
@@ -42,6 +52,7 @@ def _figures() -> Figures:
             pending=6,
             max_packet_size=1000,
         ),
+        config=config_figures(ReloadStats(ok=2, invalid=1, last=1_700_000_050.0)),
     )
 
 
@@ -96,10 +107,22 @@ def test_every_figure_with_a_metric_renders_with_bounded_labels() -> None:
     assert value("mqtt_commands_total", result="rejected") == 1
     assert value("mqtt_pending_messages") == 6
     assert value("mqtt_max_packet_size_bytes") == 1000
+    assert value("config_reloads_total", result="ok") == 2
+    assert value("config_reloads_total", result="invalid") == 1
+    assert value("config_last_reload_timestamp_seconds") == 1_700_000_050.0
     assert value("build_info", version=__import__("bridge").__version__) == 1
     # the usual process collectors
     assert ("process_resident_memory_bytes", ()) in samples
     assert any(name == "python_info" for name, _ in samples)
+
+
+def test_a_shard_is_named_in_build_info() -> None:
+    figures = dataclasses.replace(
+        _figures(), config=config_figures(ReloadStats(), Shard(2, 4, "plant"))
+    )
+    [info] = [f for f in families(figures) if f.name == PREFIX + "build"]
+    assert info.samples[0].labels == {"version": __import__("bridge").__version__, "shard": "2/4"}
+    assert build_health(figures)["config"]["shard"] == "2/4"
 
 
 def test_counters_end_in_total_and_labels_come_from_fixed_sets() -> None:
@@ -110,7 +133,7 @@ def test_counters_end_in_total_and_labels_come_from_fixed_sets() -> None:
         "unit": {"1", "2"},
         "kind": {"exception", "timeout", "bad_reply", "connection", "other"},
         "reason": {"overrun", "backoff", "queue_full", "oversize", "refused"},
-        "result": {"ok", "rejected", "failed", "retained", "overloaded"},
+        "result": {"ok", "rejected", "failed", "retained", "overloaded", "invalid"},
     }
     for family in text_string_to_metric_families(text):
         if not family.name.startswith(PREFIX):

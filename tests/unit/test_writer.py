@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import pytest
 
 from bridge.config import parse_config
 from bridge.errors import ModbusRequestError
-from bridge.model import BridgeConfig, Device
+from bridge.model import BridgeConfig, Device, Shard
 from bridge.payloads import Incoming, Value
 from bridge.session import HostSession
 from bridge.sim import SimServer
@@ -288,3 +289,55 @@ async def test_drain_answers_in_flight_commands(
     # New commands after the drain are refused at once.
     late = await rig.command("modbus/dev/level/set", b"9")
     assert "shutting down" in late["error"]
+
+
+def _shard_handler(rig: Rig, index: int) -> CommandHandler:
+    """The rig's handler as shard `index` of 2 whose other shard runs device `far`."""
+    base = rig.handler
+    config = dataclasses.replace(
+        base.config, shard=Shard(index, 2, "b"), elsewhere=frozenset({"far"})
+    )
+    return CommandHandler(
+        config, base.topics, base.sessions, base.state, publish=base.publish, on_read=base.on_read
+    )
+
+
+async def test_a_shard_answers_its_own_devices_and_shard_1_the_unknown_ones(
+    rig_factory: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await rig_factory()
+    first, second = _shard_handler(rig, 1), _shard_handler(rig, 2)
+    for handler in (first, second):  # `far` is the other shard's: it answers, not these
+        await handler.handle(Incoming("modbus/far/set", b'{"x": 1}'))
+        await handler.handle(Incoming("modbus/far/get", b""))
+        handler.refuse_overloaded(Incoming("modbus/far/set", b"{}"))
+    assert rig.results("far") == []
+    await second.handle(Incoming("modbus/ghost/get", b""))  # in no shard: shard 1 answers
+    assert rig.results("ghost") == []
+    await first.handle(Incoming("modbus/ghost/get", b""))
+    assert [r["error"] for r in rig.results("ghost")] == ['unknown device "ghost"']
+    await second.handle(Incoming("modbus/dev/level/set", b"3", "modbus/far", b"c"))
+    [result] = rig.results("dev")
+    assert result["status"] == "ok"  # its own device; but the other shard's state topic
+    assert "the bridge publishes state there" in result["warning"]  # is no response topic
+    assert [p.topic for p in rig.sent if p.topic == "modbus/far"] == []
+
+
+async def test_reload_holds_then_interrupts_commands_of_a_changing_device(
+    rig_factory: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await rig_factory(write_timeout="5s")
+    rig.server.delay = 1.0
+    task = asyncio.create_task(rig.handler.handle(Incoming("modbus/dev/level/set", b"8")))
+    await asyncio.sleep(0.05)
+    rig.handler.hold(["dev"])
+    held = await rig.command("modbus/dev/level/set", b"9")
+    assert "being reconfigured" in held["error"] and "retry" in held["error"]
+    await rig.handler.settle(["dev"], 0.1, "the device was changed by a reload")
+    assert task.done()
+    interrupted = rig.results()[-1]
+    assert interrupted["status"] == "error"
+    assert interrupted["error"].startswith("interrupted: the device was changed by a reload")
+    rig.handler.release(["dev"])
+    rig.server.delay = 0.0
+    assert (await rig.command("modbus/dev/level/set", b"10"))["status"] == "ok"

@@ -1,0 +1,136 @@
+"""Sharding a fleet over several bridge processes (`run --shard K/N`). Pure: no I/O.
+
+Every shard reads the same configuration file and runs the hosts whose stable hash
+falls in its shard, with all their devices, so each host still has exactly one
+session in the whole fleet. The hash is SHA-256 of the host name (never Python's
+`hash()`, which changes from process to process), mapped to a shard by jump consistent
+hashing (Lamping and Veach, 2014): going from N to N+1 shards moves only the hosts
+that land in the new shard, about 1/(N+1) of them.
+
+A shard gets its own MQTT client id (`<client_id>-shard-KofN`), its own bridge topics
+(`<base>/bridge/KofN/...`, `topics.topics_of`) and its metrics on `port + K - 1`;
+devices keep their topics. It knows the devices of the other shards (`elsewhere`), so
+it leaves their commands and their Home Assistant discovery alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from bridge.errors import ConfigError, Problem
+from bridge.model import BridgeConfig, Shard
+from bridge.planner import host_load, plan_device
+
+MAX_SHARDS = 256
+_SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+_MASK64 = (1 << 64) - 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4); ValueError with a sentence saying what is wrong."""
+    match = _SHARD_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not K/N (e.g. 2/4: the second of four shards)")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= count <= MAX_SHARDS:
+        raise ValueError(f"{text!r}: the number of shards must be 1 to {MAX_SHARDS}")
+    if not 1 <= index <= count:
+        raise ValueError(f"{text!r}: the shard must be 1 to {count}")
+    return index, count
+
+
+def _key(name: str) -> int:
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _jump(key: int, buckets: int) -> int:
+    """Jump consistent hash: the bucket (0-based) of a 64-bit `key`."""
+    bucket, jump = -1, 0
+    while jump < buckets:
+        bucket = jump
+        key = (key * 2862933555777941757 + 1) & _MASK64
+        jump = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
+
+
+def shard_of(host: str, count: int) -> int:
+    """The shard (1..count) that runs `host`: the same in every process, on every
+    machine and Python version."""
+    return _jump(_key(host), count) + 1
+
+
+def client_id(fleet_client_id: str, index: int, count: int) -> str:
+    return f"{fleet_client_id}-shard-{index}of{count}"
+
+
+def select(config: BridgeConfig, index: int, count: int) -> BridgeConfig:
+    """Shard `index` of `count` of `config`: its hosts, their devices, its own client id,
+    bridge topics and metrics port. Raises ConfigError when the metrics port it would
+    get does not exist."""
+    hosts = tuple(h for h in config.hosts if shard_of(h.name, count) == index)
+    names = {h.name for h in hosts}
+    metrics = config.metrics
+    if metrics is not None:
+        port = metrics.port + index - 1
+        if port > 65535:
+            problem = (
+                f"metrics.listen: shard {index}/{count} serves its metrics on the port "
+                f"plus {index - 1}, {port}, which does not exist; use a lower port"
+            )
+            raise ConfigError([Problem(config.source, None, None, "", problem)])
+        metrics = replace(metrics, port=port)
+    fleet = config.mqtt.client_id
+    return replace(
+        config,
+        hosts=hosts,
+        devices=tuple(d for d in config.devices if d.host in names),
+        mqtt=replace(config.mqtt, client_id=client_id(fleet, index, count)),
+        metrics=metrics,
+        shard=Shard(index, count, fleet),
+        elsewhere=frozenset(d.name for d in config.devices if d.host not in names),
+    )
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one shard runs (for `check --shards`)."""
+
+    shard: Shard
+    hosts: tuple[str, ...]  # the hosts with devices
+    devices: int
+    requests_per_second: float
+
+
+def shares(config: BridgeConfig, count: int) -> list[Share]:
+    """Every shard's share of `config` split `count` ways."""
+    loads: dict[str, float] = {}
+    for host in config.hosts:
+        devices = config.devices_on(host.name)
+        if devices:
+            plan = {d.name: plan_device(d) for d in devices}
+            loads[host.name] = host_load(host, devices, plan).requests_per_second
+    out = []
+    for index in range(1, count + 1):
+        part = select(replace(config, metrics=None), index, count)
+        used = tuple(h.name for h in part.hosts if h.name in loads)
+        out.append(
+            Share(
+                shard=Shard(index, count, config.mqtt.client_id),
+                hosts=used,
+                devices=len(part.devices),
+                requests_per_second=sum(loads[h] for h in used),
+            )
+        )
+    return out
+
+
+def imbalance(parts: Sequence[Share]) -> float:
+    """The busiest shard's requests per second over an even split's (1.0: even)."""
+    total = sum(p.requests_per_second for p in parts)
+    if total <= 0 or not parts:
+        return 1.0
+    return max(p.requests_per_second for p in parts) * len(parts) / total

@@ -1,0 +1,148 @@
+"""Sharding a fleet: the stable hash, one shard's configuration, every shard's share."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bridge.config import parse_config
+from bridge.errors import ConfigError
+from bridge.model import BridgeConfig, Shard
+from bridge.shard import imbalance, parse_shard, select, shard_of, shares
+from bridge.topics import topics_of
+
+REPO = Path(__file__).resolve().parents[2]
+PY313 = Path.home() / ".pyenv/versions/3.13.0/bin/python3.13"
+NAMES = [f"gw-{i}" for i in range(1, 21)] + ["plant-a/rs485", "Köln Süd", "x"]
+
+# Where these hosts go with 4 shards. Pinned: a shard's hosts must never move because
+# of a change to the code, a Python version or a process's hash seed (the test below
+# recomputes them in other interpreters).
+PINNED_4 = {name: shard_of(name, 4) for name in NAMES}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("2/4", (2, 4)), ("1/1", (1, 1)), (" 3 / 8 ", (3, 8))]
+)
+def test_parse_shard(text: str, expected: tuple[int, int]) -> None:
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0/4", "5/4", "1/0", "2", "a/b", "-1/4", "1/300", "2/4/8", ""])
+def test_bad_shard_values(text: str) -> None:
+    with pytest.raises(ValueError, match=r"shard|K/N"):
+        parse_shard(text)
+
+
+def test_the_hash_is_the_same_in_other_interpreters_and_hash_seeds() -> None:
+    code = (
+        "import json, sys; from bridge.shard import shard_of; "
+        "print(json.dumps({n: shard_of(n, 4) for n in json.loads(sys.argv[1])}))"
+    )
+    pythons = [sys.executable] + ([str(PY313)] if PY313.exists() else [])
+    for python in pythons:
+        for seed in ("0", "12345"):
+            env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}
+            out = subprocess.run(
+                [python, "-c", code, json.dumps(NAMES)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=REPO,
+            ).stdout
+            assert json.loads(out) == PINNED_4, (python, seed)
+
+
+def test_known_assignments() -> None:
+    # Computed once with this implementation (SHA-256, jump consistent hash); a change
+    # here means every sharded fleet would move hosts on upgrade.
+    assert [shard_of(f"gw-{i}", 4) for i in range(1, 9)] == [4, 2, 4, 4, 2, 4, 4, 4]
+    assert [shard_of(f"gw-{i}", 2) for i in range(1, 9)] == [1, 2, 2, 2, 2, 1, 1, 2]
+    assert shard_of("gw-1", 1) == 1
+
+
+def test_hosts_spread_evenly_over_many_names() -> None:
+    counts = Counter(shard_of(f"host-{i:04d}", 4) for i in range(2000))
+    assert set(counts) == {1, 2, 3, 4}
+    assert all(400 <= n <= 600 for n in counts.values()), counts
+
+
+def test_one_more_shard_moves_hosts_only_into_the_new_shard() -> None:
+    names = [f"host-{i:04d}" for i in range(2000)]
+    moved = 0
+    for name in names:
+        before, after = shard_of(name, 4), shard_of(name, 5)
+        assert after in (before, 5), name
+        moved += after != before
+    assert 300 <= moved <= 500  # about a fifth
+
+
+FLEET = """
+version: 1
+mqtt: {client_id: plant, base_topic: site}
+metrics: {listen: 127.0.0.1:9108}
+hosts:
+  - {name: gw-1, address: 10.0.0.1}
+  - {name: gw-2, address: 10.0.0.2}
+  - {name: gw-3, address: 10.0.0.3}
+  - {name: gw-4, address: 10.0.0.4}
+  - {name: gw-5, address: 10.0.0.5}
+devices:
+  - {name: "a{unit}", host: gw-1, units: 1-2, interval: 1s, points: [{name: x, table: holding, address: 0, type: uint16}]}
+  - {name: "b{unit}", host: gw-2, units: 1-3, interval: 2s, points: [{name: x, table: holding, address: 0, type: uint16}]}
+  - {name: "c{unit}", host: gw-3, units: 1-1, interval: 1s, points: [{name: x, table: holding, address: 0, type: uint16}]}
+  - {name: "d{unit}", host: gw-4, units: 1-4, interval: 1s, points: [{name: x, table: holding, address: 0, type: uint16}]}
+"""  # noqa: E501
+
+
+def _fleet(text: str = FLEET) -> BridgeConfig:
+    return parse_config(text, env={})
+
+
+def test_a_shard_runs_its_hosts_with_all_their_devices() -> None:
+    fleet = _fleet()
+    parts = [select(fleet, k, 2) for k in (1, 2)]
+    for k, part in enumerate(parts, 1):
+        assert part.shard == Shard(k, 2, "plant")
+        assert {h.name for h in part.hosts} == {
+            h.name for h in fleet.hosts if shard_of(h.name, 2) == k
+        }
+        assert {d.host for d in part.devices} <= {h.name for h in part.hosts}
+        assert part.mqtt.client_id == f"plant-shard-{k}of2"
+        assert part.mqtt.base_topic == "site"  # devices keep their topics
+        assert topics_of(part).bridge_state == f"site/bridge/{k}of2/state"
+        assert topics_of(part).bridge_health == f"site/bridge/{k}of2/health"
+        assert topics_of(part).state("a1") == "site/a1"
+        assert part.metrics is not None and part.metrics.port == 9107 + k
+        assert part.elsewhere == {d.name for d in fleet.devices} - {d.name for d in part.devices}
+    # together: every device exactly once
+    names = [d.name for part in parts for d in part.devices]
+    assert sorted(names) == sorted(d.name for d in fleet.devices)
+    assert topics_of(fleet).bridge_state == "site/bridge/state"
+
+
+def test_a_metrics_port_past_65535_is_a_config_error() -> None:
+    fleet = _fleet(FLEET.replace("127.0.0.1:9108", "127.0.0.1:65535"))
+    select(fleet, 1, 2)  # shard 1 keeps the port
+    with pytest.raises(ConfigError, match="does not exist"):
+        select(fleet, 2, 2)
+
+
+def test_shares_add_up_to_the_fleet() -> None:
+    fleet = _fleet()
+    parts = shares(fleet, 3)
+    assert [p.shard.index for p in parts] == [1, 2, 3]
+    assert sum(p.devices for p in parts) == len(fleet.devices) == 10
+    # gw-5 has no devices: in no share's hosts
+    assert sorted(h for p in parts for h in p.hosts) == ["gw-1", "gw-2", "gw-3", "gw-4"]
+    # a1, a2, c1 and d1..d4 every 1 s, b1..b3 every 2 s: one block each
+    assert sum(p.requests_per_second for p in parts) == pytest.approx(8.5)
+    assert imbalance(parts) >= 1.0
+    assert imbalance(shares(fleet, 1)) == 1.0
