@@ -418,8 +418,10 @@ def bridge_config(
     *,
     interval: float,
     health: float,
+    spread: bool = True,
 ) -> dict[str, Any]:
-    """The bridge's defaults apart from addresses: QoS 1, retained JSON state."""
+    """The bridge's defaults apart from addresses: QoS 1, retained JSON state (and, with
+    `spread` False, hosts whose devices poll together: `spread: false`)."""
     return {
         "version": 1,
         "health_interval": health,
@@ -431,6 +433,7 @@ def bridge_config(
         },
         "hosts": [
             {"name": f"gw{h}", "address": "127.0.0.1", "port": p, "timeout": 1.0}
+            | ({} if spread else {"spread": False})
             for h, p in enumerate(ports)
         ],
         "devices": [
@@ -483,7 +486,14 @@ async def run_bridge(
     await watch.start()
     config = ctx.workdir / f"{base}.yaml"
     doc = bridge_config(
-        base, ctx.broker, devices.ports, units, profile, interval=interval, health=a.health
+        base,
+        ctx.broker,
+        devices.ports,
+        units,
+        profile,
+        interval=interval,
+        health=a.health,
+        spread=not a.no_spread,
     )
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     log = ctx.workdir / f"{base}.log"
@@ -1015,6 +1025,12 @@ def main() -> int:
         type=float,
         default=0.25,
         help="fraction of polls on which a device's values change (default 0.25)",
+    )
+    parser.add_argument(
+        "--no-spread",
+        action="store_true",
+        help="the bridge's hosts poll their devices together (spread: false); the floor "
+        "stays paced as the bridge's default",
     )
     parser.add_argument("--window", type=float, help="bridge window, s (30; quick 4)")
     parser.add_argument("--warmup", type=float, help="s before a window (5; quick 2)")

@@ -9,6 +9,7 @@ shutdown: stop polling -> publish every device and the bridge `offline` ->
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -88,7 +89,9 @@ class Bridge:
             on_read=self._on_read,
         )
         self.scheduler = Scheduler(
-            group_blocks(config.devices, self.plan), self.sessions, on_poll=self._on_poll
+            group_blocks(config.devices, self.plan, _together(config)),
+            self.sessions,
+            on_poll=self._on_poll,
         )
         # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
         self.metrics = self._make_metrics(config)
@@ -316,6 +319,10 @@ class Bridge:
                 "(check --shards shows how the hosts are split)",
                 shard,
             )
+        # What start-up built (configuration, plan, sessions, state) lives as long as
+        # the process: out of the collector's way, so its full passes stay short.
+        gc.collect()
+        gc.freeze()
 
     def _start_health(self) -> None:
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
@@ -516,7 +523,9 @@ class Bridge:
             self.sessions[name].set_units(len({d.unit for d in config.devices_on(name)}))
         started = set(plan.started)
         self.scheduler.add(
-            group_blocks([d for d in config.devices if d.name in started], self.plan)
+            group_blocks(
+                [d for d in config.devices if d.name in started], self.plan, _together(config)
+            )
         )
         self.commands.release(stopped)
         # 6. The rest.
@@ -635,6 +644,11 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+def _together(config: BridgeConfig) -> set[str]:
+    """Hosts whose devices poll together (`spread: false`)."""
+    return {h.name for h in config.hosts if not h.spread}
 
 
 def _announced(discovery: Discovery | None) -> dict[str, bytes]:

@@ -109,7 +109,7 @@ _TLS_KEYS = (
 _HOST_KEYS = (
     "name", "address", "port", "serial", "framer", "timeout", "pause", "max_gap",
     "write_multiple", "baudrate", "parity", "stopbits", "bytesize", "keepalive",
-    "allow_zero_tid",
+    "allow_zero_tid", "spread",
 )
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
@@ -1045,6 +1045,7 @@ class _Reader:
         pause = self.get(f, "pause", self.pause)
         max_gap = self.get(f, "max_gap", self.int_in(0))
         write_multiple = self.get(f, "write_multiple", self.boolean)
+        spread = self.get(f, "spread", self.boolean)
         baudrate = self.get(f, "baudrate", self.int_in(_MIN_BAUDRATE, _MAX_BAUDRATE))
         link: TcpLink | SerialLink | None
         if f.has("serial"):
@@ -1074,6 +1075,7 @@ class _Reader:
             max_gap=_or(max_gap, d.max_gap),
             write_multiple=_or(write_multiple, d.write_multiple),
             framer=_or(framer, d.framer),
+            spread=_or(spread, d.spread),
         )
 
     def serial_link(self, f: _Fields, baudrate: int | None) -> SerialLink | None:

@@ -304,6 +304,7 @@ class Host:
     max_gap: int = 10
     write_multiple: bool = False
     framer: Framer = Framer.TCP  # a serial link always carries RTU
+    spread: bool = True  # False: the host's devices poll together, one burst per interval
 
     @property
     def rtu(self) -> bool:

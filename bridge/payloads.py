@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -45,8 +46,15 @@ OFFLINE = "offline"
 
 def iso_utc(timestamp: float) -> str:
     """ISO-8601 UTC with millisecond precision, e.g. ``2026-11-27T03:01:02.345Z``."""
-    dt = datetime.fromtimestamp(timestamp, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    seconds = math.floor(timestamp)
+    millis = min(999, int((timestamp - seconds) * 1000))
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    # Every state message and health entry formats a time, and most share their second.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _clean(value: Value) -> Value:

@@ -71,12 +71,16 @@ class PollGroup:
 
 
 def group_blocks(
-    devices: Sequence[Device], plan: Mapping[str, Sequence[ReadBlock]]
+    devices: Sequence[Device],
+    plan: Mapping[str, Sequence[ReadBlock]],
+    together: Collection[str] = (),
 ) -> list[PollGroup]:
     """Split every device's blocks by interval and give each group its first-poll phase.
 
     Phases are spread evenly per interval across all groups of that interval:
-    group k of n gets k/n of the interval.
+    group k of n gets k/n of the interval. The devices of a host named in `together`
+    (`spread: false`) share the phase of its first group: they poll in one burst per
+    interval, one wake-up for all of them, instead of one each.
     """
     raw: list[tuple[Device, float, tuple[ReadBlock, ...]]] = []
     for device in devices:
@@ -89,11 +93,15 @@ def group_blocks(
     for _, interval, _ in raw:
         per_interval[interval] = per_interval.get(interval, 0) + 1
     seen: dict[float, int] = {}
+    burst: dict[tuple[str, float], float] = {}  # (host, interval) -> the phase it shares
     groups = []
     for device, interval, blocks in raw:
         k = seen.get(interval, 0)
         seen[interval] = k + 1
-        groups.append(PollGroup(device, interval, blocks, interval * k / per_interval[interval]))
+        phase = interval * k / per_interval[interval]
+        if device.host in together:
+            phase = burst.setdefault((device.host, interval), phase)
+        groups.append(PollGroup(device, interval, blocks, phase))
     return groups
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bridge.model import DataType, Device, Point, Table
 from bridge.planner import holes, plan_device, replan_block
 from bridge.scheduler import group_blocks
@@ -49,3 +51,16 @@ def test_point_intervals_make_separate_groups() -> None:
     device = _device(_p("fast", 0), _p("slow", 1, interval=10.0))
     groups = group_blocks([device], {device.name: plan_device(device)})
     assert sorted((g.interval, len(g.blocks)) for g in groups) == [(1.0, 1), (10.0, 1)]
+
+
+def test_a_host_that_polls_together_shares_one_phase() -> None:
+    # Hosts spread among themselves; the devices of a `spread: false` host share the
+    # phase of its first device (one wake-up per interval for all of them).
+    devices = [
+        dataclasses.replace(_device(_p("a", 0), name=f"{host}{i}"), host=host)
+        for host in ("burst", "calm")
+        for i in range(2)
+    ]
+    plan = {d.name: plan_device(d) for d in devices}
+    phases = {g.device.name: g.phase for g in group_blocks(devices, plan, together={"burst"})}
+    assert phases == {"burst0": 0.0, "burst1": 0.0, "calm0": 0.5, "calm1": 0.75}
