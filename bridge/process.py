@@ -199,8 +199,8 @@ EVENT_LOOP_ENV = "BRIDGE_EVENT_LOOP"  # auto (default) | asyncio | uvloop
 
 
 def event_loop_choice() -> str:
-    """Which event loop to run: uvloop when it is installed (the `uvloop` extra; about a
-    quarter less CPU per read at 1,000 devices, bench/RESULTS.md), else asyncio's.
+    """Which event loop to run: uvloop when it is installed (the `uvloop` extra;
+    10-30 % less CPU per read at 1,000 devices, bench/RESULTS.md), else asyncio's.
     `BRIDGE_EVENT_LOOP=asyncio` forces the standard loop."""
     wanted = os.environ.get(EVENT_LOOP_ENV, "auto").strip().lower()
     if wanted == "asyncio":
