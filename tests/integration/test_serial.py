@@ -58,6 +58,16 @@ def _port_fds(pid: int, pty: str | None) -> list[str]:
     return out
 
 
+async def _bus(serial_pair: Any, units: range) -> tuple[SimServer, SimSerial]:
+    """Simulated units with the fleet's values, on the device end of the cable."""
+    server = SimServer(units)
+    for unit in units:
+        load_unit(server, unit)
+    device = SimSerial(server, str(serial_pair.device))
+    await device.start()
+    return server, device
+
+
 async def _state(watcher: Any, unit: int, generation: int = 0, since: int = 0) -> None:
     want = expected(unit, generation)
     await watcher.wait_for(
@@ -69,13 +79,9 @@ async def _state(watcher: Any, unit: int, generation: int = 0, since: int = 0) -
 async def test_several_units_on_one_bus_read_write_and_line_faults(
     broker, mqtt_watcher, run_bridge, serial_pair, *, baudrate: int, drip: float
 ) -> None:
-    server = SimServer(range(1, 5))
+    server, device = await _bus(serial_pair, range(1, 5))
     # At 9600 baud a real line delivers a reply byte by byte: so does the simulator.
     server.drip = drip
-    for unit in range(1, 5):
-        load_unit(server, unit)
-    device = SimSerial(server, str(serial_pair.device))
-    await device.start()
     watcher = await mqtt_watcher(broker, "modbus/#")
     bridge = await run_bridge(_config(broker, serial_pair.bridge, range(1, 5), baudrate=baudrate))
     try:
@@ -121,11 +127,7 @@ async def test_several_units_on_one_bus_read_write_and_line_faults(
 async def test_unplugged_adapter_is_reopened_when_it_comes_back(
     broker, mqtt_watcher, run_bridge, serial_pair
 ) -> None:
-    server = SimServer(range(1, 3))
-    for unit in (1, 2):
-        load_unit(server, unit)
-    device = SimSerial(server, str(serial_pair.device))
-    await device.start()
+    server, device = await _bus(serial_pair, range(1, 3))
     watcher = await mqtt_watcher(broker, "modbus/#")
     bridge = await run_bridge(_config(broker, serial_pair.bridge, range(1, 3)))
     try:
@@ -172,11 +174,7 @@ async def test_unplugged_adapter_is_reopened_when_it_comes_back(
 async def test_dead_unit_costs_a_timeout_per_backoff_step_not_per_cycle(
     broker, mqtt_watcher, run_bridge, serial_pair
 ) -> None:
-    server = SimServer(range(1, 3))  # unit 3 is configured but not on the bus
-    for unit in (1, 2):
-        load_unit(server, unit)
-    device = SimSerial(server, str(serial_pair.device))
-    await device.start()
+    _, device = await _bus(serial_pair, range(1, 3))  # unit 3 is not on the bus
     watcher = await mqtt_watcher(broker, "modbus/#")
     bridge = await run_bridge(_config(broker, serial_pair.bridge, range(1, 4)))
     try:
