@@ -22,7 +22,6 @@ import ipaddress
 import math
 import os
 import re
-import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -57,6 +56,7 @@ from bridge.model import (
     TcpLink,
     Tls,
 )
+from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import (
     RESERVED_DEVICE_NAMES,
     RESERVED_POINT_NAMES,
@@ -984,14 +984,16 @@ class _Reader:
         if f.has("key_file") and not f.has("cert_file"):
             self.report(f.key_node("key_file"), f.sub("key_file"), "key_file needs cert_file")
         # What the bridge will load at run time, loaded now: a wrong file fails here.
+        checks = []
         if ca_file is not None:
-            why = _tls_load_problem(ca_file=ca_file)
-            if why is not None:
-                self.report(f.value("ca_file"), f.sub("ca_file"), f"{ca_file}: {why}")
+            checks.append(Tls(ca_file=ca_file))
         if cert_file is not None and (key_file is not None or not f.has("key_file")):
-            why = _tls_load_problem(cert_file=cert_file, key_file=key_file)
-            if why is not None:
-                self.report(f.value("cert_file"), f.sub("cert_file"), f"{cert_file}: {why}")
+            checks.append(Tls(cert_file=cert_file, key_file=key_file))
+        for check in checks:
+            try:
+                tls_context(check)
+            except TlsSetupError as exc:
+                self.report(f.value(exc.key), f.sub(exc.key), exc.reason)
         return Tls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, insecure=bool(insecure))
 
     def hosts(self, root: _Fields) -> dict[str, Host]:
@@ -1621,25 +1623,6 @@ def _address_problem(text: str) -> str | None:
         return "is not a valid IPv4 address"
     if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
         return hint
-    return None
-
-
-def _no_password() -> bytes:
-    raise ValueError("the key file is encrypted; only unencrypted keys are supported")
-
-
-def _tls_load_problem(
-    *, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
-) -> str | None:
-    """Load TLS files the way the MQTT link will; why they cannot be used, or None."""
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-        if cert_file is not None:
-            ctx.load_cert_chain(cert_file, key_file, password=_no_password)
-    except ssl.SSLError as exc:
-        return f"not usable for TLS ({exc.reason or exc})"
-    except (OSError, ValueError) as exc:
-        return str(exc)
     return None
 
 

@@ -41,6 +41,7 @@ from bridge.backoff import full_jitter
 from bridge.logs import Throttle
 from bridge.model import Mqtt
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription
+from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import Topics
 
 __all__ = [
@@ -163,33 +164,9 @@ def _code(rc: object) -> int | None:
 
 
 def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
-    """The TLS context of `settings`; an error names the file it could not use."""
-    tls = settings.tls
-    if tls is None:
-        return None
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsSetupError(f"mqtt.tls.ca_file {tls.ca_file!r}: {exc}") from exc
-    if tls.cert_file:
-        try:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            files = tls.cert_file if tls.key_file is None else f"{tls.cert_file}, {tls.key_file}"
-            raise TlsSetupError(f"mqtt.tls.cert_file/key_file {files!r}: {exc}") from exc
-    if tls.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _no_password() -> bytes:
-    # Without this callback OpenSSL would prompt on the terminal for an encrypted key.
-    raise ValueError("the key file is encrypted; only unencrypted keys are supported")
-
-
-class TlsSetupError(Exception):
-    """A TLS file could not be loaded (it was removed or changed after `check`)."""
+    """The TLS context of `settings` (bridge.tls); an error names the file it could not
+    use (it was removed or changed after `check`)."""
+    return None if settings.tls is None else tls_context(settings.tls)
 
 
 class _Client(aiomqtt.Client):
