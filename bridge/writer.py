@@ -249,6 +249,11 @@ class CommandHandler:
         if not self.ours(device):
             log.debug("%s: for a device of another shard: not answered here", message.topic)
             return
+        if verb == "set" and not message.payload:
+            # `mosquitto_pub -r -n`: how a retained command is cleared from the broker,
+            # which passes the empty message on to live subscribers. Not a command.
+            log.debug("%s: empty payload (a retained command cleared): ignored", message.topic)
+            return
         reply = _Reply(self, device, message)
         if message.retained:
             self._refuse_retained(reply)
@@ -376,6 +381,8 @@ class CommandHandler:
         parsed = self.topics.parse_command(message.topic)
         if parsed is None or not self.ours(parsed[0]):
             return
+        if parsed[2] == "set" and not message.payload:
+            return  # a retained command cleared: not a command (see `handle`)
         self.stats.overloaded += 1
         reply = _Reply(self, parsed[0], message)
         reply.transaction = transaction_of(message.payload)
