@@ -30,7 +30,7 @@ from bridge.process import (
     run_main,
     setup_logging,
 )
-from bridge.shard import MAX_SHARDS, imbalance, parse_shard, shares
+from bridge.shard import MAX_SHARDS, imbalance, parse_count, parse_shard, shares
 from bridge.shard import client_id as shard_client_id
 from bridge.shard import select as select_shard
 from bridge.topics import topics_of
@@ -243,12 +243,12 @@ def _shard_arg(text: str) -> ShardArg:
 
 
 def _shards_arg(text: str) -> int:
-    count = text.strip()
-    if not count.isdigit() or not 1 <= int(count) <= MAX_SHARDS:
+    count = parse_count(text)
+    if count is None or not 1 <= count <= MAX_SHARDS:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the number of shards must be 1 to {MAX_SHARDS}"
         )
-    return int(count)
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,12 +25,20 @@ from bridge.model import BridgeConfig, Shard
 from bridge.planner import host_load, plan_device
 
 MAX_SHARDS = 256
-_SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+# ASCII digits and spaces only: `\d` would take any script's digits (fullwidth digits, U+FF11 ...).
+_SHARD_RE = re.compile(r"[ \t]*([0-9]+)[ \t]*/[ \t]*([0-9]+)[ \t]*")
 _MASK64 = (1 << 64) - 1
 
 
+def parse_count(text: str) -> int | None:
+    """A number of shards written in ASCII digits, or None."""
+    count = text.strip(" \t")
+    return int(count) if count.isascii() and count.isdigit() else None
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4); ValueError with a sentence saying what is wrong."""
+    """``"2/4"`` -> (2, 4), ASCII digits only; ValueError with a sentence saying what is
+    wrong."""
     match = _SHARD_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not K/N (e.g. 2/4: the second of four shards)")

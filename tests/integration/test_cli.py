@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -175,6 +176,17 @@ def test_bad_shard_values_are_usage_errors(tmp_path: Path, args: tuple[str, ...]
     assert result.returncode == 2, result.stdout + result.stderr
     assert "usage:" in result.stderr and "--shard" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["check", "run"])
+def test_bridge_shard_takes_ascii_digits_only(tmp_path: Path, verb: str) -> None:
+    """BRIDGE_SHARD in fullwidth digits is refused like any bad value, not read as 1/2."""
+    env = {**os.environ, "BRIDGE_SHARD": "\uff11/\uff12"}
+    result = _cli(verb, "-c", str(_fleet_file(tmp_path)), env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage:" in result.stderr and "--shard" in result.stderr
+    result = _cli("check", "-c", str(_fleet_file(tmp_path)), "--shards", "\uff12")
+    assert result.returncode == 2 and "number of shards" in result.stderr
 
 
 def test_check_shows_each_shards_share(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from bridge.config import parse_config
 from bridge.errors import ConfigError
 from bridge.model import BridgeConfig, Shard
-from bridge.shard import imbalance, parse_shard, select, shard_of, shares
+from bridge.shard import imbalance, parse_count, parse_shard, select, shard_of, shares
 from bridge.topics import topics_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,10 +34,23 @@ def test_parse_shard(text: str, expected: tuple[int, int]) -> None:
     assert parse_shard(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0/4", "5/4", "1/0", "2", "a/b", "-1/4", "1/300", "2/4/8", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["0/4", "5/4", "1/0", "2", "a/b", "-1/4", "1/300", "2/4/8", "",
+     # Digits of other scripts: int() takes them, a shard layout must not.
+     "\uff11/\uff12", "1/\uff12", "\u0661/\u0662", "\u00b9/\u00b2", "1\u00a0/2"],
+)  # fmt: skip
 def test_bad_shard_values(text: str) -> None:
     with pytest.raises(ValueError, match=r"shard|K/N"):
         parse_shard(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4", 4), (" 12\t", 12), ("\uff14", None), ("\u00b2", None), ("", None), ("-2", None)],
+)
+def test_parse_count_takes_ascii_digits_only(text: str, expected: int | None) -> None:
+    assert parse_count(text) == expected
 
 
 def test_the_hash_is_the_same_in_other_interpreters_and_hash_seeds() -> None:
