@@ -19,7 +19,6 @@ from bridge.discovery import Discovery
 from bridge.errors import ConfigError, HostUnavailable, ModbusRequestError
 from bridge.figures import (
     Figures,
-    ReloadStats,
     config_figures,
     device_polls,
     host_figures,
@@ -34,8 +33,9 @@ from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
 from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
-from bridge.session import HostSession, SessionStats
+from bridge.session import HostSession
 from bridge.state import Message, StateCache
+from bridge.stats import ReloadStats, SessionStats
 from bridge.topics import Topics, topics_of
 from bridge.writer import CommandHandler
 

@@ -27,18 +27,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from bridge.payloads import iso_utc
+from bridge.stats import (
+    LATENCY_BUCKETS,
+    CommandStats,
+    LinkStats,
+    PollStats,
+    ReloadStats,
+    SessionStats,
+)
 
-if TYPE_CHECKING:  # type names only: importing this module must not load pymodbus
+if TYPE_CHECKING:
     from bridge.model import Shard
-    from bridge.mqtt import LinkStats
-    from bridge.scheduler import PollStats
-    from bridge.session import SessionStats
     from bridge.state import DeviceState
-    from bridge.writer import CommandStats
-
-# Upper bounds (seconds) of the request latency histogram (SessionStats counts by them): a
-# local Modbus TCP device answers in a few ms, a unit behind a 9600-baud gateway in 50-300 ms.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -359,15 +359,6 @@ class ConfigFigures:
         metric="config_last_reload_timestamp_seconds",
         kind=GAUGE,
     )
-
-
-@dataclass
-class ReloadStats:
-    """Counted by the composition root at each reload. Plain numbers, no I/O."""
-
-    ok: int = 0
-    invalid: int = 0
-    last: float | None = None  # Unix time of the last applied reload
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,12 @@ from bridge.backoff import full_jitter
 from bridge.logs import Throttle
 from bridge.model import Mqtt
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription
+from bridge.stats import LinkStats
 from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import Topics
 
 __all__ = [
     "Incoming",
-    "LinkStats",
     "MqttLink",
     "Subscription",
     "build_tls_context",
@@ -73,20 +73,6 @@ class _Pending:
     payload: bytes
     retain: bool
     correlation_data: bytes | None = None
-
-
-@dataclass
-class LinkStats:
-    """Counters of the MQTT link (health report). Plain numbers, no I/O."""
-
-    connects: int = 0
-    published: int = 0  # acknowledged by the broker (QoS 1/2) or written (QoS 0)
-    dropped: int = 0  # queued messages given up: the one-off queue overflowed
-    requeued: int = 0  # cut off by a disconnect mid-send, sent again after the reconnect
-    oversize: int = 0  # skipped: larger than the broker's maximum packet size
-    refused: int = 0  # the broker answered the publish with a failure reason code
-    overloaded: int = 0  # commands refused by the flood guard (each answered)
-    retained_commands: int = 0  # replayed retained commands received (never executed)
 
 
 def _varint_size(n: int) -> int:
@@ -695,7 +681,6 @@ class MqttLink:
                 continue
             if len(self._handlers) >= MAX_HANDLERS:
                 # A flood of commands: refuse (and answer) instead of growing without bound.
-                self.stats.overloaded += 1
                 self._throttle.log(
                     logging.WARNING,
                     "overloaded",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.backoff import full_jitter
@@ -36,6 +36,7 @@ from bridge.model import Device, Point
 from bridge.payloads import Value
 from bridge.planner import ReadBlock, decode_block, holes, replan_block
 from bridge.session import HostSession
+from bridge.stats import PollStats
 
 log = logging.getLogger("bridge.poll")
 
@@ -51,15 +52,6 @@ DEVICE_BACKOFF_MAX = 60.0
 RELEARN_AFTER = 600.0  # seconds before a learned-bad range is tried again
 
 GroupKey = tuple[str, float]  # (device name, interval)
-
-
-@dataclass
-class PollStats:
-    cycles: int = 0
-    skipped: int = 0  # cycles missed because a poll overran its interval
-    backoff_skips: int = 0  # cycles not polled while the device backs off
-    failures: int = 0
-    skipped_ranges: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

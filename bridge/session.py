@@ -29,7 +29,6 @@ function code, length or echo); a mismatch is discarded and drained the same way
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import grp
 import itertools
@@ -38,7 +37,6 @@ import os
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +58,9 @@ from bridge.errors import (
     ModbusRequestError,
     RequestTimeout,
 )
-from bridge.figures import LATENCY_BUCKETS
 from bridge.logs import Throttle
 from bridge.model import Host, SerialLink, Table, TcpLink
+from bridge.stats import SessionStats
 
 log = logging.getLogger("bridge.session")
 _throttle = Throttle(log, window=60.0)
@@ -276,64 +274,6 @@ def _rtu_frame_size(data: bytes) -> int | None:
     if function == 22:
         return 10
     return None
-
-
-@dataclass
-class UnitStats:
-    """Line faults of one unit id behind a host (health, metrics)."""
-
-    timeouts: int = 0
-    crc_errors: int = 0
-    bad_replies: int = 0
-
-
-# Why a request failed (SessionStats.failed_by): an exception reply, no answer in time, an
-# answer that did not fit the request, the connection, anything else.
-ERROR_KINDS = ("exception", "timeout", "bad_reply", "connection", "other")
-
-
-@dataclass
-class SessionStats:
-    """Counters a health report or a test reads. Plain numbers, no I/O."""
-
-    sockets_opened: int = 0
-    reconnects: int = 0
-    requests: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    drains: int = 0  # RTU: waits for a quiet line after a failed request
-    bad_replies: int = 0  # malformed or mismatched replies (the request failed)
-    stray_frames: int = 0  # late replies: no request waits for them (TCP: by transaction id)
-    crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
-    units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-    failed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
-    # answered requests per LATENCY_BUCKETS bound (the last: slower than all), and their sum
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """An answered request took `seconds`."""
-        self.latencies.append(seconds)
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
-    def failed(self, kind: str) -> None:
-        """A request failed; `kind` is one of ERROR_KINDS."""
-        self.errors += 1
-        self.failed_by[kind] += 1
-
-    def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def unit(self, unit: int) -> UnitStats:
-        stats = self.units.get(unit)
-        if stats is None:
-            stats = self.units[unit] = UnitStats()
-        return stats
 
 
 @dataclass(order=True)

@@ -56,6 +56,7 @@ from bridge.payloads import Incoming, Value
 from bridge.planner import decode_block, plan_device
 from bridge.session import PRIORITY_WRITE, HostSession
 from bridge.state import StateCache
+from bridge.stats import CommandStats
 from bridge.topics import Topics
 
 log = logging.getLogger("bridge.commands")
@@ -105,16 +106,6 @@ class Claim:
 
 class _Expired(Exception):
     """A request waited longer than `write_timeout` for the host and was withdrawn."""
-
-
-@dataclasses.dataclass
-class CommandStats:
-    ok: int = 0  # commands answered ok
-    writes: int = 0  # points written
-    rejected: int = 0  # commands refused before anything was sent
-    failed: int = 0  # commands that failed while executing
-    retained: int = 0  # replayed retained commands, refused (answered once each)
-    overloaded: int = 0  # refused by the flood guard
 
 
 class _Reply:

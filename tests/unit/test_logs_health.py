@@ -11,7 +11,6 @@ import pytest
 
 from bridge.figures import (
     Figures,
-    ReloadStats,
     config_figures,
     device_polls,
     host_figures,
@@ -20,11 +19,9 @@ from bridge.figures import (
 from bridge.health import TRIMMED, build_health, fit_health
 from bridge.logs import MAX_KINDS, JsonFormatter, Redactor, Throttle, redact
 from bridge.model import DataType, Device, Point, Table
-from bridge.mqtt import LinkStats, publish_packet_size
-from bridge.scheduler import PollStats
-from bridge.session import SessionStats
+from bridge.mqtt import publish_packet_size
 from bridge.state import DeviceState
-from bridge.writer import CommandStats
+from bridge.stats import CommandStats, LinkStats, PollStats, ReloadStats, SessionStats
 
 
 class Clock:

@@ -9,7 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.figures import (
     Figures,
-    ReloadStats,
     config_figures,
     device_polls,
     host_figures,
@@ -18,11 +17,8 @@ from bridge.figures import (
 from bridge.health import build_health
 from bridge.metrics import PREFIX, families, registry_for
 from bridge.model import DataType, Device, Point, Shard, Table
-from bridge.mqtt import LinkStats
-from bridge.scheduler import PollStats
-from bridge.session import SessionStats
 from bridge.state import DeviceState
-from bridge.writer import CommandStats
+from bridge.stats import CommandStats, LinkStats, PollStats, ReloadStats, SessionStats
 
 
 def _figures() -> Figures:

@@ -1,0 +1,121 @@
+"""The live counters, counted where things happen. Plain numbers, no I/O.
+
+Each part of the bridge that counts owns one of these records: every host session a
+`SessionStats` (with a `UnitStats` per unit id), the scheduler a `PollStats` per
+device, the MQTT link a `LinkStats`, the command handler a `CommandStats`, the
+composition root a `ReloadStats`. `figures.py` copies them into one frozen snapshot
+for the health report and the metrics; nothing reads the live records otherwise.
+
+This module imports nothing of the bridge: every layer may count into it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of the request latency histogram (SessionStats counts by them): a
+# local Modbus TCP device answers in a few ms, a unit behind a 9600-baud gateway in 50-300 ms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Why a request failed (SessionStats.failed_by): an exception reply, no answer in time, an
+# answer that did not fit the request, the connection, anything else.
+ERROR_KINDS = ("exception", "timeout", "bad_reply", "connection", "other")
+
+
+@dataclass
+class UnitStats:
+    """Line faults of one unit id behind a host (health, metrics)."""
+
+    timeouts: int = 0
+    crc_errors: int = 0
+    bad_replies: int = 0
+
+
+@dataclass
+class SessionStats:
+    """One host session's requests and link faults."""
+
+    sockets_opened: int = 0
+    reconnects: int = 0
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    drains: int = 0  # RTU: waits for a quiet line after a failed request
+    bad_replies: int = 0  # malformed or mismatched replies (the request failed)
+    stray_frames: int = 0  # late replies: no request waits for them (TCP: by transaction id)
+    crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
+    units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    failed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    # answered requests per LATENCY_BUCKETS bound (the last: slower than all), and their sum
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """An answered request took `seconds`."""
+        self.latencies.append(seconds)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def failed(self, kind: str) -> None:
+        """A request failed; `kind` is one of ERROR_KINDS."""
+        self.errors += 1
+        self.failed_by[kind] += 1
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def unit(self, unit: int) -> UnitStats:
+        stats = self.units.get(unit)
+        if stats is None:
+            stats = self.units[unit] = UnitStats()
+        return stats
+
+
+@dataclass
+class PollStats:
+    """One device's polling (the scheduler)."""
+
+    cycles: int = 0
+    skipped: int = 0  # cycles missed because a poll overran its interval
+    backoff_skips: int = 0  # cycles not polled while the device backs off
+    failures: int = 0
+    skipped_ranges: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LinkStats:
+    """The MQTT link."""
+
+    connects: int = 0
+    published: int = 0  # acknowledged by the broker (QoS 1/2) or written (QoS 0)
+    dropped: int = 0  # queued messages given up: the one-off queue overflowed
+    requeued: int = 0  # cut off by a disconnect mid-send, sent again after the reconnect
+    oversize: int = 0  # skipped: larger than the broker's maximum packet size
+    refused: int = 0  # the broker answered the publish with a failure reason code
+
+
+@dataclass
+class CommandStats:
+    """MQTT commands (`set`, `get`), as the command handler answered them."""
+
+    ok: int = 0  # commands answered ok
+    writes: int = 0  # points written
+    rejected: int = 0  # commands refused before anything was sent
+    failed: int = 0  # commands that failed while executing
+    retained: int = 0  # replayed retained commands, refused (answered once each)
+    overloaded: int = 0  # refused by the flood guard
+
+
+@dataclass
+class ReloadStats:
+    """Configuration reloads (the composition root)."""
+
+    ok: int = 0
+    invalid: int = 0
+    last: float | None = None  # Unix time of the last applied reload
