@@ -114,9 +114,11 @@ class Bridge:
     # -- building the parts (at start; a reload builds again what changed) --
 
     @staticmethod
-    def _make_session(config: BridgeConfig, host: str) -> HostSession:
+    def _make_session(
+        config: BridgeConfig, host: str, stats: SessionStats | None = None
+    ) -> HostSession:
         units = len({d.unit for d in config.devices_on(host)})
-        return HostSession(config.host(host), units=units)
+        return HostSession(config.host(host), units=units, stats=stats)
 
     @staticmethod
     def _make_state(config: BridgeConfig, topics: Topics) -> StateCache:
@@ -513,10 +515,8 @@ class Bridge:
             self._send(messages + stale + fresh)
         # 5. New sessions, then polling.
         for name in plan.hosts_added + plan.hosts_reopened:
-            session = self._make_session(config, name)
-            stats = self._retired.pop(name, None)
-            if stats is not None:
-                session.stats = stats
+            # A reopened host's counters carry on.
+            session = self._make_session(config, name, self._retired.pop(name, None))
             self.sessions[name] = session
             await session.start()
         for name in plan.hosts_kept:

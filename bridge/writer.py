@@ -54,7 +54,7 @@ from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device, Point
 from bridge.payloads import Incoming, Value
 from bridge.planner import decode_block, plan_device
-from bridge.session import PRIORITY_WRITE, HostSession
+from bridge.session import HostSession, Priority
 from bridge.state import StateCache
 from bridge.stats import CommandStats
 from bridge.topics import Topics
@@ -601,7 +601,7 @@ class CommandHandler:
         values: dict[str, Value] = {}
         for block in plan_device(subset):
             read = session.read(
-                block.unit, block.table, block.start, block.count, priority=PRIORITY_WRITE
+                block.unit, block.table, block.start, block.count, priority=Priority.WRITE
             )
             try:
                 data = await self._queued(read, device)

@@ -4,7 +4,7 @@ simulator on the far end, and pymodbus's own serial server as a second opinion
 
 A pty ignores baud rate and timing, so these tests prove framing, CRC checks,
 backoff, recovery and file descriptors; the 3.5-character gaps are kept by the
-session's code (see bridge/session.py) but not timed here.
+session's code (see bridge/wire.py) but not timed here.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ async def test_keepalive_is_set_on_the_modbus_socket(sim_servers) -> None:
     await session.start()
     try:
         await _connected(session)
-        sock = session._client.ctx.transport.get_extra_info("socket")
+        sock = session._wire._client.ctx.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 17
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 4
@@ -196,7 +196,7 @@ async def test_a_request_failing_unexpectedly_does_not_kill_the_worker(sim_serve
     try:
         await _connected(session)
 
-        async def broken(client: object) -> None:
+        async def broken() -> None:
             raise IndexError("reply with no registers")
 
         with pytest.raises(ModbusRequestError, match="unexpected IndexError"):
