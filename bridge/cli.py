@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from bridge import __version__
 from bridge.app import Bridge, Loader, compile_plan
@@ -251,16 +251,47 @@ def _shards_arg(text: str) -> int:
     return count
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and a hint, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required: COMMAND"):
+            message = "which command? one of " + ", ".join(COMMANDS)
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {message}\nTry '{self.prog} --help' for more information.\n",
+        )
+
+
+COMMANDS = ("check", "run", "demo", "read", "write", "scan")
+DESCRIPTION = (
+    "Bridge Modbus devices to MQTT: Modbus TCP, RTU through a TCP gateway, or RTU on a "
+    "serial RS485 port, with one persistent session per host."
+)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the configuration file (YAML; config.example.yaml lists every key)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="modbus-bridge",
-        description="Bridge Modbus TCP devices to MQTT with one persistent session per host.",
+        description=DESCRIPTION,
+        epilog="Run 'modbus-bridge COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
         default=os.environ.get("BRIDGE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
+        help="what is logged to stderr (default info). Also BRIDGE_LOG_LEVEL.",
     )
     parser.add_argument(
         "--log-format",
@@ -269,9 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="text (default; one line per event, for journald) or json (one JSON object "
         "per line, for log shippers). Also BRIDGE_LOG_FORMAT.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="validate the configuration and print the read plan")
-    p_check.add_argument("-c", "--config", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_check = sub.add_parser(
+        "check",
+        help="validate the configuration and print the read plan",
+        description="Validate the configuration (every problem with file:line:column, exit "
+        "2) and print the read plan: per host its devices, blocks, requests/s and bus time.",
+    )
+    _config_option(p_check)
     split = p_check.add_mutually_exclusive_group()
     split.add_argument(
         "--shard",
@@ -287,8 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how N shards would split the hosts: hosts, devices and requests/s of each",
     )
     p_check.set_defaults(func=cmd_check)
-    p_run = sub.add_parser("run", help="run the bridge")
-    p_run.add_argument("-c", "--config", required=True)
+    p_run = sub.add_parser(
+        "run",
+        help="run the bridge",
+        description="Run the bridge: poll the devices and publish to MQTT until SIGTERM or "
+        "SIGINT; SIGHUP reads the configuration again and applies what changed.",
+    )
+    _config_option(p_run)
     p_run.add_argument(
         "--shard",
         type=_shard_arg,
@@ -299,9 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.set_defaults(func=cmd_run)
     p_demo = sub.add_parser(
-        "demo", help="simulated devices + broker, values printed as they arrive"
+        "demo",
+        help="simulated devices + broker, values printed as they arrive",
+        description="The bridge against simulated meters on two simulated gateways, with "
+        "the MQTT broker on 127.0.0.1:1883 or an embedded one; prints what arrives on MQTT.",
     )
-    p_demo.add_argument("--devices", type=int, default=6)
+    p_demo.add_argument(
+        "--devices", type=int, default=6, help="how many simulated meters, 1..247 (default 6)"
+    )
     p_demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
     p_demo.set_defaults(func=cmd_demo)
     add_commission_parsers(sub)

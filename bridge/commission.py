@@ -118,7 +118,8 @@ def build_points(
     if args.scale == 0:
         raise UsageError("--scale must not be 0")
     width = 1 if table.is_bits else (length if dtype is DataType.STRING else dtype.width)
-    span = width * args.count
+    count: int = getattr(args, "count", 1)  # `write` has no --count: one value
+    span = width * count
     if span > table.max_count:
         raise UsageError(
             f"{span} {'bits' if table.is_bits else 'registers'} in one request: "
@@ -139,7 +140,7 @@ def build_points(
             scale=args.scale,
             offset=args.offset,
         )
-        for i in range(args.count)
+        for i in range(count)
     ]
 
 
@@ -259,8 +260,6 @@ async def _read(args: argparse.Namespace, host: Host, session: HostSession) -> i
 
 def plan_write(args: argparse.Namespace) -> tuple[Point, Value, list[int] | bool]:
     """The point, the value and what goes on the wire, checked before connecting."""
-    if args.count != 1:
-        raise UsageError("write takes one value: leave out --count")
     [point] = build_points(args)
     if point.table in (Table.DISCRETE, Table.INPUT):
         raise UsageError(f"the {point.table.value} table is read-only: write coil or holding")
@@ -442,22 +441,49 @@ def add_parsers(sub: Any) -> None:
 
     value = argparse.ArgumentParser(add_help=False)
     value.add_argument("--unit", type=_in(0, 255), default=1, help="unit id (default 1)")
-    value.add_argument("--table", choices=[t.value for t in Table], default="holding")
-    value.add_argument("--address", type=_in(0, 65535), required=True, help="0-based")
+    value.add_argument(
+        "--table",
+        choices=[t.value for t in Table],
+        default="holding",
+        help="the Modbus table (default holding)",
+    )
+    value.add_argument(
+        "--address",
+        type=_in(0, 65535),
+        required=True,
+        help="0-based protocol address (register 40101 in 4xxxx numbering is holding 100)",
+    )
     value.add_argument(
         "--type",
         choices=[t.value for t in DataType],
         help="default uint16 (bool for coil/discrete)",
     )
-    value.add_argument("--count", type=_in(1, 2000), default=1, help="consecutive values")
     value.add_argument("--length", type=_in(1, 125), help="registers of a string")
-    value.add_argument("--byte-order", choices=["big", "little"], default="big")
-    value.add_argument("--word-order", choices=["big", "little"], default="big")
+    value.add_argument(
+        "--byte-order",
+        choices=["big", "little"],
+        default="big",
+        help="byte order inside a register (default big)",
+    )
+    value.add_argument(
+        "--word-order",
+        choices=["big", "little"],
+        default="big",
+        help="register order of a 32/64-bit value (default big: the first is most significant)",
+    )
     value.add_argument("--scale", type=_number, default=1.0, help="value = raw * scale + offset")
-    value.add_argument("--offset", type=_number, default=0.0)
+    value.add_argument(
+        "--offset", type=_number, default=0.0, help="added after --scale (default 0)"
+    )
 
     p_read = sub.add_parser(
-        "read", parents=[link, value], help="read registers or bits and decode them (commissioning)"
+        "read",
+        parents=[link, value],
+        help="read registers or bits and decode them (commissioning)",
+        description="Read registers or bits from a device and print them raw and decoded.",
+    )
+    p_read.add_argument(
+        "--count", type=_in(1, 2000), default=1, help="consecutive values of --type (default 1)"
     )
     p_read.add_argument(
         "--all-orders", action="store_true", help="decode in every byte and word order"
@@ -465,7 +491,11 @@ def add_parsers(sub: Any) -> None:
     p_read.set_defaults(func=run_command, parser=p_read, default_timeout=READ_TIMEOUT)
 
     p_write = sub.add_parser(
-        "write", parents=[link, value], help="write one value (engineering units with --scale)"
+        "write",
+        parents=[link, value],
+        help="write one value (engineering units with --scale)",
+        description="Write one value to a register (function 6, or 16 for more than one "
+        "register) or a coil (function 5), in engineering units.",
     )
     p_write.add_argument("value", help="a number, true/false, or text for --type string")
     p_write.add_argument(
@@ -474,7 +504,10 @@ def add_parsers(sub: Any) -> None:
     p_write.set_defaults(func=run_command, parser=p_write, default_timeout=READ_TIMEOUT)
 
     p_scan = sub.add_parser(
-        "scan", parents=[link], help="list the unit ids that answer, over one connection"
+        "scan",
+        parents=[link],
+        help="list the unit ids that answer, over one connection",
+        description="Probe unit ids with a one-register read and list those that answer.",
     )
     p_scan.add_argument(
         "--units",
@@ -488,5 +521,7 @@ def add_parsers(sub: Any) -> None:
         default="holding",
         help="what to probe (default holding)",
     )
-    p_scan.add_argument("--address", type=_in(0, 65535), default=0, help="(default 0)")
+    p_scan.add_argument(
+        "--address", type=_in(0, 65535), default=0, help="the address to probe (default 0)"
+    )
     p_scan.set_defaults(func=run_command, parser=p_scan, default_timeout=SCAN_TIMEOUT)

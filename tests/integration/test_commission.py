@@ -181,5 +181,6 @@ async def test_errors_are_one_line_and_usage_errors_exit_2(gateway: SimServer) -
     ):
         code, out, err = await cli(*args)
         assert code == 2, (args, out, err)
-        assert "Traceback" not in err and "error:" in err.splitlines()[-1]
+        assert "Traceback" not in err and "error:" in err.splitlines()[0]
+        assert len(err.splitlines()) == 2 and "--help" in err.splitlines()[1]  # and a hint
     assert gateway.connections_total == before  # a usage error connects to nothing
