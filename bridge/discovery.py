@@ -10,7 +10,11 @@ health report; every other device names it as ``via_device``.
 
 Identities are built from the MQTT ``client_id``, the device name and the point
 name, which never contain ``/``, so ``<client_id>/<device>/<point>`` is unique and
-the same after every restart. `Discovery.repair` recognises this bridge's own
+the same after every restart. Each entity also suggests its entity id,
+``<platform>.<device>_<point>`` (`entity_id`): as ``default_entity_id`` for Home
+Assistant 2025.10 and later, and as ``object_id`` for earlier releases (2025.10 warns
+about ``object_id`` only when ``default_entity_id`` is missing, and 2026.4 ignores it),
+so a point keeps its entity id on every release. `Discovery.repair` recognises this bridge's own
 earlier messages (origin name and identifiers) and answers those that are stale.
 
 One shard of a fleet (`--shard`) keeps the configured client id for its devices (their
@@ -45,6 +49,8 @@ BRIDGE_DEVICE = "bridge"  # a reserved device name, so no configured device can 
 EXPIRE_HEARTBEATS = 3  # a sensor with a heartbeat turns unavailable after this many missed
 _SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_ -]+")  # names Home Assistant's slugify only lowercases and joins
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _FLOAT_LIMIT = {DataType.FLOAT32: 3.4028234663852886e38, DataType.FLOAT64: 1.7976931348623157e308}
 _MIN_STEP = 0.001  # Home Assistant's smallest number step
 _BOOL_TRUE, _BOOL_FALSE = "true", "false"  # plain payloads and commands of bools
@@ -67,6 +73,26 @@ def readable(name: str) -> str:
 
 def unique_id(client_id: str, device: str, point: str) -> str:
     return f"{client_id}/{device}/{point}"
+
+
+def object_id(device: str, point: str) -> str:
+    """What Home Assistant makes the entity id from (after its platform and a dot):
+    ``<device>_<point>``, written as Home Assistant writes it where that is certain.
+
+    Home Assistant slugifies it (lower case, transliterated, runs of anything else
+    joined by ``_``). A name of letters, digits, ``_``, ``-`` and spaces is given in that
+    form here (``meter-1`` + ``voltage`` -> ``meter_1_voltage``); any other is left as
+    written, for Home Assistant to transliterate, so the entity id is the same whichever
+    of ``object_id`` and ``default_entity_id`` a release reads."""
+    text = f"{device}_{point}"
+    if _PLAIN.fullmatch(text):
+        return _NOT_SLUG.sub("_", text.lower()).strip("_") or text
+    return text
+
+
+def entity_id(platform: Platform, device: str, point: str) -> str:
+    """The entity id suggested to Home Assistant: e.g. ``sensor.boiler_voltage``."""
+    return f"{platform.value}.{object_id(device, point)}"
 
 
 def device_identifier(client_id: str, device: str) -> str:
@@ -173,14 +199,20 @@ class Discovery:
             "p": kind.value,
             "name": p.display_name or readable(p.name),
             "unique_id": unique_id(self.client_id, device.name, p.name),
-            "object_id": f"{device.name}_{p.name}",
+            **_entity_ids(kind, device.name, p.name),
             "qos": self.config.mqtt.qos,  # not inherited from the device level
         }
         if self.config.mqtt.output is Output.ATTRIBUTE:
             c["state_topic"] = self.topics.attribute(device.name, p.name)
-        c["value_template"] = self._value_template(p)
+        c["value_template"] = self._value_template(p, kind)
         if kind in (Platform.NUMBER, Platform.SWITCH, Platform.SELECT):
             c["command_topic"] = self.topics.point_set(device.name, p.name)
+        elif kind is Platform.TEXT:
+            # As JSON on the device's topic: an empty plain payload is no command (it is
+            # how a retained command is cleared), and an empty text is a value here.
+            c["command_topic"] = self.topics.set(device.name)
+            c["command_template"] = f"{{{{ {{{_key(p.name)}: value}} | to_json }}}}"
+            c.update(min=0, max=2 * p.length, mode="text")
         # With read_only a control becomes a sensor: keep only what a sensor can have.
         if p.device_class in hass.device_classes(p, read_only=self.config.read_only):
             c["device_class"] = p.device_class
@@ -214,10 +246,15 @@ class Discovery:
             c["expire_after"] = expire
         return c
 
-    def _value_template(self, p: Point) -> str:
+    def _value_template(self, p: Point, kind: Platform) -> str:
         """Renders the value as Home Assistant takes it; a null (or a point not read yet)
-        as ``None``, which it shows as unknown instead of logging an error."""
+        as ``None``, which it shows as unknown instead of logging an error. A text entity
+        has no unknown: a null is an empty text there."""
         as_bool = hass.yields_bool(p) and not p.values
+        if kind is Platform.TEXT:
+            if self.config.mqtt.output is Output.ATTRIBUTE:
+                return "{{ value }}"
+            return f"{{{{ value_json.get({_key(p.name)}) or '' }}}}"
         if self.config.mqtt.output is Output.ATTRIBUTE:
             # plain payloads: true/false, numbers, text; null is an empty payload
             return "{{ value if value else 'None' }}"
@@ -293,7 +330,7 @@ class Discovery:
                 "p": Platform.SENSOR.value,
                 "name": readable(name),
                 "unique_id": unique_id(self.node_id, BRIDGE_DEVICE, name),
-                "object_id": f"{self.node_id}_{name}",
+                **_entity_ids(Platform.SENSOR, self.node_id, name),
                 "value_template": template,
                 "entity_category": "diagnostic",
                 "qos": self.config.mqtt.qos,
@@ -393,6 +430,15 @@ def number_step(p: Point) -> float:
         steps.append(10.0**-p.precision)
     step = max(steps) if steps else _MIN_STEP
     return max(round(step, 12), _MIN_STEP)
+
+
+def _entity_ids(platform: Platform, device: str, point: str) -> dict[str, str]:
+    """``default_entity_id`` (Home Assistant 2025.10 and later) and ``object_id`` (the
+    releases before, which drop the unknown ``default_entity_id``)."""
+    return {
+        "default_entity_id": entity_id(platform, device, point),
+        "object_id": object_id(device, point),
+    }
 
 
 def _available(topic: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ class Platform(enum.Enum):
     NUMBER = "number"
     SWITCH = "switch"
     SELECT = "select"
+    TEXT = "text"
 
 
 READ_ONLY_PLATFORMS = (Platform.SENSOR, Platform.BINARY_SENSOR)
@@ -46,7 +47,7 @@ def platform(p: Point, *, read_only: bool = False) -> Platform:
     values (an enum), read-only         sensor, device class enum, the labels
     values, writable                    select, the labels
     bool (coil, discrete, bool, bit)    binary_sensor; switch when writable
-    string                              sensor (text)
+    string                              sensor; text when writable
     number                              sensor; number when writable
     ==================================  =========================================
     """
@@ -56,7 +57,7 @@ def platform(p: Point, *, read_only: bool = False) -> Platform:
     if yields_bool(p):
         return Platform.SWITCH if writable else Platform.BINARY_SENSOR
     if p.type is DataType.STRING:
-        return Platform.SENSOR
+        return Platform.TEXT if writable else Platform.SENSOR
     return Platform.NUMBER if writable else Platform.SENSOR
 
 
@@ -107,7 +108,7 @@ def device_classes(p: Point, *, read_only: bool = False) -> tuple[str, ...]:
         return BINARY_SENSOR_DEVICE_CLASSES
     if kind is Platform.SWITCH:
         return SWITCH_DEVICE_CLASSES
-    if kind is Platform.SELECT:
+    if kind in (Platform.SELECT, Platform.TEXT):
         return ()
     if p.values:
         return ("enum",)

@@ -4,7 +4,11 @@ number, switch and select controls reach the simulated device; nothing about
 discovery in its log.
 
 Runs a test Mosquitto, the simulator, the bridge process and Home Assistant Core
-2025.4.4 (`make ha-test`). What Home Assistant showed is printed (`-s`) and written to
+(`make ha-test`; 2025.4.4 and 2025.11.3 were tried, see conftest.py). The entity ids are
+the ones the bridge suggests (`default_entity_id`, and `object_id` for releases before
+2025.10) on every release, and Home Assistant logs no MQTT warning for the whole
+discovery (2025.10 and later warn about every entity that has `object_id` without
+`default_entity_id`). What Home Assistant showed is printed (`-s`) and written to
 `ha-report.txt` in the test's temporary directory.
 """
 
@@ -31,6 +35,11 @@ def _words(fmt: str, value: float) -> list[int]:
     return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
 
 
+def _text(text: str) -> list[int]:
+    raw = text.encode("latin-1").ljust(8, b"\x00")
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, 8, 2)]
+
+
 def _config(
     broker: Any, server: Any, *, device: str, unit: int, client: str, output: str
 ) -> dict[str, Any]:
@@ -52,6 +61,8 @@ def _config(
          "values": {0: "idle", 1: "heating", 2: "fault"}},
         {"name": "serial", "table": "holding", "address": 3, "type": "string", "length": 2,
          "entity_category": "diagnostic"},
+        {"name": "label", "table": "holding", "address": 10, "type": "string", "length": 4,
+         "writable": True, "display_name": "Nameplate"},
         {"name": "pump", "table": "coil", "address": 0, "writable": True,
          "device_class": "switch"},
         {"name": "alarm", "table": "discrete", "address": 0, "device_class": "problem"},
@@ -89,8 +100,13 @@ def _load(server: Any, unit_id: int) -> None:
         "input", 0, [*_words("h", 215), 0, *_words("I", 12345), *_words("f", math.nan)]
     )
     unit.set_registers("holding", 0, [90, 1, 1, *_words("H", 0x4142), *_words("H", 0x3132)])
+    unit.set_registers("holding", 10, [*_words("H", 0x4B31), 0, 0, 0])  # "K1"
     unit.set_bits("coil", 0, [False])
     unit.set_bits("discrete", 0, [True])
+
+
+def _mqtt_warning(line: str) -> bool:
+    return (" WARNING " in line or " ERROR " in line) and "homeassistant.components.mqtt" in line
 
 
 # A second bridge publishes a second device with attribute output (a topic per point).
@@ -102,6 +118,7 @@ ATTRIBUTE_EXPECTED = {
     "select.kettle_mode": "eco",
     "sensor.kettle_state": "heating",
     "sensor.kettle_serial": "AB12",
+    "text.kettle_label": "K1",
     "switch.kettle_pump": "off",
     "binary_sensor.kettle_alarm": "on",
 }
@@ -115,6 +132,7 @@ EXPECTED = {
     "select.boiler_mode": ("eco", None, None),
     "sensor.boiler_state": ("heating", None, "enum"),
     "sensor.boiler_serial": ("AB12", None, None),
+    "text.boiler_label": ("K1", None, None),  # a writable string; named "Nameplate"
     "switch.boiler_pump": ("off", None, "switch"),
     "binary_sensor.boiler_alarm": ("on", None, "problem"),
 }
@@ -125,7 +143,7 @@ BRIDGE_SENSORS = {
 
 
 async def test_home_assistant_takes_discovery_and_controls_the_device(
-    broker, sim_servers, run_bridge, home_assistant, tmp_path: Path
+    broker, sim_servers, run_bridge, home_assistant, *, ha_release, tmp_path: Path
 ) -> None:
     report: list[str] = []
     server = await sim_servers([1, 2])
@@ -140,7 +158,7 @@ async def test_home_assistant_takes_discovery_and_controls_the_device(
         )
     )
     ha = await home_assistant(broker.port)
-    report.append("Home Assistant Core 2025.4.4 (HTTP API up, onboarded)")
+    report.append(f"Home Assistant Core {ha_release.version} (HTTP API up, onboarded)")
 
     # -- entities: platform, unit, device class, state
     states = await ha.wait_entities(
@@ -211,13 +229,23 @@ async def test_home_assistant_takes_discovery_and_controls_the_device(
     assert unit.get_registers("holding", 1) == [2]
     report.append("select.select_option comfort -> holding 1 = 2; state comfort")
 
+    await ha.service("text", "set_value", entity_id="text.boiler_label", value="Boiler 2")
+    await ha.wait_state("text.boiler_label", "Boiler 2")
+    assert unit.get_registers("holding", 10, 4) == _text("Boiler 2")
+    report.append("text.set_value 'Boiler 2' -> holding 10..13; state 'Boiler 2'")
+
     await ha.service("switch", "turn_on", entity_id="switch.kettle_pump")
     await ha.wait_state("switch.kettle_pump", "on")
     assert server.unit(2).get_bits("coil", 0) == [True]
     await ha.service("number", "set_value", entity_id="number.kettle_setpoint", value=30)
     await ha.wait_state("number.kettle_setpoint", "30.0")
     assert server.unit(2).get_registers("holding", 0) == [60]
-    report.append("attribute output: switch.turn_on and number.set_value 30 reached unit 2")
+    await ha.service("text", "set_value", entity_id="text.kettle_label", value="Kettle")
+    await ha.wait_state("text.kettle_label", "Kettle")
+    assert server.unit(2).get_registers("holding", 10, 4) == _text("Kettle")
+    report.append(
+        "attribute output: switch.turn_on, number.set_value 30 and text.set_value reached unit 2"
+    )
 
     # -- a value changed on the device shows up
     unit.set_registers("input", 0, _words("h", 198))
@@ -227,7 +255,7 @@ async def test_home_assistant_takes_discovery_and_controls_the_device(
     server.silent_units.add(1)
     for entity_id in EXPECTED:
         await ha.wait_state(entity_id, "unavailable", timeout=20)
-    report.append("device silent -> all 9 entities unavailable")
+    report.append(f"device silent -> all {len(EXPECTED)} entities unavailable")
     server.silent_units.discard(1)
     await ha.wait_state("sensor.boiler_temp", "19.8", timeout=30)
     await ha.wait_state("switch.boiler_pump", "on", timeout=10)
@@ -251,22 +279,35 @@ async def test_home_assistant_takes_discovery_and_controls_the_device(
     report.append("bridge stopped -> all entities unavailable, the bridge's sensors too")
 
     # -- Home Assistant's log: no discovery problem, no template or state warning. First
-    # a control: a bad payload (unknown device class) from elsewhere must show up there.
+    # controls: a bad payload (unknown device class) from elsewhere must show up there,
+    # and so must, from 2025.10 on, an entity suggesting its id with `object_id` alone.
     control = {
         "dev": {"identifiers": ["control"], "name": "control"},
         "o": {"name": "control"},
         "cmps": {"bad": {"p": "sensor", "unique_id": "control-bad", "device_class": "voltag",
+                         "state_topic": "control/state"},
+                 "old": {"p": "sensor", "unique_id": "control-old", "object_id": "control_old",
                          "state_topic": "control/state"}},
     }  # fmt: skip
     async with aiomqtt.Client(broker.host, broker.port) as client:
         await client.publish(CONTROL_TOPIC, json.dumps(control), qos=1)
     await ha.wait_log(lambda line: "voltag" in line, timeout=15)
     assert any("voltag" in line for line in ha.trouble())  # the check can see a problem
+    warns_object_id = tuple(map(int, ha_release.version.split(".")[:2])) >= (2025, 10)
+    if warns_object_id:
+        await ha.wait_log(lambda line: "control_old" in line and "object_id" in line)
+        assert any("deprecated option `object_id`" in line for line in ha.trouble())
+    await ha.wait_entities({"sensor.control_old"})  # the id it suggested, on every release
+    mqtt_warnings = [line for line in ha.log_text().splitlines() if _mqtt_warning(line)]
     trouble = [line for line in ha.trouble() if "control" not in line and "voltag" not in line]
     report.append(f"discovery/MQTT warnings or errors in Home Assistant's log: {len(trouble)}")
-    report.append("  (the control payload with device class 'voltag' was reported, as it must)")
+    report.append(
+        f"  (all MQTT warnings: {len(mqtt_warnings)}, every one about the control payloads: "
+        f"'voltag'{' and object_id' if warns_object_id else ''})"
+    )
     report.extend(f"  {line}" for line in trouble)
     text = "\n".join(report)
     (tmp_path / "ha-report.txt").write_text(text + "\n")
     print("\n" + text)
     assert trouble == []
+    assert all("control" in line or "voltag" in line for line in mqtt_warnings)

@@ -10,7 +10,15 @@ import pytest
 
 from bridge import hass
 from bridge.config import parse_config
-from bridge.discovery import Discovery, number_range, number_step, readable, safe_id
+from bridge.discovery import (
+    Discovery,
+    entity_id,
+    number_range,
+    number_step,
+    object_id,
+    readable,
+    safe_id,
+)
 from bridge.hass import Platform
 from bridge.model import BridgeConfig, DataType, Point, Table
 from bridge.shard import select, shard_of
@@ -42,6 +50,7 @@ devices:
       - {name: serial, table: holding, address: 3, type: string, length: 4,
          entity_category: diagnostic}
       - {name: hidden, table: holding, address: 7, type: uint16, homeassistant: false}
+      - {name: label, table: holding, address: 8, type: string, length: 4, writable: true}
   - name: empty
     host: gw
     unit: 2
@@ -99,7 +108,9 @@ def test_device_level() -> None:
     assert doc["state_topic"] == "plant/boiler"
     assert doc["availability"] == AVAILABILITY
     assert doc["availability_mode"] == "all"
-    assert list(doc["cmps"]) == ["temp", "setpoint", "pump", "alarm", "mode", "state", "serial"]
+    assert list(doc["cmps"]) == [
+        "temp", "setpoint", "pump", "alarm", "mode", "state", "serial", "label"
+    ]  # fmt: skip
 
 
 GOLDEN: dict[str, dict[str, Any]] = {
@@ -107,6 +118,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "sensor",
         "name": "Temp",
         "unique_id": "site-7/boiler/temp",
+        "default_entity_id": "sensor.boiler_temp",
         "object_id": "boiler_temp",
         "qos": 1,
         "value_template": '{{ value_json.get("temp") }}',
@@ -119,6 +131,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "number",
         "name": "Flow setpoint",
         "unique_id": "site-7/boiler/setpoint",
+        "default_entity_id": "number.boiler_setpoint",
         "object_id": "boiler_setpoint",
         "qos": 1,
         "value_template": '{{ value_json.get("setpoint") }}',
@@ -136,6 +149,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "switch",
         "name": "Pump",
         "unique_id": "site-7/boiler/pump",
+        "default_entity_id": "switch.boiler_pump",
         "object_id": "boiler_pump",
         "qos": 1,
         "value_template": _bool_template("pump"),
@@ -148,6 +162,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "binary_sensor",
         "name": "Alarm",
         "unique_id": "site-7/boiler/alarm",
+        "default_entity_id": "binary_sensor.boiler_alarm",
         "object_id": "boiler_alarm",
         "qos": 1,
         "value_template": _bool_template("alarm"),
@@ -159,6 +174,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "select",
         "name": "Mode",
         "unique_id": "site-7/boiler/mode",
+        "default_entity_id": "select.boiler_mode",
         "object_id": "boiler_mode",
         "qos": 1,
         "value_template": '{{ value_json.get("mode") }}',
@@ -169,6 +185,7 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "sensor",
         "name": "State",
         "unique_id": "site-7/boiler/state",
+        "default_entity_id": "sensor.boiler_state",
         "object_id": "boiler_state",
         "qos": 1,
         "value_template": '{{ value_json.get("state") }}',
@@ -179,10 +196,25 @@ GOLDEN: dict[str, dict[str, Any]] = {
         "p": "sensor",
         "name": "Serial",
         "unique_id": "site-7/boiler/serial",
+        "default_entity_id": "sensor.boiler_serial",
         "object_id": "boiler_serial",
         "qos": 1,
         "value_template": '{{ value_json.get("serial") }}',
         "entity_category": "diagnostic",
+    },
+    "label": {  # text: a writable string, set with JSON (an empty text is a value)
+        "p": "text",
+        "name": "Label",
+        "unique_id": "site-7/boiler/label",
+        "default_entity_id": "text.boiler_label",
+        "object_id": "boiler_label",
+        "qos": 1,
+        "value_template": "{{ value_json.get(\"label\") or '' }}",
+        "command_topic": "plant/boiler/set",
+        "command_template": '{{ {"label": value} | to_json }}',
+        "min": 0,
+        "max": 8,
+        "mode": "text",
     },
 }
 
@@ -210,7 +242,8 @@ def test_bridge_device() -> None:
         "p": "sensor",
         "name": "Uptime",
         "unique_id": "site-7/bridge/uptime",
-        "object_id": "site-7_uptime",
+        "default_entity_id": "sensor.site_7_uptime",
+        "object_id": "site_7_uptime",
         "value_template": "{{ value_json.get('uptime_s') }}",
         "entity_category": "diagnostic",
         "qos": 1,
@@ -294,7 +327,7 @@ def _point(**kw: Any) -> Point:
         (_point(values=((0, "a"), (1, "b"))), Platform.SENSOR, Platform.SELECT),
         (_point(table=Table.COIL, type=DataType.BOOL, values=((0, "shut"), (1, "open"))),
          Platform.SENSOR, Platform.SELECT),
-        (_point(type=DataType.STRING, length=4), Platform.SENSOR, Platform.SENSOR),
+        (_point(type=DataType.STRING, length=4), Platform.SENSOR, Platform.TEXT),
     ],
 )  # fmt: skip
 def test_platform_mapping(
@@ -320,6 +353,7 @@ def test_read_only_bridge_discovers_sensors() -> None:
         "mode": "sensor",
         "state": "sensor",
         "serial": "sensor",
+        "label": "sensor",
     }
     assert not any("command_topic" in c for c in cmps.values())
     # what a sensor cannot have is left out: config category, a switch's device class
@@ -501,3 +535,32 @@ def test_a_shard_leaves_the_other_shards_discovery_alone() -> None:
 
 
 _TWO_HOSTS = "  - {name: gw, address: 10.0.0.1}\n  - {name: gw-far, address: 10.0.0.2}"
+
+
+# --------------------------------------------------------------------------- entity ids
+
+
+@pytest.mark.parametrize(
+    ("device", "point", "expected"),
+    [
+        ("boiler", "voltage", "boiler_voltage"),
+        ("meter-1", "L1 voltage", "meter_1_l1_voltage"),  # as Home Assistant slugifies
+        ("Meter__A ", "x", "meter_a_x"),
+        ("zähler", "temp", "zähler_temp"),  # left for Home Assistant to transliterate
+        ("it's", "x", "it's_x"),  # python-slugify drops quotes: not guessed here
+    ],
+)
+def test_object_id_is_written_as_home_assistant_would_or_left_alone(
+    device: str, point: str, expected: str
+) -> None:
+    assert object_id(device, point) == expected
+    assert entity_id(Platform.SENSOR, device, point) == f"sensor.{expected}"
+
+
+def test_every_entity_suggests_its_id_both_ways() -> None:
+    """`default_entity_id` (Home Assistant 2025.10+) names the platform; `object_id` (the
+    releases before) is the same id without it, so both give one entity id."""
+    discovery = Discovery(_config())
+    for message in discovery.messages():
+        for comp in json.loads(message.payload)["cmps"].values():
+            assert comp["default_entity_id"] == f"{comp['p']}.{comp['object_id']}"
