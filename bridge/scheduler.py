@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from bridge.backoff import full_jitter
 from bridge.codec import CodecError
@@ -50,8 +49,6 @@ BUSY_DELAY = 0.1  # seconds, doubled per retry
 ADDRESS_CODES = frozenset({2, 3})  # illegal data address / value: the block is wrong
 DEVICE_BACKOFF_MAX = 60.0
 RELEARN_AFTER = 600.0  # seconds before a learned-bad range is tried again
-
-GroupKey = tuple[str, float]  # (device name, interval)
 
 
 @dataclass(frozen=True)
@@ -97,15 +94,46 @@ def group_blocks(
     return groups
 
 
-def _key(group: PollGroup) -> GroupKey:
-    return (group.device.name, group.interval)
-
-
 @dataclass
 class _Backoff:
     failures: int = 0
     retry_at: float = 0.0
     generation: int = 0  # the host session's generation when the group last failed
+
+
+@dataclass(eq=False)
+class _Group:
+    """The live state of one poll group; forgetting a group is dropping this object."""
+
+    group: PollGroup
+    # The live plan: starts as compiled, changes only when a range is learned bad.
+    blocks: list[ReadBlock]
+    # The last data read for each block of the live plan (None: decode next time).
+    raw: list[Sequence[int] | Sequence[bool] | None]
+    # Backoff and last error: a device whose fast group reads fine while its slow group
+    # fails stays offline instead of flapping.
+    backoff: _Backoff = field(default_factory=_Backoff)
+    error: ModbusRequestError | None = None
+    relearn_at: float | None = None  # when the compiled blocks are tried again
+    learned: set[str] = field(default_factory=set)  # ranges ever learned bad (log once)
+    skipping: list[str] = field(default_factory=list)  # ranges skipped now (health)
+    task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, group: PollGroup) -> _Group:
+        return cls(group, list(group.blocks), [None] * len(group.blocks))
+
+    @property
+    def device(self) -> Device:
+        return self.group.device
+
+    def replan(self, blocks: list[ReadBlock]) -> None:
+        self.blocks = blocks
+        self.raw = [None] * len(blocks)
+
+    def forget(self) -> None:
+        """Decode every block at the next read (in place: a poll running holds `raw`)."""
+        self.raw[:] = [None] * len(self.raw)
 
 
 class Scheduler:
@@ -116,65 +144,54 @@ class Scheduler:
         *,
         on_poll: OnPoll,
     ) -> None:
-        self.groups: list[PollGroup] = []
         self.sessions = sessions
         self.on_poll = on_poll
         self.stats: dict[str, PollStats] = {}
-        # The live plan: starts as compiled, changes only when a range is learned bad.
-        self.blocks: dict[GroupKey, list[ReadBlock]] = {}
-        self._compiled: dict[GroupKey, tuple[ReadBlock, ...]] = {}
-        # The last data read for each block of the live plan (None: decode next time).
-        self._raw: dict[GroupKey, list[Sequence[int] | Sequence[bool] | None]] = {}
-        self._relearn_at: dict[GroupKey, float] = {}
-        self._learned: dict[GroupKey, set[str]] = {}  # ever learned bad (log once)
-        self._skipping: dict[GroupKey, list[str]] = {}  # skipped now (health)
-        # Backoff and last error per group: a device whose fast group reads fine
-        # while its slow group fails stays offline instead of flapping.
-        self._backoff: dict[GroupKey, _Backoff] = {}
-        self._errors: dict[GroupKey, ModbusRequestError | None] = {}
-        self._device_keys: dict[str, list[GroupKey]] = {}
-        self._tasks: dict[GroupKey, asyncio.Task[None]] = {}
+        self._devices: dict[str, list[_Group]] = {}  # device name -> its groups' state
         self._running = False
         self._register(groups)
 
-    def _register(self, groups: Sequence[PollGroup]) -> None:
-        for g in groups:
-            key = _key(g)
-            self.groups.append(g)
-            self.stats.setdefault(g.device.name, PollStats())
-            self.blocks[key] = list(g.blocks)
-            self._compiled[key] = g.blocks
-            self._raw[key] = [None] * len(g.blocks)
-            self._backoff[key] = _Backoff()
-            self._device_keys.setdefault(g.device.name, []).append(key)
+    @property
+    def groups(self) -> list[PollGroup]:
+        return [g.group for groups in self._devices.values() for g in groups]
+
+    def _register(self, groups: Sequence[PollGroup]) -> list[_Group]:
+        states = [_Group.of(g) for g in groups]
+        for state in states:
+            self.stats.setdefault(state.device.name, PollStats())
+            self._devices.setdefault(state.device.name, []).append(state)
+        return states
 
     def backoff_left(self, device: str, now: float) -> float:
         """Seconds until a device that backs off is polled again (0: polled as usual);
         `now` on the loop's clock."""
         waits = [
-            self._backoff[key].retry_at - now
-            for key in self._device_keys.get(device, ())
-            if self._backoff[key].failures
+            g.backoff.retry_at - now for g in self._devices.get(device, ()) if g.backoff.failures
         ]
         return max([0.0, *waits])
 
     def start(self) -> None:
         self._running = True
-        self._launch(self.groups)
+        self._launch([g for groups in self._devices.values() for g in groups])
 
-    def _launch(self, groups: Sequence[PollGroup]) -> None:
+    def _launch(self, states: Sequence[_Group]) -> None:
         t0 = asyncio.get_running_loop().time()
-        for g in groups:
-            self._tasks[_key(g)] = asyncio.create_task(
-                self._loop(g, t0), name=f"poll:{g.device.name}:{g.interval}"
+        for state in states:
+            g = state.group
+            state.task = asyncio.create_task(
+                self._loop(state, t0), name=f"poll:{g.device.name}:{g.interval}"
             )
 
     async def stop(self) -> None:
         self._running = False
-        await self._cancel(list(self._tasks))
+        await self._cancel([g for groups in self._devices.values() for g in groups])
 
-    async def _cancel(self, keys: Sequence[GroupKey]) -> None:
-        tasks = [self._tasks.pop(key) for key in keys if key in self._tasks]
+    async def _cancel(self, states: Sequence[_Group]) -> None:
+        tasks = []
+        for state in states:
+            if state.task is not None:
+                tasks.append(state.task)
+                state.task = None
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -185,43 +202,28 @@ class Scheduler:
     def add(self, groups: Sequence[PollGroup]) -> None:
         """Poll these groups too (devices added or changed by a reload); their first polls
         are spread by their phases from now. Their devices must not be polled already."""
-        clash = {g.device.name for g in groups} & set(self._device_keys)
+        clash = {g.device.name for g in groups} & set(self._devices)
         if clash:
             raise ValueError(f"already polled: {', '.join(sorted(clash))}")
-        self._register(groups)
+        states = self._register(groups)
         if self._running:
-            self._launch(groups)
+            self._launch(states)
 
     async def remove(self, devices: Collection[str], *, keep_stats: bool = False) -> None:
         """Stop polling `devices` and forget their groups. With `keep_stats` their
         `PollStats` stay, for a device polled again under the same name."""
         gone = set(devices)
-        keys = [k for name in gone for k in self._device_keys.get(name, ())]
-        await self._cancel(keys)
-        self.groups = [g for g in self.groups if g.device.name not in gone]
-        tables: tuple[dict[GroupKey, Any], ...] = (
-            self.blocks,
-            self._compiled,
-            self._raw,
-            self._backoff,
-            self._errors,
-            self._relearn_at,
-            self._learned,
-            self._skipping,
-        )
-        for key in keys:
-            for table in tables:
-                table.pop(key, None)
+        await self._cancel([g for name in gone for g in self._devices.get(name, ())])
         for name in gone:
-            self._device_keys.pop(name, None)
+            self._devices.pop(name, None)
             if not keep_stats:
                 self.stats.pop(name, None)
 
-    async def _loop(self, group: PollGroup, t0: float) -> None:
+    async def _loop(self, state: _Group, t0: float) -> None:
         loop = asyncio.get_running_loop()
+        group = state.group
         stats = self.stats[group.device.name]
-        key = _key(group)
-        backoff = self._backoff[key]
+        backoff = state.backoff
         deadline = t0 + group.phase
         while True:
             delay = deadline - loop.time()
@@ -233,8 +235,8 @@ class Scheduler:
             fresh = session.generation != backoff.generation and session.connected
             if loop.time() >= backoff.retry_at or fresh:
                 try:
-                    self._maybe_relearn(key, loop.time())
-                    await self._poll(group.device, key)
+                    self._maybe_relearn(state, loop.time())
+                    await self._poll(state)
                 except Exception:
                     # A bug must not end this device's polling for good: log, go on.
                     log.exception("poll of %s failed unexpectedly", group.device.name)
@@ -251,25 +253,25 @@ class Scheduler:
     def forget(self, device: str) -> None:
         """Decode every block of `device` at its next poll: its state was set from a read
         the scheduler did not see (a write's read-back, a `get`)."""
-        for key in self._device_keys.get(device, ()):
-            raw = self._raw[key]
-            raw[:] = [None] * len(raw)
+        for state in self._devices.get(device, ()):
+            state.forget()
 
-    async def _poll(self, device: Device, key: GroupKey) -> bool:
+    async def _poll(self, state: _Group) -> bool:
+        device = state.device
         session = self.sessions[device.host]
         values: dict[str, Value] = {}
-        raw = self._raw[key]
+        raw = state.raw
         try:
             index = 0
-            while index < len(self.blocks[key]):
-                block = self.blocks[key][index]
+            while index < len(state.blocks):
+                block = state.blocks[index]
                 try:
                     data = await self._read(session, block)
                 except ExceptionReply as exc:
                     if exc.code not in ADDRESS_CODES:
                         raise
-                    values.update(await self._learn(session, device, key, index, exc))
-                    raw[:] = [None] * len(self.blocks[key])  # the plan changed
+                    values.update(await self._learn(session, state, index, exc))
+                    raw[:] = [None] * len(state.blocks)  # the plan changed
                     continue  # the block at `index` was replaced: read its successors
                 if data != raw[index]:
                     try:
@@ -281,44 +283,42 @@ class Scheduler:
                     raw[index] = data
                 index += 1
         except ModbusRequestError as exc:
-            self._failed(device, key, exc)
-            self._errors[key] = exc
+            self._failed(state, exc)
+            state.error = exc
             self.on_poll(device, values, exc)
             return False
-        backoff = self._backoff[key]
+        backoff = state.backoff
         backoff.failures, backoff.retry_at = 0, 0.0
-        self._errors[key] = None
+        state.error = None
         # Online only when no group of the device is failing.
-        pending = (self._errors.get(k) for k in self._device_keys[device.name])
+        pending = (g.error for g in self._devices[device.name])
         self.on_poll(device, values, next((e for e in pending if e is not None), None))
         return True
 
-    def _failed(self, device: Device, key: GroupKey, exc: ModbusRequestError) -> None:
+    def _failed(self, state: _Group, exc: ModbusRequestError) -> None:
+        device = state.device
         self.stats[device.name].failures += 1
         if isinstance(exc, HostUnavailable):
             return  # the host's session backs off; nothing to add per device
-        b = self._backoff[key]
+        b = state.backoff
         b.failures += 1
         b.generation = self.sessions[device.host].generation
-        wait = full_jitter(b.failures, low=key[1], high=DEVICE_BACKOFF_MAX)
+        wait = full_jitter(b.failures, low=state.group.interval, high=DEVICE_BACKOFF_MAX)
         b.retry_at = asyncio.get_running_loop().time() + wait
 
-    def _maybe_relearn(self, key: GroupKey, now: float) -> None:
+    def _maybe_relearn(self, state: _Group, now: float) -> None:
         """Every RELEARN_AFTER, go back to the compiled blocks: a device that refused a
         range while booting gets its points back; one that still refuses is learned
         again (logged at debug level when the ranges are the same)."""
-        due = self._relearn_at.get(key)
+        due = state.relearn_at
         if due is not None and now >= due:
-            del self._relearn_at[key]
-            self.blocks[key] = list(self._compiled[key])
-            self._raw[key] = [None] * len(self.blocks[key])
-            self._skipping.pop(key, None)
-            self._refresh_skipped(key[0])
+            state.relearn_at = None
+            state.replan(list(state.group.blocks))
+            state.skipping = []
+            self._refresh_skipped(state.device.name)
 
     def _refresh_skipped(self, device: str) -> None:
-        self.stats[device].skipped_ranges = [
-            r for k in self._device_keys[device] for r in self._skipping.get(k, ())
-        ]
+        self.stats[device].skipped_ranges = [r for g in self._devices[device] for r in g.skipping]
 
     async def _read(self, session: HostSession, block: ReadBlock) -> list[int] | list[bool]:
         return await self._read_range(session, block.unit, block, block.start, block.count)
@@ -337,18 +337,14 @@ class Scheduler:
             attempt += 1
 
     async def _learn(
-        self,
-        session: HostSession,
-        device: Device,
-        key: GroupKey,
-        index: int,
-        exc: ExceptionReply,
+        self, session: HostSession, state: _Group, index: int, exc: ExceptionReply
     ) -> dict[str, Value]:
         """Split a rejected block, find what the device refuses, re-plan the rest.
 
         Returns null for the points now skipped. Other errors propagate.
         """
-        block = self.blocks[key][index]
+        device = state.device
+        block = state.blocks[index]
         bad: list[Point] = []
         if len(block.points) > 1:
             for point in block.points:
@@ -370,14 +366,14 @@ class Scheduler:
                 ReadBlock(block.unit, block.table, p.address, p.count, block.interval, (p,))
                 for p in block.points
             ]
-        self.blocks[key][index : index + 1] = replacement
+        state.blocks[index : index + 1] = replacement
         ranges = [f"{block.table.value} {a}..{b - 1}" for a, b in avoid]
-        self._skipping.setdefault(key, []).extend(ranges)
+        state.skipping.extend(ranges)
         self._refresh_skipped(device.name)
-        known = self._learned.setdefault(key, set())
-        again = set(ranges) <= known
-        known.update(ranges)
-        self._relearn_at.setdefault(key, asyncio.get_running_loop().time() + RELEARN_AFTER)
+        again = set(ranges) <= state.learned
+        state.learned.update(ranges)
+        if state.relearn_at is None:
+            state.relearn_at = asyncio.get_running_loop().time() + RELEARN_AFTER
         log.log(
             logging.DEBUG if again else logging.WARNING,
             "device %s (host %s, unit %d): %s %d..%d rejected with exception %d; %s%s",

@@ -1,0 +1,152 @@
+"""The scheduler's state per poll group, against a session in memory (no socket): what a
+group learns, how it backs off, and that removing a device forgets all of it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bridge import scheduler as scheduler_module
+from bridge.errors import ExceptionReply, ModbusRequestError, RequestTimeout
+from bridge.model import DataType, Device, Point, Table
+from bridge.payloads import Value
+from bridge.planner import plan_device
+from bridge.scheduler import Scheduler, group_blocks
+
+
+class Memory:
+    """A host session in memory: holding registers, addresses it refuses, units that
+    do not answer."""
+
+    def __init__(self) -> None:
+        self.registers = dict.fromkeys(range(20), 7)
+        self.refused: set[int] = set()
+        self.silent = False
+        self.reads: list[tuple[int, int]] = []
+        self.generation = 1
+        self.connected = True
+
+    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int]:
+        self.reads.append((start, count))
+        await asyncio.sleep(0)
+        if self.silent:
+            raise RequestTimeout("gw", unit, "no answer")
+        if self.refused & set(range(start, start + count)):
+            raise ExceptionReply("gw", unit, 2, f"read holding {start}+{count}")
+        return [self.registers[a] for a in range(start, start + count)]
+
+
+def _device(name: str = "d", interval: float = 0.05) -> Device:
+    points = tuple(
+        Point(f"p{a}", Table.HOLDING, a, DataType.UINT16, interval=interval) for a in (0, 1, 5)
+    )
+    return Device(name=name, host="gw", unit=1, interval=interval, points=points)
+
+
+Polls = list[tuple[str, dict[str, Value], ModbusRequestError | None]]
+
+
+def _scheduler(session: Memory, *devices: Device) -> tuple[Scheduler, Polls]:
+    polls: Polls = []
+    plan = {d.name: plan_device(d) for d in devices}
+    sessions: Any = {"gw": session}
+    scheduler = Scheduler(
+        group_blocks(devices, plan),
+        sessions,
+        on_poll=lambda device, values, error: polls.append((device.name, values, error)),
+    )
+    return scheduler, polls
+
+
+async def _until(condition: Any, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_refused_range_is_learned_then_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "RELEARN_AFTER", 0.3)
+    session = Memory()
+    session.refused = {5}
+    scheduler, polls = _scheduler(session, _device())
+    scheduler.start()
+    try:
+        await _until(lambda: len(polls) >= 2)
+        assert polls[0] == ("d", {"p5": None, "p0": 7, "p1": 7}, None)
+        assert scheduler.stats["d"].skipped_ranges == ["holding 5..5"]
+        session.reads.clear()
+        await _until(lambda: len(session.reads) >= 2)
+        assert session.reads[:2] == [(0, 2), (0, 2)]  # only the good range is read now
+        session.refused = set()  # the device has booted: the range comes back
+        session.registers[5] = 9
+        await _until(lambda: any(values.get("p5") == 9 for _, values, _ in polls))
+        assert scheduler.stats["d"].skipped_ranges == []
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_silent_device_backs_off_and_is_forgotten_when_removed() -> None:
+    session = Memory()
+    session.silent = True
+    scheduler, polls = _scheduler(session, _device())
+    scheduler.start()
+    try:
+        await _until(lambda: len(polls) >= 1)
+        assert isinstance(polls[0][2], RequestTimeout)
+        loop = asyncio.get_running_loop()
+        assert scheduler.backoff_left("d", loop.time()) > 0
+        await scheduler.remove(["d"])
+        assert scheduler.groups == [] and "d" not in scheduler.stats
+        assert scheduler.backoff_left("d", loop.time()) == 0.0
+        # Polled again under the same name: a fresh start, no backoff, no old data.
+        session.silent = False
+        polls.clear()
+        scheduler.add(group_blocks([_device()], {"d": plan_device(_device())}))
+        await _until(lambda: len(polls) >= 1)
+        assert polls[0] == ("d", {"p0": 7, "p1": 7, "p5": 7}, None)
+        assert scheduler.backoff_left("d", loop.time()) == 0.0
+    finally:
+        await scheduler.stop()
+
+
+async def test_unchanged_registers_are_not_decoded_again_until_forgotten() -> None:
+    session = Memory()
+    scheduler, polls = _scheduler(session, _device())
+    scheduler.start()
+    try:
+        await _until(lambda: len(polls) >= 2)
+        assert polls[1] == ("d", {}, None)  # the same registers: nothing to publish
+        scheduler.forget("d")  # a write's read-back set the state meanwhile
+        count = len(polls)
+        await _until(lambda: len(polls) > count)
+        assert polls[count][1] == {"p0": 7, "p1": 7, "p5": 7}
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_device_is_online_only_when_none_of_its_groups_fails() -> None:
+    fast = Point("fast", Table.HOLDING, 0, DataType.UINT16, interval=0.05)
+    slow = Point("slow", Table.HOLDING, 10, DataType.UINT16, interval=0.2)
+    device = Device(name="d", host="gw", unit=1, interval=0.05, points=(fast, slow))
+    session = Memory()
+    scheduler, polls = _scheduler(session, device)
+    assert len(scheduler.groups) == 2
+    original = session.read
+
+    async def slow_fails(unit: int, table: Table, start: int, count: int) -> list[int]:
+        if start == 10:
+            raise RequestTimeout("gw", unit, "no answer")
+        return await original(unit, table, start, count)
+
+    session.read = slow_fails  # type: ignore[method-assign]
+    scheduler.start()
+    try:
+        await _until(lambda: len(polls) >= 5)
+    finally:
+        await scheduler.stop()
+    first_failure = next(i for i, (_, _, e) in enumerate(polls) if e is not None)
+    assert first_failure <= 1  # both groups poll first at the same phase
+    # From then on every poll, the fast group's included, reports the device offline.
+    assert all(isinstance(e, RequestTimeout) for _, _, e in polls[first_failure:])
