@@ -35,7 +35,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,6 +54,7 @@ __all__ = [
     "WriteOp",
     "parse_get",
     "parse_set",
+    "plan_write",
     "result_payload",
     "transaction_of",
 ]
@@ -164,11 +165,28 @@ def parse_set(
     else:
         items = [(point, text)]
 
+    if isinstance(device, str):
+        raise CommandError(f"unknown device {_show(device)}", transaction=transaction)
+    return plan_write(
+        device, items, read_only=read_only, transaction=transaction, plain=point is not None
+    )
+
+
+def plan_write(
+    device: Device,
+    items: Sequence[tuple[str, object]],
+    *,
+    read_only: bool,
+    transaction: Transaction | None = None,
+    plain: bool = False,
+) -> WriteCommand:
+    """Validate (point name, value) pairs into a write plan, or raise `CommandError`:
+    the one set of rules for every way a write arrives (a `set` command, a Sparkplug
+    DCMD). Values are JSON-like (bool, number, text), or text when `plain`."""
+
     def refuse(reason: str, name: str | None = None) -> CommandError:
         return CommandError(reason, transaction=transaction, point=name)
 
-    if isinstance(device, str):
-        raise refuse(f"unknown device {_show(device)}")
     if read_only:
         raise refuse("the bridge is read-only (read_only: true): writes are disabled")
     if not items:
@@ -182,7 +200,7 @@ def parse_set(
         if not p.writable:
             raise refuse(f"point {name} is read-only (not writable)", name)
         try:
-            value = _plain_value(p, raw) if point is not None else _json_value(p, raw)
+            value = _plain_value(p, str(raw)) if plain else _json_value(p, raw)
             encoded = encode_point(p, value)
         except CodecError as exc:
             raise refuse(f"{name}: {exc.reason}", name) from None

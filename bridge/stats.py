@@ -3,8 +3,9 @@
 Each part of the bridge that counts owns one of these records: every host session a
 `SessionStats` (with a `UnitStats` per unit id), the scheduler a `PollStats` per
 device, the MQTT link a `LinkStats`, the command handler a `CommandStats`, the
-composition root a `ReloadStats`. `figures.py` copies them into one frozen snapshot
-for the health report and the metrics; nothing reads the live records otherwise.
+composition root a `ReloadStats`, the store-and-forward buffer a `BufferStats`.
+`figures.py` copies them into one frozen snapshot for the health report and the
+metrics; nothing reads the live records otherwise.
 
 This module imports nothing of the bridge: every layer may count into it.
 """
@@ -119,3 +120,17 @@ class ReloadStats:
     ok: int = 0
     invalid: int = 0
     last: float | None = None  # Unix time of the last applied reload
+
+
+@dataclass
+class BufferStats:
+    """The store-and-forward buffer (`buffer.BufferStore`)."""
+
+    records: int = 0  # in the store (committed)
+    bytes: int = 0  # their estimated cost on disk
+    appended: int = 0  # changes taken since start
+    replayed: int = 0  # acknowledged by the broker and deleted
+    dropped: int = 0  # evicted by max_bytes or max_age
+    dropped_age: int = 0  # of which by max_age
+    commits: int = 0  # transactions (each a write to the disk)
+    commit_seconds: float = 0.0  # time spent committing

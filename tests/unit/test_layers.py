@@ -43,6 +43,8 @@ PURE = frozenset(
         "planner",
         "reload",
         "shard",
+        "sparkplug",
+        "sparkplug_pb",
         "state",
         "stats",
         "tls",
@@ -53,6 +55,7 @@ IO = frozenset(
     {
         "__main__",
         "app",
+        "buffer",
         "cli",
         "commission",
         "demo",
@@ -76,6 +79,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "prometheus_client": frozenset({"metrics"}),
     "yaml": frozenset({"config"}),
     "amqtt": frozenset({"demo"}),
+    "google": frozenset({"sparkplug_pb"}),  # protobuf
+    "sqlite3": frozenset({"buffer"}),
 }
 
 
