@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +51,7 @@ __all__ = [
     "Incoming",
     "MqttLink",
     "Subscription",
+    "Will",
     "build_tls_context",
     "publish_packet_size",
 ]
@@ -69,10 +72,39 @@ SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client used our cl
 
 
 @dataclass(frozen=True)
+class Will:
+    """The last will a connection registers (by default: `offline`, retained, on the
+    bridge's state topic)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+Done = Callable[[bool], None]
+"""Told once what became of a message: True when the broker acknowledged it (QoS 1/2)
+or it was written (QoS 0), False when it was given up (cut off by a disconnect,
+replaced by a newer payload, dropped by an overflow, too large)."""
+
+
+@dataclass(frozen=True)
 class _Pending:
     payload: bytes
     retain: bool
     correlation_data: bytes | None = None
+    qos: int | None = None  # None: mqtt.qos
+    on_done: Done | None = None
+    session: bool = False  # given up, not sent again, when the connection ends
+    queued: float = 0.0  # wall-clock time it was first queued (oldest of those it replaced)
+
+
+def _finish(item: _Pending, ok: bool) -> None:
+    if item.on_done is not None:
+        try:
+            item.on_done(ok)
+        except Exception:  # a callback's bug must not take the link down
+            log.exception("a publish callback failed")
 
 
 def _varint_size(n: int) -> int:
@@ -297,6 +329,9 @@ class MqttLink:
         subscriptions: Iterable[Subscription] = (),
         routes: Mapping[str, Callable[[Incoming], None]] | None = None,
         backoff_max: float = 30.0,
+        will: Callable[[], Will] | None = None,
+        announce: bool = True,
+        on_disconnected: Callable[[float | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -308,6 +343,12 @@ class MqttLink:
         self._routes = dict(routes or {})
         self._subscriptions = (*subscriptions, *(Subscription(f) for f in self._routes))
         self._backoff_max = backoff_max
+        # The will of each connection (asked again before every connect), whether to
+        # announce `online` on the bridge's state topic, and who to tell when a
+        # connection ends (with the time of the oldest message it had not delivered).
+        self._will = will
+        self._announce = announce
+        self._on_disconnected = on_disconnected
         # Keyed by topic (state: newest wins) or by (topic, n) for messages that must
         # each be delivered (command results). Bounded by topics + MAX_ONE_OFF.
         self._pending: dict[str | tuple[str, int], _Pending] = {}
@@ -367,14 +408,31 @@ class MqttLink:
         retain: bool,
         coalesce: bool = True,
         correlation_data: bytes | None = None,
+        qos: int | None = None,
+        on_done: Done | None = None,
+        session: bool = False,
     ) -> None:
         """Queue `payload` for `topic`.
 
         With `coalesce` (state), an unsent older payload for the topic is replaced.
-        Without it (command results) every message is kept, up to MAX_ONE_OFF
-        waiting; beyond that the oldest is dropped and counted.
+        Without it (command results, history, Sparkplug) every message is kept, in
+        order, up to MAX_ONE_OFF waiting; beyond that the oldest is dropped and counted.
+        `qos` overrides `mqtt.qos`; `on_done` learns what became of the message (the
+        broker's PUBACK). A `session` message belongs to this connection: published
+        while disconnected, or still unacknowledged when the connection ends, it is
+        given up (`on_done(False)`), never sent on a later connection.
         """
-        self._queue(topic if coalesce else None, topic, _Pending(payload, retain, correlation_data))
+        now = time.time()
+        item = _Pending(payload, retain, correlation_data, qos, on_done, session, now)
+        if session and not self.connected:
+            _finish(item, False)
+            return
+        if coalesce:
+            old = self._pending.get(topic)
+            if old is not None:
+                item = dataclasses.replace(item, queued=min(old.queued, now))
+                _finish(old, False)
+        self._queue(topic if coalesce else None, topic, item)
 
     def _queue(self, key: str | tuple[str, int] | None, topic: str, item: _Pending) -> None:
         if isinstance(key, str):
@@ -385,7 +443,7 @@ class MqttLink:
                 key = (topic, self._one_off)
             if self._one_off_waiting >= MAX_ONE_OFF:
                 oldest = next(k for k in self._pending if isinstance(k, tuple))
-                del self._pending[oldest]
+                _finish(self._pending.pop(oldest), False)
                 self._one_off_waiting -= 1
                 self.stats.dropped += 1
                 self._throttle.log(
@@ -411,7 +469,12 @@ class MqttLink:
         s = self.settings
         v5 = s.protocol == 5
         protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
-        will = aiomqtt.Will(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
+        w = (
+            self._will()
+            if self._will is not None
+            else Will(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
+        )
+        will = aiomqtt.Will(w.topic, w.payload, qos=w.qos, retain=w.retain)
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -489,11 +552,12 @@ class MqttLink:
                     connected_at = loop.time()
                     self.stats.connects += 1
                     self._broker_max = client.broker_max_packet
-                    await client.unless_dropped(
-                        client.publish(
-                            self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
+                    if self._announce:
+                        await client.unless_dropped(
+                            client.publish(
+                                self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
+                            )
                         )
-                    )
                     await client.unless_dropped(self._subscribe(client))
                     self._connected.set()
                     log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
@@ -511,10 +575,16 @@ class MqttLink:
             finally:
                 self._connected.clear()
                 self._client = None
+                since = self.undelivered_since()
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
                 self._requeue_unacked()
+                if connected_at is not None and self._on_disconnected is not None:
+                    try:
+                        self._on_disconnected(since)
+                    except Exception:
+                        log.exception("the disconnect callback failed")
             if client is not None and client.disconnect_reason == SESSION_TAKEN_OVER:
                 taken_over = True
                 error = "the broker ended the session: another client connected with its id"
@@ -595,7 +665,7 @@ class MqttLink:
 
     async def _sender(self, client: _Client) -> None:
         """Hand queued messages to paho, at most SEND_CONCURRENCY unacknowledged."""
-        qos = self.settings.qos
+        default_qos = self.settings.qos
         v5 = self.settings.protocol == 5
         unacked = self._unacked
         while True:
@@ -609,10 +679,12 @@ class MqttLink:
                 continue
             key, item = self._take()
             topic = key if isinstance(key, str) else key[0]
+            qos = default_qos if item.qos is None else item.qos
             size = publish_packet_size(
                 topic, len(item.payload), qos=qos, v5=v5, correlation_data=item.correlation_data
             )
             if self._too_large(topic, size):
+                _finish(item, False)
                 continue
             try:
                 mid = client.send(topic, item.payload, qos, item.retain, self._properties(item))
@@ -621,21 +693,28 @@ class MqttLink:
                 raise
             if mid is None:
                 self.stats.published += 1
+                _finish(item, True)
             else:
                 unacked[mid] = (key, item)
 
     def _acked(self, mid: int) -> None:
-        if self._unacked.pop(mid, None) is not None:
+        entry = self._unacked.pop(mid, None)
+        if entry is not None:
             self.stats.published += 1
             if len(self._unacked) < SEND_CONCURRENCY:
                 self._window.set()
+            _finish(entry[1], True)
 
     def _requeue(self, key: str | tuple[str, int], topic: str, item: _Pending) -> None:
         # Cut off by a disconnect: send it again after the reconnect (a newer payload
-        # for the same topic, queued meanwhile, wins).
-        if not (isinstance(key, str) and key in self._pending):
+        # for the same topic, queued meanwhile, wins). A session message is given up.
+        if item.session:
+            _finish(item, False)
+        elif not (isinstance(key, str) and key in self._pending):
             self.stats.requeued += 1
             self._queue(key, topic, item)
+        else:
+            _finish(item, False)
 
     def _requeue_unacked(self) -> None:
         """The connection ended: what it did not acknowledge goes out again after the
@@ -643,7 +722,20 @@ class MqttLink:
         unacked, self._unacked = self._unacked, {}
         for key, item in unacked.values():
             self._requeue(key, key if isinstance(key, str) else key[0], item)
+        for key in [k for k, item in self._pending.items() if item.session]:
+            item = self._pending.pop(key)
+            if isinstance(key, tuple):
+                self._one_off_waiting -= 1
+            _finish(item, False)
         self._window.set()
+
+    def undelivered_since(self) -> float | None:
+        """When the oldest message not yet delivered (waiting, or sent and not
+        acknowledged) was first queued; None when everything was delivered. What a
+        connection that ends now may have lost happened after this."""
+        times = [item.queued for item in self._pending.values()]
+        times += [item.queued for _, item in self._unacked.values()]
+        return min(times, default=None)
 
     def _properties(self, item: _Pending) -> Properties | None:
         if item.correlation_data is None or self.settings.protocol != 5:

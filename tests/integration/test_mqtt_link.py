@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bridge.model import Mqtt
-from bridge.mqtt import MqttLink
+from bridge.mqtt import MqttLink, Will
 from bridge.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -41,3 +41,63 @@ async def test_duplicate_client_id_backs_off_instead_of_storming(
     assert not any("never retrieved" in m or "Exception in callback" in m for m in messages), [
         m for m in messages if "MQTT connection lost" not in m
     ]
+
+
+async def test_will_acks_and_session_messages(broker, mqtt_watcher) -> None:
+    """The hooks the Sparkplug and buffer features use: a will asked before every connect,
+    no `online` announcement, a per-message QoS and acknowledgement, and messages bound
+    to one connection that are given up (not re-sent) when it ends."""
+    watcher = await mqtt_watcher(broker, "#")
+    wills: list[int] = []
+    ended: list[float | None] = []
+
+    def will() -> Will:
+        wills.append(len(wills))
+        return Will("sp/death", f"will {len(wills)}".encode(), qos=1)
+
+    settings = Mqtt(host=broker.host, port=broker.port, client_id="hooks")
+    link = MqttLink(
+        settings, Topics("site"), will=will, announce=False, on_disconnected=ended.append
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        assert await link.wait_connected(5)
+        done: list[bool] = []
+        link.publish("sp/data", b"1", retain=False, coalesce=False, qos=1, on_done=done.append)
+        link.publish("sp/data", b"2", retain=False, coalesce=False, qos=0, on_done=done.append)
+        msg = await watcher.wait_for(lambda m: m.topic == "sp/data" and m.payload == b"2")
+        assert [m.payload for m in watcher.on("sp/data")] == [b"1", b"2"]  # in order
+        assert msg.qos == 0
+        for _ in range(50):
+            if len(done) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert done == [True, True]
+        assert watcher.on("site/bridge/state") == []  # announce=False
+        # Broker gone: a session message is given up at once, and the link says since when
+        # it has undelivered messages (None: everything was delivered).
+        await broker.astop()
+        for _ in range(100):
+            if ended:
+                break
+            await asyncio.sleep(0.05)
+        assert ended == [None]
+        lost: list[bool] = []
+        link.publish(
+            "sp/data", b"3", retain=False, coalesce=False, session=True, on_done=lost.append
+        )
+        assert lost == [False]
+        kept: list[bool] = []
+        link.publish("sp/other", b"4", retain=False, coalesce=False, on_done=kept.append)
+        await broker.astart()
+        assert await link.wait_connected(10)
+        await watcher.wait_subscribed(10)
+        for _ in range(100):
+            if kept:
+                break
+            await asyncio.sleep(0.05)
+        assert kept == [True]  # an ordinary message waits for the next connection
+        assert len(wills) >= 2  # asked again for the second connection
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
