@@ -26,7 +26,9 @@ from bridge.process import (
     EXIT_USAGE,
     LOG_FORMATS,
     Process,
+    descriptor_warning,
     hide_secrets,
+    raise_descriptor_limit,
     run_main,
     setup_logging,
 )
@@ -224,6 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr, args.shard)
     if config is None:
         return EXIT_CONFIG
+    low = descriptor_warning(raise_descriptor_limit(), len(config.hosts))
+    if low is not None:
+        log.warning("%s", low)
     load = _reloader(args.config, args.shard, config)
     return run_main(lambda p: _run_bridge(config, load, p), process)
 

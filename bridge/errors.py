@@ -6,6 +6,9 @@ message strings.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 
 
@@ -125,3 +128,51 @@ class CommandError(BridgeError):
         self.transaction = transaction
         self.point = point
         super().__init__(reason)
+
+
+# The process ran out of file descriptors (EMFILE: its own limit; ENFILE: the system's).
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+OUT_OF_DESCRIPTORS = (
+    "the bridge is out of file descriptors: raise its limit (LimitNOFILE= in the systemd "
+    "unit) or find what holds them (ls -l /proc/<pid>/fd)"
+)
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says the process has no file descriptor left."""
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) and inner.errno in _DESCRIPTOR_ERRNOS:
+            return True
+        inner = inner.__cause__ or inner.__context__
+    return False
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OS error in one line (the system's words for its errno, which read the same on
+    every event loop), saying plainly when descriptors ran out."""
+    if exc.errno:
+        text = os.strerror(exc.errno)
+    elif isinstance(exc, TimeoutError):
+        text = "timed out"
+    else:
+        text = str(exc) or type(exc).__name__
+    return f"{text} ({OUT_OF_DESCRIPTORS})" if out_of_descriptors(exc) else text
+
+
+def file_kind(mode: int) -> str:
+    """What a file is, from its `st_mode`, for a message: "a regular file", "a FIFO"..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"

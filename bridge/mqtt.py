@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import full_jitter
+from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
 from bridge.model import Mqtt
 from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription
@@ -158,6 +159,8 @@ def _cause(exc: BaseException) -> BaseException:
 def _describe(exc: BaseException) -> str:
     """A one-line reason a person can act on."""
     root = _cause(exc)
+    if isinstance(root, OSError) and out_of_descriptors(root):
+        return describe_os_error(root)
     if isinstance(root, ssl.SSLCertVerificationError):
         return (
             f"TLS certificate not trusted ({root.verify_message}); "

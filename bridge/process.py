@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -226,6 +227,40 @@ def run_main(main: Main, process: Process) -> int:
         return EXIT_OK
     finally:
         process.disarm()
+
+
+MAX_DESCRIPTORS = 1 << 20  # the soft limit is raised at most to this (Linux's nr_open)
+# Descriptors the bridge needs besides one per Modbus host: the broker, the event loop,
+# signals, logs, name lookups, /proc reads, and up to 64 metrics clients.
+OWN_DESCRIPTORS = 128
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (one descriptor per Modbus
+    host: a large fleet needs more than the usual soft limit of 1,024) and return the
+    soft limit in force. Where that is not allowed (the systemd unit sets LimitNOFILE
+    and filters setrlimit) the limit stays as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def descriptor_warning(limit: int, hosts: int) -> str | None:
+    """A warning when `limit` open files leave too few for `hosts` Modbus hosts."""
+    needed = hosts + OWN_DESCRIPTORS
+    if needed <= limit:
+        return None
+    return (
+        f"the open file limit ({limit}) is too low for {hosts} hosts: the bridge needs "
+        f"about {needed} (one per host and {OWN_DESCRIPTORS} of its own); raise it "
+        "(LimitNOFILE= in the systemd unit, ulimit -n) or shard the fleet"
+    )
 
 
 async def bounded(coro: Coroutine[Any, Any, Any], timeout: float, what: str) -> None:

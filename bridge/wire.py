@@ -26,6 +26,7 @@ import grp
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from pymodbus.pdu import bit_message as pdu_bit
 from pymodbus.pdu import register_message as pdu_reg
 
 from bridge.codec import apply_bit
-from bridge.errors import ExceptionReply
+from bridge.errors import ExceptionReply, describe_os_error, file_kind, out_of_descriptors
 from bridge.frames import (
     Answer,
     Echo,
@@ -143,9 +144,10 @@ class Transport:
     def opened(self, client: ModbusBaseClient) -> None:
         """Called after every successful open."""
 
-    def unreachable(self) -> str:
-        """Why the last open failed, for the log."""
-        return f"cannot connect to {self.host.describe()}"
+    def unreachable(self, error: OSError | None = None) -> str:
+        """Why the last open failed (`error`: what opening raised, if it said), for the log."""
+        where = f"cannot connect to {self.host.describe()}"
+        return where if error is None else f"{where}: {describe_os_error(error)}"
 
     @property
     def frame_gap(self) -> float:
@@ -205,9 +207,12 @@ class SerialTransport(Transport):
             **self._options(trace_packet, trace_connect),
         )
 
-    def unreachable(self) -> str:
-        """The likely fix, not just the failure: a missing adapter or a missing group."""
+    def unreachable(self, error: OSError | None = None) -> str:
+        """The likely fix, not just the failure: a missing adapter or a missing group,
+        a path that is no serial port, no descriptor left."""
         port = self.link.port
+        if error is not None and out_of_descriptors(error):
+            return f"cannot open serial port {port}: {describe_os_error(error)}"
         try:
             st = os.stat(port)
         except FileNotFoundError:
@@ -227,7 +232,14 @@ class SerialTransport(Transport):
                 f"'{group}' group (sudo usermod -aG {group} <user>; under systemd, "
                 f"SupplementaryGroups={group})"
             )
-        return f"cannot open serial port {port} (is another program using it?)"
+        if not stat.S_ISCHR(st.st_mode):
+            return (
+                f"serial port {port} is {file_kind(st.st_mode)}, not a serial device: "
+                "check the host's serial: path"
+            )
+        if error is not None:
+            return f"cannot open serial port {port}: {describe_os_error(error)}"
+        return f"cannot open serial port {port}"
 
     @property
     def frame_gap(self) -> float:
@@ -262,6 +274,8 @@ class Wire:
         self._client = self.transport.client(
             trace_packet=self._traced_packet, trace_connect=self._traced_connect
         )
+        self._open_failure: OSError | None = None  # what the last open raised
+        self._record_open_failures()
         # The session's silence rule replaces pymodbus's "close after retries+3 no-responses".
         self._client.set_max_no_responses(1_000_000)
         # Every received byte comes to the frame guard (`_on_data`), which frames, checks
@@ -287,13 +301,29 @@ class Wire:
     def connected(self) -> bool:
         return bool(self._client.connected)
 
+    def _record_open_failures(self) -> None:
+        """pymodbus's connect() answers False and logs why (our logging silences it):
+        keep the exception, so the log can say it, out of file descriptors included."""
+        ctx = self._client.ctx
+        create = ctx.call_create
+
+        async def recorded() -> Any:
+            try:
+                return await create()
+            except OSError as exc:
+                self._open_failure = exc
+                raise
+
+        ctx.call_create = recorded
+
     async def open(self) -> bool:
         """Open the link; False (with `open_error` saying why) when it cannot be opened.
         Never a second socket: whatever was there is closed before connecting."""
         self._client.close()
+        self._open_failure = None
         ok = await self._client.connect()
         if not ok or not self._client.connected:
-            self.open_error = self.transport.unreachable()
+            self.open_error = self.transport.unreachable(self._open_failure)
             return False
         self.open_error = None
         self.transport.opened(self._client)

@@ -14,6 +14,12 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+_LIMIT_SHIM = (
+    "-c",
+    "import os, resource, sys; soft, hard = map(int, sys.argv[1].split(':')); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])",
+)
 
 
 class BridgeProcess:
@@ -25,12 +31,15 @@ class BridgeProcess:
         workdir: Path,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        nofile: int | tuple[int, int] | None = None,
     ):
         self.config_path = workdir / "bridge.yaml"
         self.write_config(config)
         self.log_path = workdir / "bridge.log"
         self.env = {**os.environ, **(env or {})}
         self.args = args  # after `run -c <file>`, e.g. ("--shard", "1/2")
+        # The child's descriptor limit, if given: soft and hard, or both the same.
+        self.nofile = (nofile, nofile) if isinstance(nofile, int) else nofile
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -52,9 +61,12 @@ class BridgeProcess:
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        # A descriptor limit is set by a shim that then becomes the bridge (same pid).
+        shim = [] if self.nofile is None else [*_LIMIT_SHIM, "{}:{}".format(*self.nofile)]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
+                *shim,
                 "-m",
                 "bridge",
                 "--log-level",

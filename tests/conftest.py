@@ -10,9 +10,10 @@ Fixture factories (call them inside the test):
 - ``await sim_servers(units=(1,), **options) -> SimServer``: started Modbus simulators.
 - ``serial_pair``: a virtual null-modem cable (`socat` pty pair), unpluggable
   (`tests.serial_line.SerialPair`).
-- ``await run_bridge(config, env=None, args=()) -> BridgeProcess``: the bridge daemon as a
-  child process (`tests.bridgeproc`; `args` follow `run -c <file>`), stopped with SIGTERM
-  at teardown if still running. `write_config()` and `reload()` (SIGHUP) change its file.
+- ``await run_bridge(config, env=None, args=(), nofile=None) -> BridgeProcess``: the bridge
+  daemon as a child process (`tests.bridgeproc`; `args` follow `run -c <file>`; `nofile`
+  its descriptor limit: soft and hard, or a (soft, hard) pair), stopped with SIGTERM at
+  teardown if still running. `write_config()` and `reload()` (SIGHUP) change its file.
 
 Everything is stopped at teardown.
 """
@@ -135,11 +136,14 @@ async def run_bridge(
     procs: list[BridgeProcess] = []
 
     async def make(
-        config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        nofile: int | tuple[int, int] | None = None,
     ) -> BridgeProcess:
         workdir = tmp_path / f"bridge-{len(procs)}"
         workdir.mkdir()
-        proc = BridgeProcess(config, workdir, env, args)
+        proc = BridgeProcess(config, workdir, env, args, nofile)
         proc.start()
         procs.append(proc)
         return proc

@@ -178,3 +178,16 @@ def test_serial_drop_in_opens_only_serial_devices() -> None:
     assert service["DevicePolicy"] == ["closed"]
     assert service["SupplementaryGroups"] == ["dialout"]
     assert all(v.startswith("char-tty") and v.endswith(" rw") for v in service["DeviceAllow"])
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_descriptor_limit_leaves_room_for_hosts_and_metrics_clients(unit: str) -> None:
+    """Issue 16: the metrics port must never take the descriptors the bridge's own links
+    need. The unit sets the limit (setrlimit is in @resources, which the unit filters)."""
+    from bridge.metrics import connection_cap
+
+    service = parse_unit((SYSTEMD / unit).read_text())["Service"]
+    (limit,) = service["LimitNOFILE"]
+    assert ":" not in limit  # soft = hard: nothing for the bridge to raise
+    assert "~@privileged @resources" in service["SystemCallFilter"]
+    assert connection_cap(int(limit)) == 64 and int(limit) >= 4096

@@ -170,7 +170,8 @@ async def test_errors_are_one_line_and_usage_errors_exit_2(gateway: SimServer) -
     code, _, err = await cli("read", "--host", host, "--unit", "9", "--address", "0", "--json")
     assert code == 1 and "exception 11 (gateway target device failed to respond)" in err
     refused = await cli("read", "--host", "127.0.0.1:1", "--address", "0", "--timeout", "200ms")
-    assert refused[0] == 1 and refused[2].splitlines() == ["error: cannot connect to 127.0.0.1:1"]
+    assert refused[0] == 1
+    assert refused[2].splitlines() == ["error: cannot connect to 127.0.0.1:1: Connection refused"]
     before = gateway.connections_total
     for args in (
         ("write", "--host", host, "--table", "input", "--address", "0", "1"),  # read-only

@@ -4,15 +4,18 @@ own parser, against our simulator (Modbus TCP and RTU framing) and a real Mosqui
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 from broker import free_port
 from fleet import mqtt_section
+from flood import Flood, ProcessFigures, process_figures, raise_own_descriptor_limit
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.sim import SimServer
@@ -167,3 +170,139 @@ async def test_a_port_in_use_leaves_the_bridge_running_without_metrics(caplog) -
         bridge._start_metrics()
     assert bridge.metrics is None
     assert f"metrics: cannot listen on 127.0.0.1:{port}" in caplog.text
+
+
+NOFILE = 1024  # the bridge's descriptor limit in the flood test: the usual default
+
+
+async def test_a_flood_on_the_metrics_port_leaves_the_bridge_its_links(
+    broker, run_bridge, mqtt_watcher
+) -> None:
+    """Issue 16, item 1. With the library's server, about 1,010 idle connections took
+    every descriptor under a limit of 1,024 (a thread each): the broker could not be
+    reached again for as long as they were held. Here 1,000 idle and 1,000 slow
+    connections are held (reopened whenever the bridge drops one) while the broker and
+    the Modbus gateway restart: the bridge reconnects to both within its usual backoff,
+    and a scrape answers once the flood stops reopening."""
+    if not raise_own_descriptor_limit(2600):
+        pytest.skip("needs 2,600 file descriptors for the flood")
+    gateway = SimServer([1])
+    await gateway.start()
+    port = free_port()
+    config = _config(broker, gateway, gateway, port)
+    config["hosts"] = config["hosts"][:1]
+    config["devices"] = [{"name": "a1", "host": "gw-a", "unit": 1, "interval": "200ms",
+                          "points": POINTS}]  # fmt: skip
+    flood = Flood(port, idle=1000, slow=1000)
+    try:
+        bridge = await run_bridge(config, nofile=NOFILE)
+        loop = asyncio.get_running_loop()
+
+        async def until(what: str, ready: Any, timeout: float) -> float:
+            started = loop.time()
+            while not ready():
+                assert bridge.alive(), bridge.log()[-3000:]
+                assert loop.time() - started < timeout, f"{what}: not within {timeout}s"
+                await asyncio.sleep(0.1)
+            return loop.time() - started
+
+        def logged(text: str) -> int:
+            return bridge.log().count(text)
+
+        await until("first scrape", lambda: _answers(port), 15)
+        await until("online", lambda: logged("MQTT connected to") == 1, 15)
+        calm = process_figures(bridge.pid)
+
+        await flood.start()
+        peak = calm
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            while sampling:
+                now = process_figures(bridge.pid)
+                peak = ProcessFigures(
+                    max(peak.descriptors, now.descriptors),
+                    max(peak.threads, now.threads),
+                    max(peak.rss, now.rss),
+                )
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
+        await asyncio.sleep(3.0)  # the flood at full strength
+        assert flood.opened >= 1000  # the flood is on
+
+        # The broker restarts: the bridge is back within its backoff (0.5 s, doubling).
+        watcher = await mqtt_watcher(broker, "modbus/a1")
+        broker.restart()
+        mqtt_back = await until("MQTT reconnect", lambda: logged("MQTT connected to") == 2, 20)
+        # The gateway restarts: one new socket, the device polled again.
+        await gateway.stop()
+        await asyncio.sleep(0.5)
+        await gateway.start()
+        modbus_back = await until("Modbus reconnect", lambda: gateway.connections_total == 2, 20)
+        gateway.unit(1).set_registers("holding", 0, [42])
+        await until(
+            "values flow", lambda: any(b'"a":42' in m.payload for m in watcher.messages), 10
+        )
+        flood.reopening = False
+        scrape = await until("a scrape", lambda: _answers(port), 30)
+        sampling = False
+        await sampler
+        opened, dropped = flood.opened, flood.dropped
+    finally:
+        await flood.stop()
+        await gateway.stop()
+    assert await bridge.terminate() == 0
+    log = bridge.log()
+    print(
+        f"\nflood: {opened} connections opened, {dropped} dropped by the bridge; "
+        f"descriptors {calm.descriptors} -> peak {peak.descriptors}, threads {calm.threads} "
+        f"-> {peak.threads}, RSS {calm.rss / 2**20:.1f} -> {peak.rss / 2**20:.1f} MiB; MQTT "
+        f"back in {mqtt_back:.1f}s, Modbus in {modbus_back:.1f}s, scrape after {scrape:.1f}s"
+    )
+    # What the flood costs the bridge is bounded: the connection cap (64 of 1,024), no
+    # thread per connection.
+    assert peak.descriptors <= calm.descriptors + 64 + 2 < NOFILE
+    assert peak.threads <= calm.threads + 1
+    assert "Too many open files" not in log
+    assert "Traceback" not in log
+
+
+def _answers(port: int) -> bool:
+    try:
+        _scrape(port)
+    except OSError:
+        return False
+    return True
+
+
+async def test_the_bridge_raises_its_descriptor_limit_and_warns_when_it_is_low(
+    broker, run_bridge
+) -> None:
+    gateway = SimServer([1])
+    await gateway.start()
+    try:
+        config = _config(broker, gateway, gateway, free_port())
+        raised = await run_bridge(config, nofile=(256, 4096))
+        # Many hosts (down: nothing listens there) under a limit that cannot be raised.
+        config = dict(config, hosts=[{"name": f"h{n}", "address": "127.0.0.1", "port": 1}
+                                     for n in range(200)])  # fmt: skip
+        config["devices"] = [{"name": f"d{n}", "host": f"h{n}", "unit": 1, "points": POINTS}
+                             for n in range(200)]  # fmt: skip
+        config["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+        low = await run_bridge(config, nofile=256)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while "bridge started" not in raised.log() or "bridge started" not in low.log():
+            assert loop.time() < deadline, raised.log()[-2000:] + low.log()[-2000:]
+            await asyncio.sleep(0.1)
+        limits = Path(f"/proc/{raised.pid}/limits").read_text()  # noqa: ASYNC240
+        assert re.search(r"Max open files\s+4096\s+4096", limits), limits
+        assert "open file limit" not in raised.log()
+        assert (
+            "the open file limit (256) is too low for 200 hosts: the bridge needs about 328"
+            in low.log()
+        )
+    finally:
+        await gateway.stop()

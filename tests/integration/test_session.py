@@ -72,6 +72,7 @@ async def test_refused_then_up_connects_exactly_once(sim_servers) -> None:
             await asyncio.wait_for(session.read(1, Table.HOLDING, 0, 1), 2)
         await asyncio.sleep(0.5)
         assert server.connections_total == 0
+        assert session.open_error == f"cannot connect to 127.0.0.1:{port}: Connection refused"
         await server.start()
         await _connected(session)
         assert await session.read(1, Table.HOLDING, 0, 1) == [0]

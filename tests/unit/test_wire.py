@@ -3,6 +3,9 @@ silence a serial line needs between frames (issue 9)."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from bridge.model import Host, Parity, SerialLink, TcpLink
@@ -35,3 +38,50 @@ def test_serial_open_failures_name_the_port_and_the_fix(
 def test_rtu_silence_between_frames(link: SerialLink, gap: float) -> None:
     assert transport_for(Host("bus", link)).frame_gap == pytest.approx(gap)
     assert transport_for(Host("gw", TcpLink("10.0.0.1"))).frame_gap == 0.0
+
+
+def test_open_failures_say_why_and_when_descriptors_ran_out() -> None:
+    tcp = transport_for(Host("gw", TcpLink("127.0.0.1", 1502)))
+    assert tcp.unreachable() == "cannot connect to 127.0.0.1:1502"
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+    assert tcp.unreachable(refused) == "cannot connect to 127.0.0.1:1502: Connection refused"
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    reason = tcp.unreachable(emfile)
+    assert "Too many open files" in reason and "out of file descriptors" in reason
+    assert "LimitNOFILE" in reason
+    serial = transport_for(Host("bus", SerialLink("/dev/ttyUSB0")))
+    assert "out of file descriptors" in serial.unreachable(emfile)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda p: p.write_text(""), "a regular file"),
+        (lambda p: p.mkdir(), "a directory"),
+        (os.mkfifo, "a FIFO"),
+    ],
+)
+def test_a_serial_path_that_is_no_device_is_named_as_such(tmp_path, make, kind: str) -> None:
+    """It used to blame "another program using it"."""
+    port = tmp_path / "ttyUSB0"
+    make(port)
+    reason = transport_for(Host("bus", SerialLink(str(port)))).unreachable()
+    assert f"serial port {port} is {kind}" in reason and "not a serial device" in reason
+    assert "another program" not in reason
+
+
+def test_mqtt_connect_failures_say_when_descriptors_ran_out() -> None:
+    """aiomqtt re-raises paho's socket error as a bare MqttError (from None); the cause
+    is still in its context."""
+    import aiomqtt
+
+    from bridge.mqtt import _describe
+
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise aiomqtt.MqttError(str(exc)) from None
+    except aiomqtt.MqttError as wrapped:
+        reason = _describe(wrapped)
+    assert reason.startswith("Too many open files (the bridge is out of file descriptors")
