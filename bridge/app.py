@@ -184,7 +184,12 @@ class Bridge:
         """Home Assistant's birth (`online`; its last will says `offline`): it may have
         restarted and lost what it had, so it gets discovery and state again."""
         if message.payload.strip() == ONLINE.encode():
-            log.info("Home Assistant is online: publishing discovery and state again")
+            self._throttle.log(  # a flood of births is one line, then a count
+                logging.INFO,
+                "ha-birth",
+                "Home Assistant births",
+                "Home Assistant is online: publishing discovery and state again",
+            )
             self._republish()
 
     def _on_old_discovery(self, message: Incoming) -> None:

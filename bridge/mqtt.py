@@ -190,6 +190,21 @@ def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
     return None if settings.tls is None else tls_context(settings.tls)
 
 
+class _PahoSocketErrors(logging.Filter):
+    """paho logs a socket error that ends a connection ("failed to receive on socket:
+    [Errno 104] Connection reset by peer") before the link knows the connection ended;
+    the link says it in its own line (`_Client.socket_error`), once, with the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_PAHO_SOCKET_MESSAGES)
+
+
+_PAHO_SOCKET_MESSAGES = ("failed to receive on socket", "failed to send on socket",
+                         "timeout on socket")  # fmt: skip
+_PAHO_LOG = logging.getLogger("bridge.mqtt.client")  # aiomqtt's and paho's own lines
+_PAHO_LOG.addFilter(_PahoSocketErrors())
+
+
 class _Client(aiomqtt.Client):
     """aiomqtt's client, plus what aiomqtt does not pass on: the CONNACK properties
     (the broker's maximum packet size), PUBACK failure reason codes, and a cap on
@@ -212,10 +227,14 @@ class _Client(aiomqtt.Client):
         self.connack: Properties | None = None
         self.disconnect_reason: int | None = None  # the broker's DISCONNECT reason (MQTT 5)
         self.oversize_in: int | None = None  # size of an incoming packet over the cap
+        # The socket error that ended the connection: paho only logs it (on its own
+        # logger, where _PahoSocketErrors drops it) and reports "connection lost".
+        self.socket_error: OSError | None = None
         self._on_refused = on_refused
         self._on_acked = on_acked
         paho = self._client
         receive = paho._sock_recv
+        send = paho._sock_send
 
         def capped_receive(bufsize: int) -> bytes:
             packet = paho._in_packet
@@ -224,10 +243,27 @@ class _Client(aiomqtt.Client):
                 # cost its whole size in memory. (MQTT 5 brokers never send it.)
                 self.oversize_in = int(packet["remaining_length"])
                 return b""  # paho: connection lost
-            data: bytes = receive(bufsize)
+            try:
+                data: bytes = receive(bufsize)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self.socket_error = exc
+                raise
             return data
 
+        def recorded_send(buf: bytes | bytearray) -> int:
+            try:
+                sent: int = send(buf)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self.socket_error = exc
+                raise
+            return sent
+
         paho._sock_recv = capped_receive  # type: ignore[method-assign]
+        paho._sock_send = recorded_send  # type: ignore[method-assign]
 
     @property
     def broker_max_packet(self) -> int | None:
@@ -363,6 +399,8 @@ class MqttLink:
         self._handlers: set[asyncio.Task[None]] = set()
         # Handed to the broker, not yet acknowledged: message id -> (key, message).
         self._unacked: dict[int, tuple[str | tuple[str, int], _Pending]] = {}
+        self._unacked_size: dict[int, int] = {}  # message id -> packet bytes
+        self._acked_max = 0  # the largest packet the broker acknowledged on this connection
         self._window = asyncio.Event()  # set while fewer than SEND_CONCURRENCY are unacked
         self._window.set()
         self._broker_max: int | None = None  # from the last CONNACK (MQTT 5)
@@ -499,6 +537,7 @@ class MqttLink:
             on_refused=self._refused,
             on_acked=self._acked,
             max_incoming=MAX_INCOMING_PACKET,
+            logger=_PAHO_LOG,
         )
         # We bound concurrency ourselves (SEND_CONCURRENCY); silence its warning below that.
         client.pending_calls_threshold = SEND_CONCURRENCY + 16
@@ -538,6 +577,7 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         failures = 0
         short_sessions = 0  # dropped soon after a successful connect, in a row
+        limit_drops = 0  # dropped with an unusually large message in flight, in a row
         if self.settings.tls is not None and self.settings.tls.insecure:
             log.warning(
                 "mqtt.tls.insecure is true: the broker's certificate is NOT verified, so "
@@ -579,6 +619,8 @@ class MqttLink:
                 self._connected.clear()
                 self._client = None
                 since = self.undelivered_since()
+                oversize_out = self._oversize_in_flight()
+                self._acked_max = 0
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
@@ -591,6 +633,8 @@ class MqttLink:
             if client is not None and client.disconnect_reason == SESSION_TAKEN_OVER:
                 taken_over = True
                 error = "the broker ended the session: another client connected with its id"
+            if client is not None and client.socket_error is not None and connected_at:
+                error = describe_os_error(client.socket_error)
             if client is not None and client.oversize_in is not None:
                 error = (
                     f"the broker sent a packet of {client.oversize_in} bytes, more than the "
@@ -602,12 +646,19 @@ class MqttLink:
                 failures = 0
             failures += 1
             short_sessions = short_sessions + 1 if up is not None and up < STABLE_AFTER else 0
+            limit_drops = limit_drops + 1 if oversize_out and up is not None else 0
             wait = full_jitter(failures, low=0.5, high=self._backoff_max)
             if up is not None:
                 log.warning(
                     "MQTT connection lost: %s%s; reconnecting in %.1fs",
                     error,
-                    self._drop_hint(up, taken_over=taken_over, short_sessions=short_sessions),
+                    self._drop_hint(
+                        up,
+                        taken_over=taken_over,
+                        short_sessions=short_sessions,
+                        limit_drops=limit_drops,
+                        in_flight=oversize_out,
+                    ),
                     wait,
                 )
             else:
@@ -621,11 +672,37 @@ class MqttLink:
                 )
             await asyncio.sleep(wait)
 
-    def _drop_hint(self, up: float, *, taken_over: bool, short_sessions: int) -> str:
-        """A hint about a duplicate client id, only where the evidence points there."""
+    def _oversize_in_flight(self) -> int:
+        """At a drop: the size of the largest message in flight when it is larger than
+        any the broker acknowledged on the connection, on MQTT 3.1.1 with no
+        `max_packet_size` (a broker with a packet limit drops such a client without
+        saying why: MQTT 5 brokers announce their limit); else 0."""
+        if self.settings.protocol == 5 or self.settings.max_packet_size is not None:
+            return 0
+        largest = max(self._unacked_size.values(), default=0)
+        return largest if largest > self._acked_max else 0
+
+    def _drop_hint(
+        self,
+        up: float,
+        *,
+        taken_over: bool,
+        short_sessions: int,
+        limit_drops: int = 0,
+        in_flight: int = 0,
+    ) -> str:
+        """A hint about a duplicate client id or a broker's packet limit, only where the
+        evidence points there."""
         client_id = self.settings.client_id
         if taken_over:
             return f" (another client connected with client_id {client_id!r})"
+        if limit_drops >= 2 and in_flight:
+            return (
+                f" (dropped {limit_drops} times in a row while a {in_flight}-byte message, "
+                "larger than any the broker accepted, was in flight: an MQTT 3.1.1 broker "
+                "with a packet size limit drops a client without saying why; set "
+                "mqtt.max_packet_size to the broker's limit)"
+            )
         if short_sessions >= 2:
             # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
             # dropped right after a successful connect, again and again, with no failed
@@ -699,10 +776,13 @@ class MqttLink:
                 _finish(item, True)
             else:
                 unacked[mid] = (key, item)
+                self._unacked_size[mid] = size
 
     def _acked(self, mid: int) -> None:
+        size = self._unacked_size.pop(mid, 0)
         entry = self._unacked.pop(mid, None)
         if entry is not None:
+            self._acked_max = max(self._acked_max, size)
             self.stats.published += 1
             if len(self._unacked) < SEND_CONCURRENCY:
                 self._window.set()
@@ -723,6 +803,7 @@ class MqttLink:
         """The connection ended: what it did not acknowledge goes out again after the
         reconnect (the new client knows nothing of the old one's messages)."""
         unacked, self._unacked = self._unacked, {}
+        self._unacked_size = {}
         for key, item in unacked.values():
             self._requeue(key, key if isinstance(key, str) else key[0], item)
         for key in [k for k, item in self._pending.items() if item.session]:
