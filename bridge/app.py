@@ -28,12 +28,13 @@ from bridge.health import build_health, fit_health, rss_bytes
 from bridge.logs import Throttle
 from bridge.model import BridgeConfig, Device, Metrics
 from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
-from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription, Value
+from bridge.payloads import OFFLINE, ONLINE, Gate, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
 from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
+from bridge.shard import layout_refusal
 from bridge.state import Message, StateCache
 from bridge.stats import ReloadStats, SessionStats
 from bridge.topics import Topics, topics_of
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge")
 
 SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
+LAYOUT_WAIT = 3.0  # seconds polling waits at start for the shard layout check (first connect)
 RELOAD_DRAIN = 1.0  # seconds a command in flight for a device a reload changes may finish
 
 # Reads the configuration file again (and picks this process's share of it); raises
@@ -104,6 +106,7 @@ class Bridge:
         self._retired: dict[str, SessionStats] = {}  # counters of hosts a reload closed
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
+        self.refused: str | None = None  # why the bridge must not run here: exit 2
         self._failing: dict[str, ModbusRequestError] = {}  # offline devices and why
         # Devices offline only because their host is down: logged per host, not per device.
         self._host_down: dict[str, set[str]] = {}
@@ -140,6 +143,8 @@ class Bridge:
             # Commands must be live: the broker is asked not to replay retained ones.
             subscriptions=[Subscription(f, retained=False) for f in topics.command_filters],
             routes=routes,  # Home Assistant: its status and our earlier discovery
+            gate=_layout_gate(config, topics),  # no other shard layout under the base
+            on_gate_closed=self._refuse_to_run,
         )
 
     def _make_metrics(self, config: BridgeConfig) -> MetricsServer | None:
@@ -296,9 +301,11 @@ class Bridge:
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
+        self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
+        if not await self._layout_checked():
+            return  # another shard layout runs there: no session, no poll (exit 2)
         for session in self.sessions.values():
             await session.start()
-        self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         self.scheduler.start()
         self._start_health()
         self._start_metrics()
@@ -354,6 +361,27 @@ class Bridge:
                 "(metrics.listen); use a loopback address unless that is intended",
                 where,
             )
+
+    async def _layout_checked(self) -> bool:
+        """Wait (at most LAYOUT_WAIT) for the MQTT link's first connect attempt, which
+        checks that no other shard layout runs under the base topic, so a process that
+        must not run opens no Modbus socket (a gateway that takes one connection would
+        drop the other layout's). False when it must not run; True, too, when the
+        broker is not reachable: the check then comes at the first connect."""
+        waits = {asyncio.ensure_future(e.wait()) for e in (self.link.first_attempt, self._fatal)}
+        await asyncio.wait(waits, timeout=LAYOUT_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        return self.refused is None
+
+    def _refuse_to_run(self, reason: str) -> None:
+        """Another shard layout runs under the base topic: stop (exit 2) before polling
+        or answering anything. The link already set this process's bridge state
+        `offline` and never connected for the rest, so the devices' states, which the
+        other layout publishes, are left alone at shutdown."""
+        log.error("%s", reason)
+        self.refused = reason
+        self._fatal.set()
 
     def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """A task that must run until shutdown: if it ends otherwise, stop the bridge
@@ -649,6 +677,22 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+def _layout_gate(config: BridgeConfig, topics: Topics) -> Gate:
+    """At the first connect of each link (start, and a reload that reconnects): the
+    retained bridge states under the base; another layout's `online` closes the gate."""
+
+    def judge(states: list[Incoming]) -> str | None:
+        online = [
+            label
+            for m in states
+            if (label := topics.bridge_label(m.topic)) is not None
+            and m.payload.strip() == ONLINE.encode()
+        ]
+        return layout_refusal(config.shard, topics.base, online)
+
+    return Gate(topics.layout_filters, judge)
 
 
 def _together(config: BridgeConfig) -> set[str]:

@@ -203,6 +203,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _run_bridge(config: BridgeConfig, load: Loader, process: Process) -> int:
     bridge = Bridge(config)
     await bridge.run(process.stop, reload=process.reload, load=load)
+    if bridge.refused is not None:
+        return EXIT_USAGE  # another shard layout runs: restarting cannot help
     return EXIT_FAILURE if bridge.failed else EXIT_OK
 
 

@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from bridge.backoff import full_jitter
 from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
 from bridge.model import Mqtt
-from bridge.payloads import OFFLINE, ONLINE, Incoming, Subscription
+from bridge.payloads import OFFLINE, ONLINE, Gate, Incoming, Subscription
 from bridge.stats import LinkStats
 from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import Topics
@@ -69,6 +69,8 @@ STABLE_AFTER = 10.0  # seconds a connection must last before the backoff resets
 # never sends more; enforced on MQTT 3.1.1 by dropping the connection before reading it.
 MAX_INCOMING_PACKET = 128 * 1024
 PROTOCOL_MAX_PACKET = 268_435_455 + 5  # remaining length limit plus the fixed header
+GATE_QUIET = 0.15  # seconds without a retained message after which the replay is over
+GATE_MAX = 2.0  # seconds the gate waits for retained messages at most
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client used our client id
 
 
@@ -188,6 +190,17 @@ def build_tls_context(settings: Mqtt) -> ssl.SSLContext | None:
     """The TLS context of `settings` (bridge.tls); an error names the file it could not
     use (it was removed or changed after `check`)."""
     return None if settings.tls is None else tls_context(settings.tls)
+
+
+def _incoming(message: aiomqtt.Message) -> Incoming:
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props else None
+    correlation = getattr(props, "CorrelationData", None) if props else None
+    payload = message.payload
+    raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+    return Incoming(
+        str(message.topic), bytes(raw), response_topic, correlation, bool(message.retain)
+    )
 
 
 class _PahoSocketErrors(logging.Filter):
@@ -367,12 +380,24 @@ class MqttLink:
         on_overload: Callable[[Incoming], None] | None = None,
         subscriptions: Iterable[Subscription] = (),
         routes: Mapping[str, Callable[[Incoming], None]] | None = None,
+        gate: Gate | None = None,
+        on_gate_closed: Callable[[str], None] | None = None,
         backoff_max: float = 30.0,
         will: Callable[[], Will] | None = None,
         announce: bool = True,
         on_disconnected: Callable[[float | None], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Checked at the first connect only (`_pass_gate`): when it gives a reason, the
+        # link says `offline` on the bridge state, calls `on_gate_closed` and waits
+        # there, subscribed to nothing, until it is cancelled.
+        self._gate = gate
+        self._on_gate_closed = on_gate_closed
+        # The first connect attempt is over: the gate passed or closed, or the broker
+        # could not be reached (the gate then waits for the next connect).
+        self.first_attempt = asyncio.Event()
+        if gate is None:
+            self.first_attempt.set()
         self.topics = topics
         self._on_connected = on_connected
         self._on_message = on_message
@@ -544,6 +569,52 @@ class MqttLink:
         client._client.max_inflight_messages_set(SEND_CONCURRENCY)
         return client
 
+    async def _pass_gate(self, client: _Client) -> None:
+        """The first connect: the retained messages on the gate's filters, judged. Passed,
+        the gate is gone; closed, the bridge state says `offline` again and the link
+        waits (connected, silent) until the owner, told why, cancels it."""
+        gate = self._gate
+        assert gate is not None
+        seen = await client.unless_dropped(self._retained_on(client, gate.filters))
+        reason = gate.judge(seen)
+        if reason is None:
+            self._gate = None
+            self.first_attempt.set()
+            return
+        await client.unless_dropped(
+            client.publish(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
+        )
+        if self._on_gate_closed is not None:
+            self._on_gate_closed(reason)
+        self.first_attempt.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    @staticmethod
+    async def _retained_on(client: _Client, filters: Sequence[str]) -> list[Incoming]:
+        """Subscribe to `filters`, gather what the broker replays (until nothing came for
+        GATE_QUIET, at most GATE_MAX), unsubscribe. Read from aiomqtt's queue without
+        waiting on it, so no message is lost to a cancelled wait; nothing else is
+        subscribed yet."""
+        loop = asyncio.get_running_loop()
+        for flt in filters:
+            await client.subscribe(flt, qos=1)
+        started = last = loop.time()
+        seen: list[Incoming] = []
+        queue = client._queue
+        while True:
+            while not queue.empty():
+                message = queue.get_nowait()
+                if any(message.topic.matches(f) for f in filters):
+                    seen.append(_incoming(message))
+                last = loop.time()
+            now = loop.time()
+            if now - last >= GATE_QUIET or now - started >= GATE_MAX:
+                break
+            await asyncio.sleep(0.02)
+        for flt in filters:
+            await client.unsubscribe(flt)
+        return seen
+
     async def _subscribe(self, client: _Client) -> None:
         v5 = self.settings.protocol == 5
         for sub in self._subscriptions:
@@ -601,6 +672,8 @@ class MqttLink:
                                 self.topics.bridge_state, ONLINE.encode(), qos=1, retain=True
                             )
                         )
+                    if self._gate is not None:
+                        await self._pass_gate(client)
                     await client.unless_dropped(self._subscribe(client))
                     self._connected.set()
                     log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
@@ -641,6 +714,7 @@ class MqttLink:
                     f"{MAX_INCOMING_PACKET} this bridge accepts; connection dropped unread "
                     "(with mqtt.protocol 5 the broker is told the limit and never sends it)"
                 )
+            self.first_attempt.set()
             up = None if connected_at is None else loop.time() - connected_at
             if up is not None and up >= STABLE_AFTER:
                 failures = 0
@@ -839,14 +913,7 @@ class MqttLink:
             route = self._route(message.topic)
             if route is None and self._on_message is None:
                 continue
-            props = message.properties
-            response_topic = getattr(props, "ResponseTopic", None) if props else None
-            correlation = getattr(props, "CorrelationData", None) if props else None
-            payload = message.payload
-            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            incoming = Incoming(
-                str(message.topic), bytes(raw), response_topic, correlation, bool(message.retain)
-            )
+            incoming = _incoming(message)
             if route is not None:
                 try:
                     route(incoming)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -38,6 +38,16 @@ class Subscription:
 
     filter: str
     retained: bool = True
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the MQTT link checks at its first connect, before it subscribes to anything
+    else or publishes more than the bridge's own state: the retained messages on
+    `filters`, which `judge` turns into a reason not to run (or None)."""
+
+    filters: tuple[str, ...]
+    judge: Callable[[list[Incoming]], str | None]
 
 
 ONLINE = "online"

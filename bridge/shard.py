@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from bridge.errors import ConfigError, Problem
 from bridge.model import BridgeConfig, Shard
 from bridge.planner import host_load, plan_device
+from bridge.topics import Topics
 
 MAX_SHARDS = 256
 # ASCII digits and spaces only: `\d` would take any script's digits (fullwidth digits, U+FF11 ...).
@@ -69,6 +70,63 @@ def shard_of(host: str, count: int) -> int:
     """The shard (1..count) that runs `host`: the same in every process, on every
     machine and Python version."""
     return _jump(_key(host), count) + 1
+
+
+_LABEL_RE = re.compile(r"([0-9]+)of([0-9]+)")
+
+
+def parse_label(label: str) -> tuple[int, int] | None:
+    """A shard's topic label (``2of4``) -> (2, 4); None when it is not one."""
+    match = _LABEL_RE.fullmatch(label)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
+def other_layouts(mine: Shard | None, online: Iterable[str]) -> list[str]:
+    """The labels among `online` (bridge states that say `online`; "" is the unsharded
+    bridge) that belong to another layout than `mine`: another number of shards, or
+    sharded against unsharded. The same shard (or another shard of the same layout) is
+    not another layout."""
+    others: set[str] = set()
+    for label in online:
+        if label == "":
+            if mine is not None:
+                others.add(label)
+            continue
+        parsed = parse_label(label)
+        if parsed is not None and (mine is None or parsed[1] != mine.count):
+            others.add(label)
+    return sorted(others, key=lambda label: parse_label(label) or (0, 0))
+
+
+def layout_refusal(mine: Shard | None, base: str, online: Iterable[str]) -> str | None:
+    """Why this process must not run beside the bridge states `online` under `base`,
+    naming both layouts; None when no other layout is online. Two layouts at once split
+    the hosts two ways: some hosts get two sessions (every command to their devices
+    written twice), others none."""
+    others = other_layouts(mine, online)
+    if not others:
+        return None
+    me = "the unsharded bridge" if mine is None else f"shard {mine} (of {mine.count} shards)"
+    layouts: dict[int, list[int]] = {}  # other layout's shard count -> its shards online
+    for label in others:
+        index, count = parse_label(label) or (0, 0)
+        layouts.setdefault(count, []).append(index)
+    them = []
+    for count, indexes in sorted(layouts.items()):
+        if count == 0:
+            them.append("the unsharded bridge")
+        else:
+            shards = ", ".join(f"{k}/{count}" for k in indexes)
+            them.append(f"shard{'s' if len(indexes) > 1 else ''} {shards} (of {count} shards)")
+    states = [Topics(base, label or None).bridge_state for label in others]
+    return (
+        f"{me} refuses to run: {' and '.join(them)} of another layout "
+        f"{'is' if len(others) == 1 else 'are'} online under base topic {base!r} "
+        f"({', '.join(states)}). Two layouts at once poll some hosts twice and write every "
+        "command to them twice. Stop every process of one layout before starting the "
+        "other; if that one is stopped already (its last will never reached the broker), "
+        f"clear its state: mosquitto_pub -r -n -t {states[0]}"
+    )
 
 
 def client_id(fleet_client_id: str, index: int, count: int) -> str:

@@ -137,6 +137,25 @@ class Topics:
     def bridge_health(self) -> str:
         return self._bridge("health")
 
+    @property
+    def layout_filters(self) -> tuple[str, str]:
+        """Every bridge state under the base: the unsharded bridge's and each shard's
+        (a process checks at its first connect that no other layout runs there)."""
+        return (self._join("bridge", "state"), self._join("bridge", "+", "state"))
+
+    def bridge_label(self, topic: str) -> str | None:
+        """Whose bridge state `topic` is: "" for the unsharded bridge, the shard's label
+        (e.g. ``2of4``) for a shard's, None when it is no bridge state under the base."""
+        first = self.first_level(topic)
+        if first != "bridge":
+            return None
+        levels = topic[len(self.base) + 1 :].split("/")
+        if levels == ["bridge", "state"]:
+            return ""
+        if len(levels) == 3 and levels[2] == "state" and levels[1]:
+            return levels[1]
+        return None
+
     # per device
     def state(self, device: str) -> str:
         return self._join(device)

@@ -4,6 +4,7 @@ same configuration, six simulated gateways, one Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -129,3 +130,124 @@ async def test_two_shards_share_a_fleet(broker, sim_servers, mqtt_watcher, run_b
     await asyncio.sleep(0.2)
     states = [watcher.latest(f"modbus/bridge/{k}of2/state") for k in (1, 2)]
     assert [s.payload if s else None for s in states] == [b"offline", b"offline"]
+
+
+# -- two layouts at once (issue 16, item 2) -----------------------------------------------
+
+
+async def _fleet(sim_servers: Any, broker: Any, base: str) -> tuple[dict[str, Any], dict]:
+    servers: dict[str, SimServer] = {h: await sim_servers(UNITS) for h in HOSTS}
+    config = {
+        "version": 1,
+        "mqtt": mqtt_section(broker, client_id=CLIENT, base_topic=base),
+        "hosts": [{"name": h, "address": "127.0.0.1", "port": servers[h].port} for h in HOSTS],
+        "devices": [
+            {"name": f"{h}-u{{unit}}", "host": h, "units": "1-2", "interval": "300ms",
+             "points": POINTS}
+            for h in HOSTS
+        ],
+    }  # fmt: skip
+    return config, servers
+
+
+async def _exit(bridge: Any, timeout: float = 15.0) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while bridge.alive():
+        assert loop.time() < deadline, bridge.log()[-3000:]
+        await asyncio.sleep(0.1)
+    return await bridge.terminate()
+
+
+async def _online(watcher: Any, base: str, label: str) -> None:
+    topic = f"{base}/bridge/{label}/state" if label else f"{base}/bridge/state"
+    await watcher.wait_for(lambda m: m.topic == topic and m.payload == b"online", timeout=15)
+
+
+async def test_a_second_shard_layout_refuses_to_run(
+    broker, sim_servers, mqtt_watcher, run_bridge
+) -> None:
+    """`--shard 1/2` and `--shard 1/3` on one configuration wrote every command to four
+    hosts twice, left three hosts unpolled, and neither said a word."""
+    config, servers = await _fleet(sim_servers, broker, "modbus")
+    watcher = await mqtt_watcher(broker, "modbus/#")
+    running = {k: await run_bridge(config, args=("--shard", f"{k}/2")) for k in (1, 2)}
+    for k in (1, 2):
+        await _online(watcher, "modbus", f"{k}of2")
+    for host in HOSTS:
+        await watcher.wait_for(f"modbus/{host}-u1/availability", timeout=10)
+    sockets = {h: s.connections_total for h, s in servers.items()}
+    mark = watcher.mark()
+
+    other = await run_bridge(config, args=("--shard", "1/3"))
+    assert await _exit(other) == 2
+    log = other.log()
+    assert (
+        "shard 1/3 (of 3 shards) refuses to run: shards 1/2, 2/2 (of 2 shards) of another "
+        "layout are online under base topic 'modbus' (modbus/bridge/1of2/state, "
+        "modbus/bridge/2of2/state)"
+    ) in log, log[-3000:]
+    assert "Traceback" not in log
+    # It opened no Modbus socket, and left the running layout's states alone; its own
+    # bridge state says offline.
+    assert {h: s.connections_total for h, s in servers.items()} == sockets
+    assert not [m for m in watcher.messages[mark:] if m.payload == b"offline"
+                and m.topic != "modbus/bridge/1of3/state"]  # fmt: skip
+    assert watcher.latest("modbus/bridge/1of3/state").payload == b"offline"
+
+    # A command is written once, by the layout that runs.
+    device = f"{HOSTS[0]}-u1"
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish(f"modbus/{device}/set", b'{"x": 77}', qos=1)
+    await watcher.wait_for(f"modbus/{device}/set/result", timeout=5, since=mark)
+    await asyncio.sleep(0.5)
+    writes = [r for r in servers[HOSTS[0]].request_log if r.function == 6]
+    assert [(r.unit, r.values) for r in writes] == [(1, (77,))]
+
+    # The unsharded bridge is another layout too.
+    unsharded = await run_bridge(config)
+    assert await _exit(unsharded) == 2
+    assert "the unsharded bridge refuses to run: shards 1/2, 2/2" in unsharded.log()
+
+    # The same shard twice keeps its behaviour (the broker drops one of two clients with
+    # one id; the hint says so): not refused.
+    twin = await run_bridge(config, args=("--shard", "2/2"))
+    await asyncio.sleep(3.0)
+    assert twin.alive(), twin.log()[-3000:]
+    assert "refuses to run" not in twin.log()
+    await twin.terminate()
+    for bridge in running.values():
+        assert bridge.alive() and "refuses to run" not in bridge.log()
+
+
+async def test_layouts_started_together_and_a_layout_killed(
+    broker, sim_servers, mqtt_watcher, run_bridge
+) -> None:
+    """Two layouts started at the same moment: at least one refuses (both, when each saw
+    the other's `online`), never both run. A layout killed with SIGKILL: its last will
+    says `offline`, so a new layout starts."""
+    config, _servers = await _fleet(sim_servers, broker, "race")
+    watcher = await mqtt_watcher(broker, "race/#")
+    pair = [await run_bridge(config, args=("--shard", "1/2")),
+            await run_bridge(config, args=("--shard", "1/3"))]  # fmt: skip
+    await asyncio.sleep(6.0)  # both past their first connect
+    alive = [b.alive() for b in pair]
+    assert alive != [True, True], [b.log()[-1500:] for b in pair]
+    for bridge in pair:
+        if not bridge.alive():
+            assert await bridge.terminate() == 2
+            assert "refuses to run" in bridge.log()
+    for bridge in pair:
+        if bridge.alive():
+            bridge.proc.kill()  # SIGKILL: no clean offline, only the last will
+            bridge.proc.wait()
+            await bridge.terminate()
+    await asyncio.sleep(0.5)
+    for label in ("1of2", "1of3"):
+        state = watcher.latest(f"race/bridge/{label}/state")
+        assert state is None or state.payload == b"offline", label
+    after = await run_bridge(config, args=("--shard", "2/4"))
+    await _online(watcher, "race", "2of4")
+    await asyncio.sleep(1.0)
+    assert after.alive() and "refuses to run" not in after.log()
+    assert await after.terminate() == 0

@@ -14,7 +14,16 @@ import pytest
 from bridge.config import parse_config
 from bridge.errors import ConfigError
 from bridge.model import BridgeConfig, Shard
-from bridge.shard import imbalance, parse_count, parse_shard, select, shard_of, shares
+from bridge.shard import (
+    imbalance,
+    layout_refusal,
+    other_layouts,
+    parse_count,
+    parse_shard,
+    select,
+    shard_of,
+    shares,
+)
 from bridge.topics import topics_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,3 +168,34 @@ def test_shares_add_up_to_the_fleet() -> None:
     assert sum(p.requests_per_second for p in parts) == pytest.approx(8.5)
     assert imbalance(parts) >= 1.0
     assert imbalance(shares(fleet, 1)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("mine", "online", "others"),
+    [
+        (Shard(1, 2, "f"), ["1of2", "2of2"], []),  # its own layout
+        (Shard(1, 2, "f"), ["1of2"], []),  # the same shard twice: not another layout
+        (Shard(1, 3, "f"), ["1of2", "2of2", "3of3"], ["1of2", "2of2"]),
+        (Shard(1, 2, "f"), [""], [""]),  # the unsharded bridge
+        (None, ["2of4", ""], ["2of4"]),  # unsharded: another unsharded bridge is itself
+        (None, ["junk", "1ofx", "0of"], []),  # not a shard's label: not a layout
+    ],
+)
+def test_other_layouts(mine: Shard | None, online: list[str], others: list[str]) -> None:
+    assert other_layouts(mine, online) == others
+
+
+def test_layout_refusal_names_both_layouts_and_the_way_out() -> None:
+    assert layout_refusal(Shard(2, 2, "f"), "modbus", ["1of2", "2of2"]) is None
+    why = layout_refusal(Shard(1, 3, "f"), "plant/a", ["2of2", "1of2", "3of3"])
+    assert why is not None
+    assert why.startswith(
+        "shard 1/3 (of 3 shards) refuses to run: shards 1/2, 2/2 (of 2 shards) of another "
+        "layout are online under base topic 'plant/a' (plant/a/bridge/1of2/state, "
+        "plant/a/bridge/2of2/state)."
+    )
+    assert "mosquitto_pub -r -n -t plant/a/bridge/1of2/state" in why
+    why = layout_refusal(Shard(1, 2, "f"), "modbus", [""])
+    assert why is not None and "the unsharded bridge of another layout is online" in why
+    why = layout_refusal(None, "modbus", ["3of4"])
+    assert why is not None and why.startswith("the unsharded bridge refuses to run: shard 3/4")

@@ -211,3 +211,20 @@ class TestBackoff:
         late = [full_jitter(30) for _ in range(500)]
         # Still spread out after a long outage: full jitter never converges on the cap.
         assert max(late) - min(late) > 30
+
+
+def test_bridge_state_labels_for_the_layout_check() -> None:
+    t = Topics("plant/a")
+    assert t.layout_filters == ("plant/a/bridge/state", "plant/a/bridge/+/state")
+    assert t.bridge_label("plant/a/bridge/state") == ""
+    assert t.bridge_label("plant/a/bridge/2of4/state") == "2of4"
+    assert t.bridge_label(Topics("plant/a", "1of3").bridge_state) == "1of3"
+    for other in (
+        "plant/a/bridge/health",
+        "plant/a/bridge/2of4/health",
+        "plant/b/bridge/state",
+        "plant/a/boiler",
+        "plant/a/bridge//state",
+        "plant/a/bridge/x/y/state",
+    ):
+        assert t.bridge_label(other) is None, other
