@@ -47,6 +47,7 @@ log = logging.getLogger("bridge")
 
 SHUTDOWN_DEADLINE = 4.0  # seconds; SIGTERM to exit must stay under 5 s
 LAYOUT_WAIT = 3.0  # seconds polling waits at start for the shard layout check (first connect)
+RELOAD_READ_TIMEOUT = 30.0  # seconds a reload may take to read and check the file
 RELOAD_DRAIN = 1.0  # seconds a command in flight for a device a reload changes may finish
 
 # Reads the configuration file again (and picks this process's share of it); raises
@@ -458,8 +459,18 @@ class Bridge:
         while True:
             await requests.wait()
             requests.clear()
+            reading = loop.run_in_executor(None, load)
+            done, _ = await asyncio.wait({reading}, timeout=RELOAD_READ_TIMEOUT)
+            if not done:  # a file system that hangs: that thread is left behind
+                self.reloads.invalid += 1
+                log.error(
+                    "reload: reading the configuration took more than %gs; still running "
+                    "the previous one",
+                    RELOAD_READ_TIMEOUT,
+                )
+                continue
             try:
-                config = await loop.run_in_executor(None, load)
+                config = reading.result()
             except ConfigError as exc:
                 self.reloads.invalid += 1
                 n = len(exc.problems)

@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 from bridge import __version__
 from bridge.app import Bridge, Loader, compile_plan
 from bridge.commission import add_parsers as add_commission_parsers
-from bridge.config import load_config
-from bridge.errors import ConfigError
+from bridge.config import config_from_bytes, load_config
+from bridge.errors import ConfigError, Problem, file_kind
 from bridge.logs import redact
 from bridge.model import BridgeConfig, SerialLink
 from bridge.planner import host_load
@@ -208,13 +210,65 @@ async def _run_bridge(config: BridgeConfig, load: Loader, process: Process) -> i
     return EXIT_FAILURE if bridge.failed else EXIT_OK
 
 
+SETTLE = 0.5  # seconds a configuration file must be left alone before a reload reads it
+SETTLE_MAX = 10.0  # seconds a reload waits for a file that keeps changing
+
+
+def read_settled(path: str, *, settle: float = SETTLE, give_up: float = SETTLE_MAX) -> bytes:
+    """The bytes of the configuration file for a reload: only a regular file (a FIFO
+    would block the read for ever), opened without blocking, and only once its size
+    and time of change have been still for `settle` seconds and stayed so while it
+    was read (a file caught half-written can be valid YAML). Raises ConfigError.
+    The way to replace the file is still to write a new one and rename it over."""
+
+    def problem(message: str) -> ConfigError:
+        return ConfigError([Problem(path, None, None, "", message)])
+
+    deadline = time.monotonic() + give_up
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise problem(f"cannot read file: {exc.strerror or exc}") from None
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise problem(
+                    f"is {file_kind(before.st_mode)}, not a regular file: a reload reads "
+                    "only regular files (write the new file, then rename it over this one)"
+                )
+            age = time.time() - before.st_mtime
+            if 0 <= age < settle:  # changed a moment ago: perhaps still being written
+                data = None
+            else:
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    data = fh.read()
+                after = os.fstat(fd)
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    data = None  # written to while it was read
+        finally:
+            os.close(fd)
+        if data is not None:
+            return data
+        if time.monotonic() >= deadline:
+            raise problem(
+                f"the file kept changing for {give_up:g} s: not read (write the new file, "
+                "then rename it over this one)"
+            )
+        time.sleep(max(0.05, settle - max(0.0, age)))
+
+
 def _reloader(path: str, shard: ShardArg | None, config: BridgeConfig) -> Loader:
-    """Reads `path` again for a reload (SIGHUP), for the same shard. The secrets of
-    every configuration read so far stay hidden in the logs."""
+    """Reads `path` again for a reload (SIGHUP), for the same shard, once it has been
+    still for a moment (`read_settled`). The secrets of every configuration read so far
+    stay hidden in the logs."""
     secrets = set(config.secrets)
 
     def load() -> BridgeConfig:
-        new = _read(path, shard)  # raises ConfigError: the bridge logs every problem
+        # Raises ConfigError: the bridge logs every problem.
+        new = config_from_bytes(read_settled(path), source=path)
+        if shard is not None:
+            new = select_shard(new, *shard)
         secrets.update(new.secrets)
         hide_secrets(sorted(secrets))
         return new

@@ -151,6 +151,14 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(
             [Problem(source, None, None, "", f"cannot read file: {reason}")]
         ) from None
+    return config_from_bytes(data, source=source, env=env)
+
+
+def config_from_bytes(
+    data: bytes, *, source: str, env: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """Validate the bytes of a configuration file read by the caller (`source` names
+    it in problems); raise `ConfigError` listing every problem."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import time
 import urllib.request
 from typing import Any
 
 import aiomqtt
 import pytest
+import yaml
 from broker import Broker, MqttWatcher, free_port
 from fleet import mqtt_section
 from prometheus_client.parser import text_string_to_metric_families
@@ -252,3 +254,49 @@ async def test_sighup_applies_the_difference(broker, sim_servers, mqtt_watcher, 
     log = bridge.log()
     assert "bridge stopped" in log and "exiting anyway" not in log
     assert "Traceback" not in log and SECRET not in log
+
+
+async def test_a_fifo_or_a_file_being_written_does_not_wedge_reload(
+    broker, sim_servers, run_bridge
+) -> None:
+    """Issue 16, item 3. A FIFO in place of the file blocked the reload's read for ever:
+    no later SIGHUP was applied, and nothing said why. And a file caught half-written
+    can be valid: a reload reads a file only once it has been still for a moment."""
+    servers = {name: await sim_servers([1, 2]) for name in ("gwA", "gwB", "gwC")}
+    first = _first(broker, servers, free_port())
+    bridge = await run_bridge(first)
+    loop = asyncio.get_running_loop()
+
+    async def until(text: str, count: int = 1, timeout: float = 15.0) -> None:
+        deadline = loop.time() + timeout
+        while bridge.log().count(text) < count:
+            assert bridge.alive(), bridge.log()[-3000:]
+            assert loop.time() < deadline, f"{text!r} x{count}\n{bridge.log()[-3000:]}"
+            await asyncio.sleep(0.1)
+
+    await until("bridge started")
+    path = bridge.config_path
+    path.unlink()
+    os.mkfifo(path)
+    bridge.reload()
+    await until("is a FIFO (named pipe), not a regular file")
+    path.unlink()
+
+    # Written in two halves 0.3 s apart, as a slow copy would: the first half alone is a
+    # valid configuration (one device fewer), which must not be applied.
+    second = copy.deepcopy(first)
+    second["devices"].append(_device("a9", "gwA", 2, _point("y", 5)))
+    text = yaml.safe_dump(second, sort_keys=False)
+    cut = text.index("- name: a9")
+    half = yaml.safe_load(text[:cut])
+    assert len(half["devices"]) == len(first["devices"])  # the half is valid
+    path.write_text(text[:cut])
+    bridge.reload()
+    await asyncio.sleep(0.3)
+    with path.open("a") as fh:
+        fh.write(text[cut:])
+    await until("reload done: 3 hosts, 5 devices")
+    log = bridge.log()
+    assert "reload done: 3 hosts, 4 devices" not in log
+    assert log.count("reload: 1 problem") == 1  # the FIFO; the half file was never read
+    assert await bridge.terminate() == 0
