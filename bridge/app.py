@@ -1,9 +1,12 @@
-"""The composition root: wires config, plan, sessions, scheduler, state and MQTT.
+"""The composition root: wires config, plan, sessions, scheduler, state, MQTT and the
+optional features (`bridge.feature`; Home Assistant discovery is one).
 
-It owns start-up and shutdown order:
-start:    compile the plan -> open Modbus sessions -> start the MQTT link -> start polling
-shutdown: stop polling -> publish every device and the bridge `offline` ->
-          disconnect MQTT -> close Modbus sockets, all under one hard deadline.
+It owns start-up, shutdown and reload order:
+start:    compile the plan -> open Modbus sessions -> start the MQTT link -> start the
+          features -> start polling
+shutdown: stop polling -> drain the writes -> the features' last words, every device and
+          the bridge `offline` -> disconnect MQTT -> stop the features -> close Modbus
+          sockets, all under one hard deadline.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bridge.discovery import Discovery
-from bridge.errors import ConfigError, HostUnavailable, ModbusRequestError
+from bridge.errors import ConfigError, ModbusRequestError
+from bridge.feature import Changes, Feature
 from bridge.figures import (
     Figures,
     config_figures,
@@ -25,13 +28,14 @@ from bridge.figures import (
     mqtt_figures,
 )
 from bridge.health import build_health, fit_health, rss_bytes
-from bridge.logs import Throttle
+from bridge.homeassistant import HomeAssistant
+from bridge.logs import OnlineLog, Throttle
 from bridge.model import BridgeConfig, Device, Metrics
-from bridge.mqtt import MAX_INCOMING_PACKET, MqttLink, publish_packet_size
+from bridge.mqtt import MqttLink
 from bridge.payloads import OFFLINE, ONLINE, Gate, Incoming, Subscription, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
-from bridge.reload import ReloadPlan, discovery_changes, dropped_points, plan_reload
+from bridge.reload import ReloadPlan, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.shard import layout_refusal
@@ -78,9 +82,8 @@ class Bridge:
             if config.devices_on(host.name)
         }
         self.state = self._make_state(config, self.topics)
-        # Home Assistant discovery, an optional feature: the messages are built once.
-        self.discovery = Discovery(config) if config.homeassistant.enabled else None
-        self._announced = _announced(self.discovery)
+        # Optional features (Home Assistant discovery, ...): each one idle while off.
+        self.features: list[Feature] = self._make_features()
         self.link = self._make_link(config, self.topics)
         # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
         self.commands = CommandHandler(
@@ -108,10 +111,7 @@ class Bridge:
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
         self.refused: str | None = None  # why the bridge must not run here: exit 2
-        self._failing: dict[str, ModbusRequestError] = {}  # offline devices and why
-        # Devices offline only because their host is down: logged per host, not per device.
-        self._host_down: dict[str, set[str]] = {}
-        self._host_back: dict[str, int] = {}
+        self._online_log = OnlineLog(log.log)  # devices going offline and back, once each
         self._throttle = Throttle(log)
         self.started_at = time.time()
 
@@ -129,21 +129,23 @@ class Bridge:
         m = config.mqtt
         return StateCache(config.devices, topics, output=m.output, retain=m.retain)
 
+    def _make_features(self) -> list[Feature]:
+        """Every kind of optional feature, in the order they publish on connect."""
+        return [HomeAssistant(self)]
+
     def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
         routes: dict[str, Callable[[Incoming], None]] = {}
-        if self.discovery is not None:
-            routes[config.homeassistant.status_topic] = self._on_ha_status
-            if self._can_receive_discovery(config):
-                routes[self.discovery.filter] = self._on_old_discovery
+        for feature in self.features:
+            routes.update(feature.routes())
         return MqttLink(
             config.mqtt,
             topics,
-            on_connected=self._republish,
-            on_message=self._on_message,  # commands
+            on_connected=self.republish,
+            on_message=self.command,
             on_overload=self._on_overload,
             # Commands must be live: the broker is asked not to replay retained ones.
             subscriptions=[Subscription(f, retained=False) for f in topics.command_filters],
-            routes=routes,  # Home Assistant: its status and our earlier discovery
+            routes=routes,  # the features' (Home Assistant: its status, our old discovery)
             gate=_layout_gate(config, topics),  # no other shard layout under the base
             on_gate_closed=self._refuse_to_run,
         )
@@ -153,64 +155,28 @@ class Bridge:
 
     # -- wiring ----------------------------------------------------------
 
-    def _send(self, messages: list[Message]) -> None:
+    @property
+    def mqtt_connected(self) -> bool:
+        return self.link.connected
+
+    @property
+    def throttle(self) -> Throttle:
+        return self._throttle
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        self.link.publish(topic, payload, retain=retain)
+
+    def send(self, messages: Iterable[Message]) -> None:
         for m in messages:
             self.link.publish(m.topic, m.payload, retain=m.retain)
 
-    def _republish(self) -> None:
-        """After every (re)connect, and when Home Assistant comes online: discovery (if
-        enabled), then all retained state again (the link dropped it offline)."""
-        if self.discovery is not None:
-            for topic, payload in self._announced.items():
-                self.link.publish(topic, payload, retain=True)
-        self._send(self.state.full())
-
-    def _can_receive_discovery(self, config: BridgeConfig) -> bool:
-        """Whether the bridge may subscribe to its own discovery topics. It also receives
-        what it publishes there, and on MQTT 3.1.1 a packet larger than it accepts drops
-        the connection (MQTT 5 brokers just do not send it), so a device too large for
-        that means no clean-up of stale discovery, with a warning."""
-        if config.mqtt.protocol == 5:
-            return True
-        for topic, payload in self._announced.items():
-            size = publish_packet_size(topic, len(payload), qos=config.mqtt.qos, v5=False)
-            if size > MAX_INCOMING_PACKET:
-                log.warning(
-                    "Home Assistant: the discovery on %s is %d bytes, more than the %d this "
-                    "bridge accepts on MQTT 3.1.1: stale discovery is not cleared at start "
-                    "(use protocol 5, or fewer points per device)",
-                    topic,
-                    size,
-                    MAX_INCOMING_PACKET,
-                )
-                return False
-        return True
-
-    def _on_ha_status(self, message: Incoming) -> None:
-        """Home Assistant's birth (`online`; its last will says `offline`): it may have
-        restarted and lost what it had, so it gets discovery and state again."""
-        if message.payload.strip() == ONLINE.encode():
-            self._throttle.log(  # a flood of births is one line, then a count
-                logging.INFO,
-                "ha-birth",
-                "Home Assistant births",
-                "Home Assistant is online: publishing discovery and state again",
-            )
-            self._republish()
-
-    def _on_old_discovery(self, message: Incoming) -> None:
-        """A discovery message under this bridge's client id (the broker replays the
-        retained ones when the link subscribes): clear it if it is stale."""
-        if self.discovery is None:
-            return
-        fix = self.discovery.repair(message.topic, message.payload, self._announced)
-        if fix is None:
-            return
-        if fix.payload:
-            log.info("Home Assistant: removing points no longer configured (%s)", fix.topic)
-        else:
-            log.info("Home Assistant: removing a device no longer configured (%s)", fix.topic)
-        self.link.publish(fix.topic, fix.payload, retain=True)
+    def republish(self) -> None:
+        """After every (re)connect, and when a feature asks (Home Assistant came online):
+        what each feature owns, then all retained state again (the link dropped it
+        offline)."""
+        for feature in self.features:
+            feature.connected()
+        self.send(self.state.full())
 
     def _on_read(
         self, device: Device, values: dict[str, Value], error: ModbusRequestError | None
@@ -227,70 +193,25 @@ class Bridge:
         if error is None:
             # Availability first, so a subscriber sees `online` before the values.
             messages += self.state.set_available(device.name, True)
-            self._log_online(device)
+            self._online_log.online(device)
         else:
             messages += self.state.set_available(device.name, False)
-            self._log_offline(device, error)
+            self._online_log.offline(device, error)
         if values or error is None:
             # A poll whose registers did not change brings no values, yet it is a read:
             # `last_seen` moves and a due heartbeat goes out.
             messages += self.state.update(device.name, values, time.time())
-        self._send(messages)
-
-    def _log_offline(self, device: Device, error: ModbusRequestError) -> None:
-        """Once per state change, not on every poll. A device that is offline because
-        its host is down is not logged one by one (the session logs the host once);
-        a device-level reason is, at WARNING when it is new."""
-        previous = self._failing.get(device.name)
-        self._failing[device.name] = error
-        if isinstance(error, HostUnavailable):
-            self._host_down.setdefault(device.host, set()).add(device.name)
-            level = logging.DEBUG
-        else:
-            self._leave_host_down(device)
-            if previous is not None and previous.reason == error.reason:
-                return
-            new = previous is None or isinstance(previous, HostUnavailable)
-            level = logging.WARNING if new else logging.DEBUG
-        if previous is None or previous.reason != error.reason:
-            log.log(
-                level,
-                "device %s (host %s, unit %d) offline: %s",
-                device.name,
-                device.host,
-                device.unit,
-                error.reason,
-            )
-
-    def _log_online(self, device: Device) -> None:
-        if self._failing.pop(device.name, None) is None:
-            return
-        down = self._host_down.get(device.host)
-        if down is not None and device.name in down:
-            self._host_back[device.host] = self._host_back.get(device.host, 0) + 1
-            self._leave_host_down(device)
-            return
-        log.info(
-            "device %s (host %s, unit %d) is back online", device.name, device.host, device.unit
-        )
-
-    def _leave_host_down(self, device: Device) -> None:
-        """`device` no longer waits for its host; when none does, one line for the host."""
-        down = self._host_down.get(device.host)
-        if down is None or device.name not in down:
-            return
-        down.discard(device.name)
-        if down:
-            return
-        del self._host_down[device.host]
-        back = self._host_back.pop(device.host, 0)
-        if back:
-            log.info("host %s: %d device(s) back online", device.host, back)
+        if messages:
+            self.send(messages)
+            st = self.state.devices[device.name]
+            for feature in self.features:
+                feature.device_changed(st, messages)
 
     def _on_overload(self, message: Incoming) -> None:
         self.commands.refuse_overloaded(message)
 
-    async def _on_message(self, message: Incoming) -> None:
+    async def command(self, message: Incoming) -> None:
+        """A message on a command topic (or a feature's command): the write path."""
         await self.commands.handle(message)
 
     async def drain_writes(self, timeout: float) -> None:
@@ -307,6 +228,8 @@ class Bridge:
             return  # another shard layout runs there: no session, no poll (exit 2)
         for session in self.sessions.values():
             await session.start()
+        for feature in self.features:
+            await feature.start()
         self.scheduler.start()
         self._start_health()
         self._start_metrics()
@@ -440,10 +363,14 @@ class Bridge:
         # In-flight writes finish (or are cancelled) and are answered before offline.
         await bounded(self.drain_writes(left(1.0)), left(1.2), "shutdown: drain writes")
         if self.link.connected:
-            self._send(self.state.offline_all())
+            for feature in self.features:
+                feature.stopping()
+            self.send(self.state.offline_all())
             self.link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
             await bounded(self.link.flush(left(2.0)), left(2.0), "shutdown: MQTT flush")
         await cancel(self._link_task, left(1.0), "shutdown: MQTT disconnect")
+        for feature in self.features:
+            await bounded(feature.stop(), left(0.5), f"shutdown: {feature.name}")
         if self.sessions:
             await bounded(_stop_all(self.sessions.values()), left(1.0), "shutdown: Modbus close")
         if self.metrics is not None:
@@ -518,21 +445,21 @@ class Bridge:
             RELOAD_DRAIN + 1.0,
             "reload: commands in flight",
         )
+        # 2. Their poll groups.
         await bounded(self.scheduler.remove(stopped), 1.0, "reload: stop polling")
-        # 2. Hosts that go or change: their sessions close (queued requests fail).
+        # 3. Hosts that go or change: their sessions close (queued requests fail).
         closing = {n: self.sessions.pop(n) for n in plan.hosts_removed + plan.hosts_reopened}
         for name, session in closing.items():
             self._retired[name] = session.stats  # counters go on if the host comes back
         if closing:
             await bounded(_stop_all(closing.values()), 1.5, "reload: close hosts")
-        # 3. A changed broker connection closes before the new one opens.
+        # 4. A changed broker connection closes before the new one opens; what the
+        #    features leave behind goes out at the old place first.
         topics = topics_of(config)
-        discovery = Discovery(config) if config.homeassistant.enabled else None
-        announced = _announced(discovery)
-        stale, fresh = discovery_changes(self._announced, announced)
+        changes = _merged(f.reload(self.config, config, plan) for f in self.features)
         if plan.mqtt_changed:
-            await self._close_link(moved=plan.mqtt_moved, stale=stale)
-        # 4. The new configuration takes over (no await until the messages are queued).
+            await self._close_link(moved=plan.mqtt_moved, leaving=changes.leaving)
+        # 5. The new configuration takes over (no await until the messages are queued).
         old_devices = {d.name: d for d in self.config.devices}
         messages = self.state.offline(plan.devices_removed)
         for name in plan.devices_changed:
@@ -547,17 +474,18 @@ class Bridge:
             for d in config.devices
         }
         self.config, self.topics, self.state = config, topics, state
-        self.discovery, self._announced = discovery, announced
+        for feature in self.features:
+            feature.reloaded()
         self.commands.reconfigure(config, topics, state)
         for name in plan.devices_removed:
-            self._forget_device(name)
+            self._online_log.forget(name)
         if plan.mqtt_changed:
-            self._open_link()  # on connect: discovery and the full state
+            self._open_link()  # on connect: the features' messages and the full state
             if not plan.mqtt_moved:  # same broker and topics: tidy up there
-                self._send(messages + stale)
+                self.send(messages + changes.leaving)
         else:
-            self._send(messages + stale + fresh)
-        # 5. New sessions, then polling.
+            self.send(messages + changes.leaving + changes.arriving)
+        # 6. New sessions, then polling.
         for name in plan.hosts_added + plan.hosts_reopened:
             # A reopened host's counters carry on.
             session = self._make_session(config, name, self._retired.pop(name, None))
@@ -572,7 +500,7 @@ class Bridge:
             )
         )
         self.commands.release(stopped)
-        # 6. The rest.
+        # 7. The rest.
         if plan.metrics_changed:
             if self.metrics is not None:
                 await bounded(self.metrics.stop(), 1.5, "reload: metrics")
@@ -582,14 +510,14 @@ class Bridge:
             await cancel(self._health_task, 0.5, "reload: health")
             self._start_health()
 
-    async def _close_link(self, *, moved: bool, stale: list[Message]) -> None:
+    async def _close_link(self, *, moved: bool, leaving: list[Message]) -> None:
         """End the broker connection before a new one opens. When the topics move (another
         broker or base topic), what the bridge leaves behind there says `offline` first."""
         link = self.link
         if link.connected:
             if moved:
-                self._send(self.state.offline_all())
-                self._send(stale)
+                self.send(self.state.offline_all())
+                self.send(leaving)
                 link.publish(self.topics.bridge_state, OFFLINE.encode(), retain=True)
             await bounded(link.flush(2.0), 2.5, "reload: MQTT flush")
         await cancel(self._link_task, 1.0, "reload: MQTT disconnect")
@@ -603,15 +531,6 @@ class Bridge:
         self._link_task = self._watch(asyncio.create_task(self.link.run(), name="mqtt"))
         m = self.config.mqtt
         log.info("MQTT: reconnecting to %s:%d, client id %s", m.host, m.port, m.client_id)
-
-    def _forget_device(self, name: str) -> None:
-        """A device a reload removed: no more log bookkeeping for it."""
-        self._failing.pop(name, None)
-        for host in list(self._host_down):
-            self._host_down[host].discard(name)
-            if not self._host_down[host]:
-                del self._host_down[host]
-                self._host_back.pop(host, None)
 
     # -- health ------------------------------------------------------------
 
@@ -711,9 +630,13 @@ def _together(config: BridgeConfig) -> set[str]:
     return {h.name for h in config.hosts if not h.spread}
 
 
-def _announced(discovery: Discovery | None) -> dict[str, bytes]:
-    """Topic -> payload of every discovery message (none without Home Assistant)."""
-    return {} if discovery is None else {m.topic: m.payload for m in discovery.messages()}
+def _merged(changes: Iterable[Changes]) -> Changes:
+    """The features' changes for a reload, in the features' order."""
+    out = Changes()
+    for c in changes:
+        out.leaving += c.leaving
+        out.arriving += c.arriving
+    return out
 
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:

@@ -10,6 +10,8 @@
   denying a topic would otherwise write one line per event, thousands a second, and
   push everything useful out of the journal. It logs the first event of a kind,
   counts the repeats for `window` seconds, and then says how many there were.
+- `OnlineLog`: which changes of a device's availability are worth a line: once per
+  change, and a host that is down is one line for the host, not one per device.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import time
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from bridge.errors import HostUnavailable, ModbusRequestError
+from bridge.model import Device
 
 HIDDEN = "***"
 
@@ -144,3 +149,83 @@ class Throttle:
                 self.window,
             )
             kind.repeats = 0
+
+
+Emit = Callable[..., None]  # (level, message, *args): `Logger.log`
+
+
+class OnlineLog:
+    """The log lines of devices going offline and coming back, once per state change.
+
+    A device offline because its host is down is not logged one by one (the session
+    logs the host once, and `emit` gets one line for the host when its devices are
+    back); a device-level reason is, at WARNING when it is new. Lines go to `emit`
+    (`Logger.log` of the bridge's logger; a list in tests).
+    """
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.failing: dict[str, ModbusRequestError] = {}  # offline devices and why
+        # Devices offline only because their host is down, and those back since, per host.
+        self.host_down: dict[str, set[str]] = {}
+        self.host_back: dict[str, int] = {}
+
+    def offline(self, device: Device, error: ModbusRequestError) -> None:
+        previous = self.failing.get(device.name)
+        self.failing[device.name] = error
+        if isinstance(error, HostUnavailable):
+            self.host_down.setdefault(device.host, set()).add(device.name)
+            level = logging.DEBUG
+        else:
+            self._leave_host_down(device)
+            if previous is not None and previous.reason == error.reason:
+                return
+            new = previous is None or isinstance(previous, HostUnavailable)
+            level = logging.WARNING if new else logging.DEBUG
+        if previous is None or previous.reason != error.reason:
+            self.emit(
+                level,
+                "device %s (host %s, unit %d) offline: %s",
+                device.name,
+                device.host,
+                device.unit,
+                error.reason,
+            )
+
+    def online(self, device: Device) -> None:
+        if self.failing.pop(device.name, None) is None:
+            return
+        down = self.host_down.get(device.host)
+        if down is not None and device.name in down:
+            self.host_back[device.host] = self.host_back.get(device.host, 0) + 1
+            self._leave_host_down(device)
+            return
+        self.emit(
+            logging.INFO,
+            "device %s (host %s, unit %d) is back online",
+            device.name,
+            device.host,
+            device.unit,
+        )
+
+    def forget(self, name: str) -> None:
+        """A device a reload removed: no more bookkeeping for it."""
+        self.failing.pop(name, None)
+        for host in list(self.host_down):
+            self.host_down[host].discard(name)
+            if not self.host_down[host]:
+                del self.host_down[host]
+                self.host_back.pop(host, None)
+
+    def _leave_host_down(self, device: Device) -> None:
+        """`device` no longer waits for its host; when none does, one line for the host."""
+        down = self.host_down.get(device.host)
+        if down is None or device.name not in down:
+            return
+        down.discard(device.name)
+        if down:
+            return
+        del self.host_down[device.host]
+        back = self.host_back.pop(device.host, 0)
+        if back:
+            self.emit(logging.INFO, "host %s: %d device(s) back online", device.host, back)
