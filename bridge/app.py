@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from bridge.command_handler import CommandHandler
 from bridge.errors import ConfigError, ModbusRequestError
 from bridge.feature import Changes, Feature
 from bridge.figures import (
@@ -30,19 +31,19 @@ from bridge.figures import (
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.homeassistant import HomeAssistant
 from bridge.logs import OnlineLog, Throttle
+from bridge.messages import Gate, Incoming, Message, Subscription
 from bridge.model import BridgeConfig, Device, Metrics
 from bridge.mqtt import MqttLink
-from bridge.payloads import OFFLINE, ONLINE, Gate, Incoming, Subscription, Value
+from bridge.payloads import OFFLINE, ONLINE, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
 from bridge.reload import ReloadPlan, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.shard import layout_refusal
-from bridge.state import Message, StateCache
+from bridge.state import StateCache
 from bridge.stats import ReloadStats, SessionStats
 from bridge.topics import Topics, topics_of
-from bridge.writer import CommandHandler
 
 if TYPE_CHECKING:
     from bridge.metrics import MetricsServer
@@ -85,7 +86,7 @@ class Bridge:
         # Optional features (Home Assistant discovery, ...): each one idle while off.
         self.features: list[Feature] = self._make_features()
         self.link = self._make_link(config, self.topics)
-        # MQTT write/get commands (see bridge.writer); drained at shutdown by drain_writes().
+        # MQTT set/get commands (bridge.command_handler); drained at shutdown (drain_writes).
         self.commands = CommandHandler(
             config,
             self.topics,

@@ -1,6 +1,6 @@
 """MQTT commands: parse and validate a command into a write plan; build results.
 
-Pure: no I/O, no asyncio, no pymodbus. `bridge.writer` carries the plans out.
+Pure: no I/O, no asyncio, no pymodbus. `bridge.command_handler` carries the plans out.
 
 Commands
 --------
@@ -35,7 +35,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,7 +55,6 @@ __all__ = [
     "parse_get",
     "parse_set",
     "plan_write",
-    "result_payload",
     "transaction_of",
 ]
 
@@ -407,7 +406,7 @@ def _plain_value(p: Point, text: str) -> Value:
         return state
     if p.type is DataType.STRING:
         return _string(p, text)
-    return _number(text)
+    return _parse_number(text)
 
 
 def _label(p: Point, label: str) -> str:
@@ -429,7 +428,7 @@ def _string(p: Point, text: str) -> str:
     return text
 
 
-def _number(text: str) -> int | float:
+def _parse_number(text: str) -> int | float:
     literal = text.strip()
     if not literal:
         raise CodecError("expected a number, got an empty payload")
@@ -466,45 +465,6 @@ def _plan_op(device: Device, p: Point, value: Value, encoded: list[int] | bool) 
     return WriteOp(
         p, value, WriteKind.REGISTERS, address, registers=tuple(encoded), multiple=multiple
     )
-
-
-# --------------------------------------------------------------------------- results
-
-
-def result_payload(
-    status: str,
-    data: Mapping[str, Value],
-    *,
-    error: str | None = None,
-    transaction: Transaction | None = None,
-    warning: str | None = None,
-) -> bytes:
-    """The JSON answer on ``<device>/set/result``.
-
-    ``{"status": "ok"|"error", "data": {...}, "error": "...", "transaction": ...}``:
-    `error` only when given (errors), `transaction` only when the command had one.
-    `warning` (ok results only) tells that the write went through but could
-    not be confirmed.
-    """
-    if status not in ("ok", "error"):
-        raise ValueError(f"status must be 'ok' or 'error', not {status!r}")
-    doc: dict[str, object] = {
-        "status": status,
-        "data": {name: _clean(v) for name, v in data.items()},
-    }
-    if error is not None:
-        doc["error"] = error
-    if warning is not None:
-        doc["warning"] = warning
-    if transaction is not None:
-        doc["transaction"] = transaction.value
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _clean(value: Value) -> Value:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------- rate limit

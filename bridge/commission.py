@@ -404,7 +404,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _number(text: str) -> float:
+def _float_arg(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -471,9 +471,9 @@ def add_parsers(sub: Any) -> None:
         default="big",
         help="register order of a 32/64-bit value (default big: the first is most significant)",
     )
-    value.add_argument("--scale", type=_number, default=1.0, help="value = raw * scale + offset")
+    value.add_argument("--scale", type=_float_arg, default=1.0, help="value = raw * scale + offset")
     value.add_argument(
-        "--offset", type=_number, default=0.0, help="added after --scale (default 0)"
+        "--offset", type=_float_arg, default=0.0, help="added after --scale (default 0)"
     )
 
     p_read = sub.add_parser(

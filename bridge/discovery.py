@@ -38,9 +38,9 @@ from bridge import __version__, hass
 from bridge.codec import int_range
 from bridge.figures import DeviceFigures, HostFigures, health_key
 from bridge.hass import Platform
+from bridge.messages import Message
 from bridge.model import BridgeConfig, DataType, Device, EntityCategory, Output, Point
 from bridge.payloads import OFFLINE, ONLINE
-from bridge.state import Message
 from bridge.topics import Topics, topics_of
 
 ORIGIN_NAME = "modbus-mqtt-bridge"
@@ -104,7 +104,8 @@ def _key(name: str) -> str:
     return json.dumps(name)
 
 
-def _number(value: float) -> float | int:
+def _json_number(value: float) -> float | int:
+    """A whole number as an int, so JSON writes 5, not 5.0."""
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
 
 
@@ -239,7 +240,9 @@ class Discovery:
                     c["suggested_display_precision"] = p.precision
             else:
                 lo, hi = number_range(p)
-                c.update(min=_number(lo), max=_number(hi), step=_number(number_step(p)))
+                c.update(
+                    min=_json_number(lo), max=_json_number(hi), step=_json_number(number_step(p))
+                )
                 c["mode"] = "box"
         expire = self._expire_after(device)
         if expire is not None and kind in hass.READ_ONLY_PLATFORMS:

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.logs import Throttle
+from bridge.messages import Incoming, Message
 from bridge.model import BridgeConfig
-from bridge.payloads import Incoming
 from bridge.reload import ReloadPlan
-from bridge.state import DeviceState, Message, StateCache
+from bridge.state import DeviceState, StateCache
 from bridge.topics import Topics
 
 Route = Callable[[Incoming], None]

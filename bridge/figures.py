@@ -49,7 +49,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _number(value: Any) -> float | None:
+def _sample(value: Any) -> float | None:
     """A sample value; None (unknown) leaves the sample out."""
     return None if value is None else float(value)
 
@@ -68,7 +68,7 @@ class Shown:
     # Fixed labels: several figures are samples of one metric (dropped messages by reason).
     labels: tuple[tuple[str, str], ...] = ()
     label: str | None = None  # the value is a mapping: one sample per key, under this label
-    to_metric: Callable[[Any], float | None] = _number
+    to_metric: Callable[[Any], float | None] = _sample
 
 
 _SHOWN = "shown"
@@ -84,7 +84,7 @@ def shown(
     kind: str = COUNTER,
     labels: Mapping[str, str] | None = None,
     label: str | None = None,
-    to_metric: Callable[[Any], float | None] = _number,
+    to_metric: Callable[[Any], float | None] = _sample,
 ) -> Any:
     """A figure's field, declaring how it is shown."""
     spec = Shown(

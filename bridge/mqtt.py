@@ -42,8 +42,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.backoff import full_jitter
 from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
+from bridge.messages import Gate, Incoming, Subscription
 from bridge.model import Mqtt
-from bridge.payloads import OFFLINE, ONLINE, Gate, Incoming, Subscription
+from bridge.payloads import OFFLINE, ONLINE
 from bridge.stats import LinkStats
 from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import Topics

@@ -1,53 +1,16 @@
-"""Payload formats: what a value or a device state looks like on the wire."""
+"""Payload formats: what a value, a device state or a command's answer looks like on the wire."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from bridge.errors import Transaction
+
 Value = bool | int | float | str | None
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A received MQTT message, free of client-library types.
-
-    `retained` is the retain flag on delivery: the broker replayed a message stored
-    earlier (on subscribe), rather than forwarding one published just now.
-    """
-
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    retained: bool = False
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A topic filter the bridge subscribes to.
-
-    `retained=False` asks the broker not to replay retained messages on subscribe
-    (MQTT 5 retain handling 2; an MQTT 3.1.1 broker replays them regardless, so
-    receivers still check `Incoming.retained`).
-    """
-
-    filter: str
-    retained: bool = True
-
-
-@dataclass(frozen=True)
-class Gate:
-    """What the MQTT link checks at its first connect, before it subscribes to anything
-    else or publishes more than the bridge's own state: the retained messages on
-    `filters`, which `judge` turns into a reason not to run (or None)."""
-
-    filters: tuple[str, ...]
-    judge: Callable[[list[Incoming]], str | None]
 
 
 ONLINE = "online"
@@ -92,3 +55,33 @@ def plain_value(value: Value) -> bytes:
 
 def json_doc(doc: Mapping[str, object]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def result_payload(
+    status: str,
+    data: Mapping[str, Value],
+    *,
+    error: str | None = None,
+    transaction: Transaction | None = None,
+    warning: str | None = None,
+) -> bytes:
+    """The JSON answer to a command, on ``<device>/set/result``.
+
+    ``{"status": "ok"|"error", "data": {...}, "error": "...", "transaction": ...}``:
+    `error` only when given (errors), `transaction` only when the command had one.
+    `warning` (ok results only) tells that the write went through but could
+    not be confirmed.
+    """
+    if status not in ("ok", "error"):
+        raise ValueError(f"status must be 'ok' or 'error', not {status!r}")
+    doc: dict[str, object] = {
+        "status": status,
+        "data": {name: _clean(v) for name, v in data.items()},
+    }
+    if error is not None:
+        doc["error"] = error
+    if warning is not None:
+        doc["warning"] = warning
+    if transaction is not None:
+        doc["transaction"] = transaction.value
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

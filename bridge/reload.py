@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bridge.messages import Message
 from bridge.model import BridgeConfig, Device, Host, Output
-from bridge.state import Message
 from bridge.topics import Topics
 
 

@@ -25,7 +25,7 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +55,27 @@ class Priority(enum.IntEnum):
     POLL = 30  # the scheduler's polls
 
 
-Claim = Callable[[], bool]
-"""Asked when a write job reaches the link: False means the caller gave up, skip it."""
+class Claim:
+    """Decides, once, between the worker sending a write and the caller giving up on it:
+    the session calls it when the job reaches the link (True: send it), the caller
+    `abandon`s it when it stops waiting (True: it was not, and never will be, sent)."""
+
+    def __init__(self) -> None:
+        self.state = "queued"
+
+    def __call__(self) -> bool:
+        """The worker is about to send: True if the caller still waits for it."""
+        if self.state == "queued":
+            self.state = "sent"
+            return True
+        return False
+
+    def abandon(self) -> bool:
+        """The caller gives up: True if the write was not (and now never will be) sent."""
+        if self.state == "queued":
+            self.state = "abandoned"
+            return True
+        return False
 
 
 def _claimed(job: Job, claim: Claim | None) -> Job:

@@ -21,16 +21,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bridge.messages import Message
 from bridge.model import Device, Output
 from bridge.payloads import OFFLINE, ONLINE, Value, plain_value, state_json
 from bridge.topics import Topics
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool
 
 
 @dataclass

@@ -23,12 +23,12 @@ from bridge.commands import (
     WriteOp,
     parse_get,
     parse_set,
-    result_payload,
     transaction_of,
 )
 from bridge.config import parse_config
 from bridge.errors import CommandError, Transaction
 from bridge.model import Device
+from bridge.payloads import result_payload
 
 CONFIG = """
 version: 1

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from bridge.config import parse_config
 from bridge.homeassistant import HomeAssistant
 from bridge.logs import Throttle
+from bridge.messages import Incoming, Message
 from bridge.model import BridgeConfig
-from bridge.payloads import Incoming
 from bridge.reload import plan_reload
-from bridge.state import Message, StateCache
+from bridge.state import StateCache
 from bridge.topics import Topics, topics_of
 
 CONFIG = """\

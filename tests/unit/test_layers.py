@@ -39,6 +39,7 @@ PURE = frozenset(
         "health",
         "linkhealth",
         "logs",
+        "messages",
         "model",
         "payloads",
         "planner",
@@ -58,6 +59,7 @@ IO = frozenset(
         "app",
         "buffer",
         "cli",
+        "command_handler",
         "commission",
         "demo",
         "homeassistant",
@@ -68,7 +70,6 @@ IO = frozenset(
         "session",
         "sim",
         "wire",
-        "writer",
     }
 )
 # Standard library modules that mean I/O or concurrency: never in a pure module.

@@ -9,8 +9,9 @@ import json
 
 import pytest
 
+from bridge.messages import Message
 from bridge.model import DataType, Device, Output, Point, Table
-from bridge.state import Message, StateCache
+from bridge.state import StateCache
 from bridge.topics import Topics
 
 

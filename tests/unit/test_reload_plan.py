@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 
 from bridge.config import parse_config
+from bridge.messages import Message
 from bridge.model import BridgeConfig, Output
 from bridge.reload import ReloadPlan, active_hosts, discovery_changes, dropped_points, plan_reload
-from bridge.state import Message
 from bridge.topics import Topics
 
 

@@ -38,7 +38,6 @@ from bridge.commands import (
     WriteOp,
     parse_get,
     parse_set,
-    result_payload,
     transaction_of,
 )
 from bridge.errors import (
@@ -51,15 +50,16 @@ from bridge.errors import (
     Transaction,
 )
 from bridge.logs import Throttle
+from bridge.messages import Incoming
 from bridge.model import BridgeConfig, Device, Point
-from bridge.payloads import Incoming, Value
+from bridge.payloads import Value, result_payload
 from bridge.planner import decode_block, plan_device
-from bridge.session import HostSession, Priority
+from bridge.session import Claim, HostSession, Priority
 from bridge.state import StateCache
 from bridge.stats import CommandStats
 from bridge.topics import Topics
 
-log = logging.getLogger("bridge.commands")
+log = logging.getLogger("bridge.commands")  # the commands' log, whichever module
 
 T = TypeVar("T")
 
@@ -81,27 +81,6 @@ class Publish(Protocol):
         coalesce: bool = True,
         correlation_data: bytes | None = None,
     ) -> None: ...
-
-
-class Claim:
-    """Decides, once, between the host worker sending a write and the caller giving up."""
-
-    def __init__(self) -> None:
-        self.state = "queued"
-
-    def __call__(self) -> bool:
-        """The worker is about to send: True if the caller still waits for it."""
-        if self.state == "queued":
-            self.state = "sent"
-            return True
-        return False
-
-    def abandon(self) -> bool:
-        """The caller gives up: True if the write was not (and now never will be) sent."""
-        if self.state == "queued":
-            self.state = "abandoned"
-            return True
-        return False
 
 
 class _Expired(Exception):

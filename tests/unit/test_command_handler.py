@@ -16,15 +16,16 @@ from typing import Any
 
 import pytest
 
+from bridge.command_handler import CommandHandler
 from bridge.config import parse_config
 from bridge.errors import ModbusRequestError
+from bridge.messages import Incoming
 from bridge.model import BridgeConfig, Device, Shard
-from bridge.payloads import Incoming, Value
-from bridge.session import HostSession
+from bridge.payloads import Value
+from bridge.session import Claim, HostSession
 from bridge.sim import SimServer
 from bridge.state import StateCache
 from bridge.topics import Topics
-from bridge.writer import Claim, CommandHandler
 
 WRITE_FCS = {5, 6, 15, 16, 22}
 
