@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint unit integration mosquitto deploy-tools clean dist node-red ha-venv ha-test
+.PHONY: test test-unit test-integration demo lint unit integration mosquitto deploy-tools clean \
+	dist node-red ha-venv ha-test
 
 # Node-RED is no dependency of the project: `make node-red` installs it from npm here.
 NODE_RED_DIR     ?= $(HOME)/.cache/modbus-bridge/node-red
@@ -42,11 +43,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check bridge tests bench
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+# The unit tier opens no socket and starts no process (tests/unit/conftest.py fails a test
+# that does): about 20 s, nothing to install beyond the venv.
+test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-integration: $(STAMP) mosquitto
-	$(PY) -m pytest tests/integration -q
+test-integration: $(STAMP) mosquitto
+	$(PY) -m pytest tests/integration -q -n 2 --dist loadgroup
+
+unit: test-unit
+integration: test-integration
 
 # The real Home Assistant test is slow and needs its own venv: `make ha-test`, not here.
 # Two workers (pytest-xdist): most integration tests wait on sockets and timers, so the
@@ -60,7 +66,9 @@ test: $(STAMP) mosquitto deploy-tools lint
 # A newer release: make ha-venv HA_VENV=/work/ha-venv-2025.11 HA_VERSION=2025.11.3 (it asks
 # for Python 3.13.2; installed anyway, with pycares<5 for its aiodns, and allow_python.py
 # relaxes the version check of that venv's copy so that it starts on 3.13.0).
-HA_PY313 ?= python3.13
+# A pyenv shim named python3.13 fails unless a 3.13 is selected: use the version's own
+# interpreter when pyenv has one, or say HA_PY313=/path/to/python3.13.
+HA_PY313 ?= $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.13.*/bin/python3.13))),python3.13)
 HA_VERSION ?= 2025.4.4
 HA_PINS_2025.4.4 := paho-mqtt==2.1.0 home-assistant-frontend==20250411.0
 HA_PINS_2025.11.3 := --ignore-requires-python paho-mqtt==2.1.0 \

@@ -8,6 +8,8 @@ import aiomqtt
 import pytest
 from broker import Broker, MqttWatcher, TlsFiles, port_accepts
 
+pytestmark = pytest.mark.integration
+
 Watch = Callable[..., Awaitable[MqttWatcher]]
 
 

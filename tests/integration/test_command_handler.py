@@ -27,6 +27,8 @@ from bridge.sim import SimServer
 from bridge.state import StateCache
 from bridge.topics import Topics
 
+pytestmark = pytest.mark.integration
+
 WRITE_FCS = {5, 6, 15, 16, 22}
 
 

@@ -1,4 +1,5 @@
-"""Signals before the event loop runs: SIGHUP must not end a reloadable process."""
+"""Signals before the event loop runs, in a child process: SIGHUP must not end a
+reloadable process."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 
+# The child starts with SIGHUP's default action, as a command started from a terminal
+# does: the test must not depend on how the suite was started (`nohup make test` runs
+# it with SIGHUP ignored, and children inherit that).
 CODE = """
 import os, signal
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 from bridge.process import Process
 p = Process(hard_exit_after=1.0, reloadable={reloadable})
 p.hold_reloads()

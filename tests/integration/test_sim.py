@@ -23,6 +23,8 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from bridge.model import Table
 from bridge.sim import RequestRecord, SimServer, SimUnit, crc16
 
+pytestmark = pytest.mark.integration
+
 MakeSim = Callable[..., Awaitable[SimServer]]
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
