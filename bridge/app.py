@@ -234,30 +234,7 @@ class Bridge:
         self.scheduler.start()
         self._start_health()
         self._start_metrics()
-        m = self.config.mqtt
-        # The user name is logged as written; a secret one shows as *** (logs.Redactor).
-        log.info(
-            "MQTT broker %s:%d%s, client id %s",
-            m.host,
-            m.port,
-            f" as user {m.username}" if m.username else "",
-            m.client_id,
-        )
-        shard = self.config.shard
-        log.info(
-            "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)%s",
-            len(self.sessions),
-            len(self.config.devices),
-            sum(len(b) for b in self.plan.values()),
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
-            "" if shard is None else f"; shard {shard}, bridge topics {self.topics.bridge_state}",
-        )
-        if shard is not None and not self.sessions:
-            log.warning(
-                "shard %s has no hosts with devices: it only reports itself online "
-                "(check --shards shows how the hosts are split)",
-                shard,
-            )
+        _log_started(self.config, self.topics, len(self.sessions), self.plan)
         # What start-up built (configuration, plan, sessions, state) lives as long as
         # the process: out of the collector's way, so its full passes stay short.
         gc.collect()
@@ -267,25 +244,8 @@ class Bridge:
         self._health_task = self._watch(asyncio.create_task(self._health_loop(), name="health"))
 
     def _start_metrics(self) -> None:
-        """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
-        on without metrics: moving data matters more than being watched (the scrape
-        target shows down in the monitoring)."""
-        if self.metrics is None:
-            return
-        where = self.metrics.settings.describe()
-        try:
-            self.metrics.start()
-        except OSError as exc:
-            log.error("metrics: cannot listen on %s (%s); running without metrics", where, exc)
-            self.metrics = None
-            return
-        log.info("metrics on http://%s/metrics", where)
-        if not self.metrics.settings.loopback:
-            log.warning(
-                "metrics: %s is reachable from other machines, without authentication "
-                "(metrics.listen); use a loopback address unless that is intended",
-                where,
-            )
+        if self.metrics is not None:
+            self.metrics = _open_metrics(self.metrics)
 
     async def _layout_checked(self) -> bool:
         """Wait (at most LAYOUT_WAIT) for the MQTT link's first connect attempt, which
@@ -381,34 +341,14 @@ class Bridge:
     # -- reload ------------------------------------------------------------
 
     async def _reload_loop(self, requests: asyncio.Event, load: Loader) -> None:
-        """Each request: read the file again (in a thread: a large file takes a while
-        to check); an invalid one changes nothing, a valid one is applied."""
-        loop = asyncio.get_running_loop()
+        """Each request: read the file again; an invalid one changes nothing, a valid one
+        is applied."""
         while True:
             await requests.wait()
             requests.clear()
-            reading = loop.run_in_executor(None, load)
-            done, _ = await asyncio.wait({reading}, timeout=RELOAD_READ_TIMEOUT)
-            if not done:  # a file system that hangs: that thread is left behind
+            config = await read_again(load)
+            if config is None:
                 self.reloads.invalid += 1
-                log.error(
-                    "reload: reading the configuration took more than %gs; still running "
-                    "the previous one",
-                    RELOAD_READ_TIMEOUT,
-                )
-                continue
-            try:
-                config = reading.result()
-            except ConfigError as exc:
-                self.reloads.invalid += 1
-                n = len(exc.problems)
-                log.error(
-                    "reload: %d problem%s in the configuration; still running the previous one",
-                    n,
-                    "s" if n != 1 else "",
-                )
-                for problem in exc.problems:
-                    log.error("  %s", problem)
                 continue
             await self.apply(plan_reload(self.config, config), config)
 
@@ -638,6 +578,81 @@ def _merged(changes: Iterable[Changes]) -> Changes:
         out.leaving += c.leaving
         out.arriving += c.arriving
     return out
+
+
+def _log_started(
+    config: BridgeConfig, topics: Topics, hosts: int, plan: Mapping[str, tuple[ReadBlock, ...]]
+) -> None:
+    """What start-up tells the log: the broker, and what runs (`hosts` with devices)."""
+    m = config.mqtt
+    # The user name is logged as written; a secret one shows as *** (logs.Redactor).
+    log.info(
+        "MQTT broker %s:%d%s, client id %s",
+        m.host,
+        m.port,
+        f" as user {m.username}" if m.username else "",
+        m.client_id,
+    )
+    shard = config.shard
+    log.info(
+        "bridge started: %d hosts, %d devices, %d read blocks (event loop: %s)%s",
+        hosts,
+        len(config.devices),
+        sum(len(b) for b in plan.values()),
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
+        "" if shard is None else f"; shard {shard}, bridge topics {topics.bridge_state}",
+    )
+    if shard is not None and not hosts:
+        log.warning(
+            "shard %s has no hosts with devices: it only reports itself online "
+            "(check --shards shows how the hosts are split)",
+            shard,
+        )
+
+
+async def read_again(load: Loader) -> BridgeConfig | None:
+    """The configuration read again (in a thread: a large file takes a while to check),
+    or None, logged: its problems, or a read that took more than RELOAD_READ_TIMEOUT."""
+    reading = asyncio.get_running_loop().run_in_executor(None, load)
+    done, _ = await asyncio.wait({reading}, timeout=RELOAD_READ_TIMEOUT)
+    if not done:  # a file system that hangs: that thread is left behind
+        log.error(
+            "reload: reading the configuration took more than %gs; still running the previous one",
+            RELOAD_READ_TIMEOUT,
+        )
+        return None
+    try:
+        return reading.result()
+    except ConfigError as exc:
+        n = len(exc.problems)
+        log.error(
+            "reload: %d problem%s in the configuration; still running the previous one",
+            n,
+            "s" if n != 1 else "",
+        )
+        for problem in exc.problems:
+            log.error("  %s", problem)
+        return None
+
+
+def _open_metrics(server: MetricsServer) -> MetricsServer | None:
+    """Serve /metrics. An address that cannot be bound is logged, and the bridge runs
+    on without metrics (None): moving data matters more than being watched (the scrape
+    target shows down in the monitoring)."""
+    where = server.settings.describe()
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s (%s); running without metrics", where, exc)
+        return None
+    log.info("metrics on http://%s/metrics", where)
+    if not server.settings.loopback:
+        log.warning(
+            "metrics: %s is reachable from other machines, without authentication "
+            "(metrics.listen); use a loopback address unless that is intended",
+            where,
+        )
+    return server
 
 
 async def _stop_all(sessions: Iterable[HostSession]) -> None:

@@ -192,10 +192,9 @@ MAX_CLASS_LINES = 500
 TOO_LARGE = {
     "config.py": "issue 17",
     "config.py:_Reader": "issue 17",
-    # Grown past 500 by the shard-layout gate and the Sparkplug link options after the
-    # issue 15 split; split in a follow-up of issue 15.
-    "app.py:Bridge": "issue 15",
-    "mqtt.py:MqttLink": "issue 15",
+    # Grown past 500 by the Sparkplug link options and the hostile-input sweep after the
+    # issue 15 split; to split (its outbox of pending and unacknowledged messages).
+    "mqtt.py:MqttLink": "issue 15 follow-up",
 }
 
 
