@@ -368,6 +368,143 @@ class _Client(aiomqtt.Client):
         return int(info.mid) if qos > 0 else None
 
 
+class _Outbox:
+    """What waits for the broker, and what it has not acknowledged yet.
+
+    Waiting messages are keyed by topic (state: the newest payload wins) or by
+    (topic, n) for messages that must each be delivered (command results, history,
+    Sparkplug), bounded by the topics plus MAX_ONE_OFF. Sent ones wait for their PUBACK
+    by message id, at most SEND_CONCURRENCY (`window`). `wake` is set when something is
+    queued.
+    """
+
+    def __init__(self, stats: LinkStats, throttle: Throttle) -> None:
+        self.stats = stats
+        self.throttle = throttle
+        self.pending: dict[str | tuple[str, int], _Pending] = {}
+        self.one_off = 0
+        self.one_off_waiting = 0
+        self.wake = asyncio.Event()
+        # Handed to the broker, not yet acknowledged: message id -> (key, message).
+        self.unacked: dict[int, tuple[str | tuple[str, int], _Pending]] = {}
+        self.unacked_size: dict[int, int] = {}  # message id -> packet bytes
+        self.acked_max = 0  # the largest packet the broker acknowledged on this connection
+        self.window = asyncio.Event()  # set while fewer than SEND_CONCURRENCY are unacked
+        self.window.set()
+
+    def put(self, key: str | tuple[str, int] | None, topic: str, item: _Pending) -> None:
+        if isinstance(key, str):
+            self.pending.pop(key, None)  # re-insert at the end: oldest first stays fair
+        else:
+            if key is None:
+                self.one_off += 1
+                key = (topic, self.one_off)
+            if self.one_off_waiting >= MAX_ONE_OFF:
+                oldest = next(k for k in self.pending if isinstance(k, tuple))
+                _finish(self.pending.pop(oldest), False)
+                self.one_off_waiting -= 1
+                self.stats.dropped += 1
+                self.throttle.log(
+                    logging.WARNING,
+                    "one-off overflow",
+                    "unsent answers dropped",
+                    "%d answers waiting for the broker: dropped the oldest (on %s)",
+                    MAX_ONE_OFF,
+                    oldest[0],
+                )
+            self.one_off_waiting += 1
+        self.pending[key] = item
+        self.wake.set()
+
+    def take(self) -> tuple[str | tuple[str, int], _Pending]:
+        key = next(iter(self.pending))
+        item = self.pending.pop(key)
+        if isinstance(key, tuple):
+            self.one_off_waiting -= 1
+        return key, item
+
+    def sent(self, mid: int, key: str | tuple[str, int], item: _Pending, size: int) -> None:
+        self.unacked[mid] = (key, item)
+        self.unacked_size[mid] = size
+
+    def acked(self, mid: int) -> None:
+        size = self.unacked_size.pop(mid, 0)
+        entry = self.unacked.pop(mid, None)
+        if entry is not None:
+            self.acked_max = max(self.acked_max, size)
+            self.stats.published += 1
+            if len(self.unacked) < SEND_CONCURRENCY:
+                self.window.set()
+            _finish(entry[1], True)
+
+    def requeue(self, key: str | tuple[str, int], topic: str, item: _Pending) -> None:
+        # Cut off by a disconnect: send it again after the reconnect (a newer payload
+        # for the same topic, queued meanwhile, wins). A session message is given up.
+        if item.session:
+            _finish(item, False)
+        elif not (isinstance(key, str) and key in self.pending):
+            self.stats.requeued += 1
+            self.put(key, topic, item)
+        else:
+            _finish(item, False)
+
+    def requeue_unacked(self) -> None:
+        """The connection ended: what it did not acknowledge goes out again after the
+        reconnect (the new client knows nothing of the old one's messages)."""
+        self.acked_max = 0
+        unacked, self.unacked = self.unacked, {}
+        self.unacked_size = {}
+        for key, item in unacked.values():
+            self.requeue(key, key if isinstance(key, str) else key[0], item)
+        for key in [k for k, item in self.pending.items() if item.session]:
+            item = self.pending.pop(key)
+            if isinstance(key, tuple):
+                self.one_off_waiting -= 1
+            _finish(item, False)
+        self.window.set()
+
+    def undelivered_since(self) -> float | None:
+        times = [item.queued for item in self.pending.values()]
+        times += [item.queued for _, item in self.unacked.values()]
+        return min(times, default=None)
+
+    def oversize_in_flight(self) -> int:
+        """The largest message in flight when it is larger than any acknowledged; else 0."""
+        largest = max(self.unacked_size.values(), default=0)
+        return largest if largest > self.acked_max else 0
+
+
+def _drop_hint(
+    client_id: str,
+    up: float,
+    *,
+    taken_over: bool,
+    short_sessions: int,
+    limit_drops: int = 0,
+    in_flight: int = 0,
+) -> str:
+    """A hint about a duplicate client id or a broker's packet limit, only where the
+    evidence points there."""
+    if taken_over:
+        return f" (another client connected with client_id {client_id!r})"
+    if limit_drops >= 2 and in_flight:
+        return (
+            f" (dropped {limit_drops} times in a row while a {in_flight}-byte message, "
+            "larger than any the broker accepted, was in flight: an MQTT 3.1.1 broker "
+            "with a packet size limit drops a client without saying why; set "
+            "mqtt.max_packet_size to the broker's limit)"
+        )
+    if short_sessions >= 2:
+        # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
+        # dropped right after a successful connect, again and again, with no failed
+        # connect between them, are what a duplicate client id looks like.
+        return (
+            f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
+            f"connecting: is another client using client_id {client_id!r}?)"
+        )
+    return ""
+
+
 class MqttLink:
     """One broker connection for the whole bridge, kept alive with backoff."""
 
@@ -414,24 +551,13 @@ class MqttLink:
         self._will = will
         self._announce = announce
         self._on_disconnected = on_disconnected
-        # Keyed by topic (state: newest wins) or by (topic, n) for messages that must
-        # each be delivered (command results). Bounded by topics + MAX_ONE_OFF.
-        self._pending: dict[str | tuple[str, int], _Pending] = {}
-        self._one_off = 0
-        self._one_off_waiting = 0
-        self._wake = asyncio.Event()
+        self.stats = LinkStats()
+        self._throttle = Throttle(log)
+        self._outbox = _Outbox(self.stats, self._throttle)  # waiting, and unacknowledged
         self._client: _Client | None = None
         self._connected = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
-        # Handed to the broker, not yet acknowledged: message id -> (key, message).
-        self._unacked: dict[int, tuple[str | tuple[str, int], _Pending]] = {}
-        self._unacked_size: dict[int, int] = {}  # message id -> packet bytes
-        self._acked_max = 0  # the largest packet the broker acknowledged on this connection
-        self._window = asyncio.Event()  # set while fewer than SEND_CONCURRENCY are unacked
-        self._window.set()
         self._broker_max: int | None = None  # from the last CONNACK (MQTT 5)
-        self.stats = LinkStats()
-        self._throttle = Throttle(log)
 
     @property
     def connected(self) -> bool:
@@ -443,7 +569,7 @@ class MqttLink:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._outbox.pending)
 
     @property
     def max_packet_size(self) -> int:
@@ -495,42 +621,11 @@ class MqttLink:
             _finish(item, False)
             return
         if coalesce:
-            old = self._pending.get(topic)
+            old = self._outbox.pending.get(topic)
             if old is not None:
                 item = dataclasses.replace(item, queued=min(old.queued, now))
                 _finish(old, False)
-        self._queue(topic if coalesce else None, topic, item)
-
-    def _queue(self, key: str | tuple[str, int] | None, topic: str, item: _Pending) -> None:
-        if isinstance(key, str):
-            self._pending.pop(key, None)  # re-insert at the end: oldest first stays fair
-        else:
-            if key is None:
-                self._one_off += 1
-                key = (topic, self._one_off)
-            if self._one_off_waiting >= MAX_ONE_OFF:
-                oldest = next(k for k in self._pending if isinstance(k, tuple))
-                _finish(self._pending.pop(oldest), False)
-                self._one_off_waiting -= 1
-                self.stats.dropped += 1
-                self._throttle.log(
-                    logging.WARNING,
-                    "one-off overflow",
-                    "unsent answers dropped",
-                    "%d answers waiting for the broker: dropped the oldest (on %s)",
-                    MAX_ONE_OFF,
-                    oldest[0],
-                )
-            self._one_off_waiting += 1
-        self._pending[key] = item
-        self._wake.set()
-
-    def _take(self) -> tuple[str | tuple[str, int], _Pending]:
-        key = next(iter(self._pending))
-        item = self._pending.pop(key)
-        if isinstance(key, tuple):
-            self._one_off_waiting -= 1
-        return key, item
+        self._outbox.put(topic if coalesce else None, topic, item)
 
     def _make_client(self) -> _Client:
         s = self.settings
@@ -561,7 +656,7 @@ class MqttLink:
             # Session state is not kept: we republish everything after a reconnect.
             clean_session=None if v5 else True,
             on_refused=self._refused,
-            on_acked=self._acked,
+            on_acked=self._outbox.acked,
             max_incoming=MAX_INCOMING_PACKET,
             logger=_PAHO_LOG,
         )
@@ -694,11 +789,10 @@ class MqttLink:
                 self._client = None
                 since = self.undelivered_since()
                 oversize_out = self._oversize_in_flight()
-                self._acked_max = 0
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
-                self._requeue_unacked()
+                self._outbox.requeue_unacked()
                 if connected_at is not None and self._on_disconnected is not None:
                     try:
                         self._on_disconnected(since)
@@ -727,7 +821,8 @@ class MqttLink:
                 log.warning(
                     "MQTT connection lost: %s%s; reconnecting in %.1fs",
                     error,
-                    self._drop_hint(
+                    _drop_hint(
+                        self.settings.client_id,
                         up,
                         taken_over=taken_over,
                         short_sessions=short_sessions,
@@ -746,47 +841,6 @@ class MqttLink:
                     wait,
                 )
             await asyncio.sleep(wait)
-
-    def _oversize_in_flight(self) -> int:
-        """At a drop: the size of the largest message in flight when it is larger than
-        any the broker acknowledged on the connection, on MQTT 3.1.1 with no
-        `max_packet_size` (a broker with a packet limit drops such a client without
-        saying why: MQTT 5 brokers announce their limit); else 0."""
-        if self.settings.protocol == 5 or self.settings.max_packet_size is not None:
-            return 0
-        largest = max(self._unacked_size.values(), default=0)
-        return largest if largest > self._acked_max else 0
-
-    def _drop_hint(
-        self,
-        up: float,
-        *,
-        taken_over: bool,
-        short_sessions: int,
-        limit_drops: int = 0,
-        in_flight: int = 0,
-    ) -> str:
-        """A hint about a duplicate client id or a broker's packet limit, only where the
-        evidence points there."""
-        client_id = self.settings.client_id
-        if taken_over:
-            return f" (another client connected with client_id {client_id!r})"
-        if limit_drops >= 2 and in_flight:
-            return (
-                f" (dropped {limit_drops} times in a row while a {in_flight}-byte message, "
-                "larger than any the broker accepted, was in flight: an MQTT 3.1.1 broker "
-                "with a packet size limit drops a client without saying why; set "
-                "mqtt.max_packet_size to the broker's limit)"
-            )
-        if short_sessions >= 2:
-            # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
-            # dropped right after a successful connect, again and again, with no failed
-            # connect between them, are what a duplicate client id looks like.
-            return (
-                f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
-                f"connecting: is another client using client_id {client_id!r}?)"
-            )
-        return ""
 
     def _refused(self, topic: str, code: int, reason: str) -> None:
         self.stats.refused += 1
@@ -822,17 +876,18 @@ class MqttLink:
         """Hand queued messages to paho, at most SEND_CONCURRENCY unacknowledged."""
         default_qos = self.settings.qos
         v5 = self.settings.protocol == 5
-        unacked = self._unacked
+        outbox = self._outbox
+        pending, unacked = outbox.pending, outbox.unacked
         while True:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
+            if not pending:
+                outbox.wake.clear()
+                await outbox.wake.wait()
                 continue
             if len(unacked) >= SEND_CONCURRENCY:
-                self._window.clear()
-                await self._window.wait()
+                outbox.window.clear()
+                await outbox.window.wait()
                 continue
-            key, item = self._take()
+            key, item = outbox.take()
             topic = key if isinstance(key, str) else key[0]
             qos = default_qos if item.qos is None else item.qos
             size = publish_packet_size(
@@ -844,57 +899,28 @@ class MqttLink:
             try:
                 mid = client.send(topic, item.payload, qos, item.retain, self._properties(item))
             except aiomqtt.MqttError:
-                self._requeue(key, topic, item)
+                outbox.requeue(key, topic, item)
                 raise
             if mid is None:
                 self.stats.published += 1
                 _finish(item, True)
             else:
-                unacked[mid] = (key, item)
-                self._unacked_size[mid] = size
-
-    def _acked(self, mid: int) -> None:
-        size = self._unacked_size.pop(mid, 0)
-        entry = self._unacked.pop(mid, None)
-        if entry is not None:
-            self._acked_max = max(self._acked_max, size)
-            self.stats.published += 1
-            if len(self._unacked) < SEND_CONCURRENCY:
-                self._window.set()
-            _finish(entry[1], True)
-
-    def _requeue(self, key: str | tuple[str, int], topic: str, item: _Pending) -> None:
-        # Cut off by a disconnect: send it again after the reconnect (a newer payload
-        # for the same topic, queued meanwhile, wins). A session message is given up.
-        if item.session:
-            _finish(item, False)
-        elif not (isinstance(key, str) and key in self._pending):
-            self.stats.requeued += 1
-            self._queue(key, topic, item)
-        else:
-            _finish(item, False)
-
-    def _requeue_unacked(self) -> None:
-        """The connection ended: what it did not acknowledge goes out again after the
-        reconnect (the new client knows nothing of the old one's messages)."""
-        unacked, self._unacked = self._unacked, {}
-        self._unacked_size = {}
-        for key, item in unacked.values():
-            self._requeue(key, key if isinstance(key, str) else key[0], item)
-        for key in [k for k, item in self._pending.items() if item.session]:
-            item = self._pending.pop(key)
-            if isinstance(key, tuple):
-                self._one_off_waiting -= 1
-            _finish(item, False)
-        self._window.set()
+                outbox.sent(mid, key, item, size)
 
     def undelivered_since(self) -> float | None:
         """When the oldest message not yet delivered (waiting, or sent and not
         acknowledged) was first queued; None when everything was delivered. What a
         connection that ends now may have lost happened after this."""
-        times = [item.queued for item in self._pending.values()]
-        times += [item.queued for _, item in self._unacked.values()]
-        return min(times, default=None)
+        return self._outbox.undelivered_since()
+
+    def _oversize_in_flight(self) -> int:
+        """At a drop: the size of the largest message in flight when it is larger than
+        any the broker acknowledged on the connection, on MQTT 3.1.1 with no
+        `max_packet_size` (a broker with a packet limit drops such a client without
+        saying why: MQTT 5 brokers announce their limit); else 0."""
+        if self.settings.protocol == 5 or self.settings.max_packet_size is not None:
+            return 0
+        return self._outbox.oversize_in_flight()
 
     def _properties(self, item: _Pending) -> Properties | None:
         if item.correlation_data is None or self.settings.protocol != 5:
@@ -949,7 +975,8 @@ class MqttLink:
         shutdown: a QoS 1 publish cut off by the disconnect may never reach subscribers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._pending or self._unacked) and self.connected and loop.time() < deadline:  # noqa: ASYNC110
+        outbox = self._outbox
+        while (outbox.pending or outbox.unacked) and self.connected and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     async def publish_now(
