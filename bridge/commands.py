@@ -449,8 +449,7 @@ def _parse_number(text: str) -> int | float:
 
 
 def _plan_op(device: Device, p: Point, value: Value, encoded: list[int] | bool) -> WriteOp:
-    table = p.write_table or (Table.COIL if p.table is Table.COIL else Table.HOLDING)
-    address = p.address if p.write_address is None else p.write_address
+    table, address = p.written_at
     multiple = device.write_multiple
     if table is Table.COIL:
         state = encoded if isinstance(encoded, bool) else any(encoded)

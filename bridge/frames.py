@@ -12,6 +12,9 @@ the stream into frames and says, for each, what it is:
 - `OutOfStep`: a Modbus TCP header that cannot be trusted (protocol id not 0, a length
   out of range): no later frame boundary can be found, the session must be reopened.
 
+The same header rules cut a Modbus TCP client's requests (`frame_requests`: the
+bridge's proxy, where a header out of step closes that client's connection).
+
 Modbus TCP (MBAP) frames carry their length and a transaction id, so a bad frame fails
 only its request and the stream stays in step. RTU frames (serial lines, transparent
 gateways) carry neither: the size comes from the function code and byte count, a CRC
@@ -112,6 +115,22 @@ def mbap_problem(frame: bytes, unit: int, sent_unit: int) -> str | None:
     return None
 
 
+def _next_mbap(data: bytes, at: int) -> tuple[int, int, int] | OutOfStep | None:
+    """The Modbus TCP frame starting at `at`: (transaction id, unit, end), None while it
+    is not all there yet, `OutOfStep` when its header cannot be trusted. The one reader
+    of an MBAP header, for replies (`frame_mbap`) and requests (`frame_requests`)."""
+    if len(data) - at <= MBAP.size:
+        return None
+    tid, pid, length, unit = MBAP.unpack_from(data, at)
+    if pid != 0 or not 2 <= length <= MBAP_MAX_LENGTH:
+        # No frame boundary to trust: the stream cannot be resynchronised.
+        return OutOfStep(f"invalid Modbus TCP header (protocol id {pid}, length {length})")
+    end = at + 6 + length
+    if len(data) < end:
+        return None  # wait for the rest of the frame
+    return tid, unit, end
+
+
 def frame_mbap(
     data: bytes, sent: tuple[int, int] | None, *, allow_zero_tid: bool = False
 ) -> tuple[int, list[Verdict]]:
@@ -124,16 +143,14 @@ def frame_mbap(
     """
     verdicts: list[Verdict] = []
     used = 0
-    while len(data) - used > MBAP.size:
-        tid, pid, length, unit = MBAP.unpack_from(data, used)
-        if pid != 0 or not 2 <= length <= MBAP_MAX_LENGTH:
-            # No frame boundary to trust: the stream cannot be resynchronised.
-            reason = f"invalid Modbus TCP header (protocol id {pid}, length {length})"
-            verdicts.append(OutOfStep(reason))
+    while True:
+        found = _next_mbap(data, used)
+        if found is None:
+            break
+        if isinstance(found, OutOfStep):
+            verdicts.append(found)
             return len(data), verdicts
-        end = used + 6 + length
-        if len(data) < end:
-            break  # wait for the rest of the frame
+        tid, unit, end = found
         frame = data[used:end]
         used = end
         if sent is None:
@@ -150,6 +167,41 @@ def frame_mbap(
             continue
         verdicts.append(Answer(frame[7:], unit, sent[0]))
     return used, verdicts
+
+
+class Request(NamedTuple):
+    """A request frame from a Modbus TCP client (the bridge as a server: its proxy):
+    `pdu` (function code first) is the request, to be answered with `tid` and `unit`."""
+
+    tid: int
+    unit: int
+    pdu: bytes
+
+
+def frame_requests(data: bytes) -> tuple[int, list[Request | OutOfStep]]:
+    """Modbus TCP requests a client sent: the frames at the start of `data`, each a
+    `Request`, or an `OutOfStep` that ends them (a header that cannot be trusted: a
+    protocol id other than 0, a length beyond 254, so an ADU beyond 260 bytes: the
+    connection must be closed). Returns the bytes used; a frame not complete yet is
+    left for the next call. The same header rules as `frame_mbap`'s replies."""
+    frames: list[Request | OutOfStep] = []
+    used = 0
+    while True:
+        found = _next_mbap(data, used)
+        if found is None:
+            break
+        if isinstance(found, OutOfStep):
+            frames.append(found)
+            return len(data), frames
+        tid, unit, end = found
+        frames.append(Request(tid, unit, data[used + MBAP.size : end]))
+        used = end
+    return used, frames
+
+
+def mbap_frame(tid: int, unit: int, pdu: bytes) -> bytes:
+    """A Modbus TCP frame: the header for `tid` and `unit`, then `pdu`."""
+    return MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu
 
 
 def frame_rtu(data: bytes, unit: int) -> tuple[int, list[Verdict]]:

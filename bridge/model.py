@@ -231,6 +231,13 @@ class Point:
     def value_map(self) -> dict[int, str]:
         return dict(self.values)
 
+    @property
+    def written_at(self) -> tuple[Table, int]:
+        """Where a write of this point goes: `write_table` and `write_address`, else a
+        coil's own address, else the holding register at its address."""
+        table = self.write_table or (Table.COIL if self.table is Table.COIL else Table.HOLDING)
+        return table, self.address if self.write_address is None else self.write_address
+
 
 def _point_keys() -> tuple[tuple[str, PointKey], ...]:
     return tuple(
@@ -305,6 +312,7 @@ class Host:
     write_multiple: bool = False
     framer: Framer = Framer.TCP  # a serial link always carries RTU
     spread: bool = True  # False: the host's devices poll together, one burst per interval
+    proxy: Proxy | None = None  # a Modbus TCP server on this host's session
 
     @property
     def rtu(self) -> bool:
@@ -390,12 +398,11 @@ class HomeAssistant:
     status_topic: str = "homeassistant/status"  # Home Assistant's birth and last will
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """The Prometheus endpoint (`/metrics`); off unless configured."""
+class Listening:
+    """Where a server of the bridge listens (the metrics endpoint, a host's proxy)."""
 
-    address: str = "127.0.0.1"  # where to listen: loopback unless the user says otherwise
-    port: int = 9108
+    address: str
+    port: int
 
     @property
     def loopback(self) -> bool:
@@ -404,6 +411,26 @@ class Metrics:
     def describe(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Metrics(Listening):
+    """The Prometheus endpoint (`/metrics`); off unless configured."""
+
+    address: str = "127.0.0.1"  # where to listen: loopback unless the user says otherwise
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class Proxy(Listening):
+    """A Modbus TCP server on a host's session (`proxy:` on a host): other Modbus
+    clients reach the host's units through the bridge's one connection (`bridge.proxy`)."""
+
+    address: str = "127.0.0.1"  # loopback unless the user says otherwise
+    port: int = 5020
+    writes: bool = False  # reads only unless true
+    units: tuple[int, ...] | None = None  # None: the units of the host's devices
+    clients: int = 8  # clients connected at once; one more is closed at once
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ PURE = frozenset(
         "model",
         "payloads",
         "planner",
+        "proxy_rules",
         "reload",
         "shard",
         "sparkplug",
