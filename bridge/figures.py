@@ -32,6 +32,7 @@ from bridge.stats import (
     CommandStats,
     LinkStats,
     PollStats,
+    ProxyStats,
     ReloadStats,
     SessionStats,
 )
@@ -362,6 +363,53 @@ class ConfigFigures:
 
 
 @dataclass(frozen=True)
+class ProxyFigures:
+    """One host's Modbus TCP proxy: its clients and their requests."""
+
+    host: str
+    listening: bool = shown(
+        "1 while the host's proxy accepts Modbus TCP clients.",
+        metric="proxy_listening",
+        kind=GAUGE,
+    )
+    clients: int = shown(
+        "Modbus TCP clients connected to the proxy.", metric="proxy_clients", kind=GAUGE
+    )
+    connections: int = shown(
+        "Client connections accepted by the proxy.", metric="proxy_connections_total"
+    )
+    closed: Mapping[str, int] = shown(
+        "Client connections the proxy closed, by reason: limit (over proxy.clients), "
+        "out_of_step (a header that cannot be framed: garbage, a frame beyond 260 bytes), "
+        "slow (a frame not completed in time), idle (no request for long), unread (answers "
+        "left unread).",
+        to_health=dict,
+        metric="proxy_connections_closed_total",
+        label="reason",
+    )
+    requests: Mapping[str, int] = shown(
+        "Client requests, by how they were answered: answered (the device's reply), "
+        "exception (the device's exception reply), refused (an exception from the proxy: "
+        "a unit, function or size it does not forward), failed (0x0A: the host's session "
+        "is down; 0x0B: no usable answer).",
+        to_health=dict,
+        metric="proxy_requests_total",
+        label="result",
+    )
+    writes: int = shown("Writes forwarded and answered.", metric="proxy_writes_total")
+    waiting: int = shown(
+        "Client requests waiting for their turn on the host's session.",
+        metric="proxy_requests_waiting",
+        kind=GAUGE,
+    )
+    in_flight: int = shown(
+        "Client requests on the host's session (queued with the polls, or on the wire).",
+        metric="proxy_requests_in_flight",
+        kind=GAUGE,
+    )
+
+
+@dataclass(frozen=True)
 class Figures:
     """Everything the health report and the metrics show, at one moment."""
 
@@ -372,6 +420,7 @@ class Figures:
     devices: tuple[DeviceFigures, ...]
     mqtt: MqttFigures
     config: ConfigFigures
+    proxies: tuple[ProxyFigures, ...] = ()  # the hosts with a proxy
 
 
 def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:
@@ -483,3 +532,17 @@ def device_polls(
     """Every device of the state cache, with its poll statistics when it has any and
     `backoff(name)`: seconds until it is polled again when it backs off."""
     return tuple(device_figures(st, polls.get(name), backoff(name)) for name, st in states.items())
+
+
+def proxy_figures(host: str, stats: ProxyStats) -> ProxyFigures:
+    return ProxyFigures(
+        host=host,
+        listening=stats.listening,
+        clients=stats.clients,
+        connections=stats.connections,
+        closed=dict(stats.closed),
+        requests=dict(stats.requests),
+        writes=stats.writes,
+        waiting=stats.waiting,
+        in_flight=stats.in_flight,
+    )

@@ -54,6 +54,7 @@ def build_health(figures: Figures) -> dict[str, Any]:
         "hosts": {host.name: _doc(host) for host in figures.hosts},
         "devices": {device.name: _doc(device) for device in figures.devices},
         "config": _doc(figures.config),
+        **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
     }
 
 

@@ -112,6 +112,8 @@ def families(figures: Figures) -> list[Metric]:
         out.add(device, [("device", device.name), ("host", device.host)])
     out.add(figures.mqtt, [])
     out.add(figures.config, [])
+    for proxy in figures.proxies:
+        out.add(proxy, [("host", proxy.host)])
     build = {"version": __version__}
     if figures.config.shard is not None:
         build["shard"] = figures.config.shard  # which process of a sharded fleet this is

@@ -41,6 +41,7 @@ from bridge.errors import (
 )
 from bridge.linkhealth import LinkHealth
 from bridge.model import Host, Table
+from bridge.proxy_rules import ProxyRequest
 from bridge.stats import SessionStats
 from bridge.wire import Job, LinkClosed, Malformed, Mismatch, NoAnswer, Wire, WireError
 
@@ -49,10 +50,14 @@ log = logging.getLogger("bridge.session")
 
 class Priority(enum.IntEnum):
     """The order queued jobs leave the queue: lower first, then first come first served.
-    Only the order matters; the gaps leave room for another class of request."""
+    Only the order matters; the gaps leave room for another class of request.
+
+    The proxy's requests (`forward`) queue as POLL: first come, first served with the
+    polls, so neither starves the other; the proxy sends one at a time per host
+    (`proxy.HostProxy`), so a poll waits behind at most one of them."""
 
     WRITE = 10  # set and get commands (and their read-backs)
-    POLL = 30  # the scheduler's polls
+    POLL = 30  # the scheduler's polls, and the proxy's requests
 
 
 class Claim:
@@ -238,6 +243,15 @@ class HostSession:
             unit, address, bit, value, mask_write=mask_write, multiple=multiple
         )
         await self.submit(unit, _claimed(job, claim), priority=Priority.WRITE)
+
+    async def forward(self, request: ProxyRequest) -> list[int] | list[bool] | None:
+        """A proxied client's request (`bridge.proxy`): the registers or bits read, None
+        for a write; raises a ModbusRequestError subclass on failure. It queues as a
+        poll (see `Priority`); the wire's checks of the reply are the polls' own."""
+        result: list[int] | list[bool] | None = await self.submit(
+            request.unit, self._wire.request_job(request), priority=Priority.POLL
+        )
+        return result
 
     async def submit(self, unit: int, job: Job, *, priority: int = Priority.POLL) -> Any:
         """Run `job` on the link; everything on the link goes through here.

@@ -3,7 +3,8 @@
 Each part of the bridge that counts owns one of these records: every host session a
 `SessionStats` (with a `UnitStats` per unit id), the scheduler a `PollStats` per
 device, the MQTT link a `LinkStats`, the command handler a `CommandStats`, the
-composition root a `ReloadStats`, the store-and-forward buffer a `BufferStats`.
+composition root a `ReloadStats`, the store-and-forward buffer a `BufferStats`, each
+host's Modbus TCP proxy a `ProxyStats`.
 `figures.py` copies them into one frozen snapshot for the health report and the
 metrics; nothing reads the live records otherwise.
 
@@ -23,6 +24,17 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Why a request failed (SessionStats.failed_by): an exception reply, no answer in time, an
 # answer that did not fit the request, the connection, anything else.
 ERROR_KINDS = ("exception", "timeout", "bad_reply", "connection", "other")
+
+# How the proxy answered a client's request (ProxyStats.requests): with the device's reply
+# (answered), with the device's exception reply (exception), with an exception of its own
+# without asking the device (refused: a unit, function or size it does not forward), or
+# with 0x0A/0x0B because the request failed on the session (failed).
+PROXY_RESULTS = ("answered", "exception", "refused", "failed")
+# Why the proxy closed a client's connection (ProxyStats.closed): over the client limit
+# (limit), a header that cannot be framed (out_of_step: garbage, an ADU beyond 260 bytes),
+# a frame not completed in time (slow), no request for a long time (idle), answers left
+# unread (unread).
+PROXY_CLOSES = ("limit", "out_of_step", "slow", "idle", "unread")
 
 
 @dataclass
@@ -134,3 +146,17 @@ class BufferStats:
     dropped_age: int = 0  # of which by max_age
     commits: int = 0  # transactions (each a write to the disk)
     commit_seconds: float = 0.0  # time spent committing
+
+
+@dataclass
+class ProxyStats:
+    """One host's Modbus TCP proxy (`proxy.HostProxy`)."""
+
+    listening: bool = False
+    clients: int = 0  # connected now
+    connections: int = 0  # accepted (those closed at once over the limit included)
+    waiting: int = 0  # requests waiting for their turn on the session (one at a time)
+    in_flight: int = 0  # requests on the session now (queued with the polls, or on the wire)
+    writes: int = 0  # writes forwarded and answered by the device
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROXY_RESULTS, 0))
+    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROXY_CLOSES, 0))

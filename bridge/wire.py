@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -53,6 +54,7 @@ from bridge.frames import (
 )
 from bridge.logs import Throttle
 from bridge.model import Host, SerialLink, Table, TcpLink
+from bridge.proxy_rules import READS, ProxyRequest
 from bridge.stats import SessionStats
 
 log = logging.getLogger("bridge.session")
@@ -437,6 +439,43 @@ class Wire:
 
         return job
 
+    def write_coils_job(self, unit: int, address: int, bits: Sequence[bool]) -> Job:
+        """FC15 with every bit given (a proxied request)."""
+        request = pdu_bit.WriteMultipleCoilsRequest(address=address, bits=list(bits), dev_id=unit)
+
+        async def job() -> None:
+            rr = await self.transact(request)
+            self._check(
+                rr, unit, f"write coil {address}+{len(bits)}", 15, echo=(address, len(bits))
+            )
+
+        return job
+
+    async def _mask_write(self, unit: int, address: int, and_mask: int, or_mask: int) -> None:
+        mask = pdu_reg.MaskWriteRegisterRequest(
+            address=address, and_mask=and_mask, or_mask=or_mask, dev_id=unit
+        )
+        rr = await self.transact(mask)
+        self._check(rr, unit, f"mask write {address}", 22, echo=(address, None))
+
+    def mask_write_job(self, unit: int, address: int, and_mask: int, or_mask: int) -> Job:
+        """FC22 with both masks given (a proxied request)."""
+        return functools.partial(self._mask_write, unit, address, and_mask, or_mask)
+
+    def request_job(self, request: ProxyRequest) -> Job:
+        """The job for a proxied request (validated by `proxy_rules.parse_request`); it
+        returns the registers or bits read, None for a write."""
+        f, unit, address, values = request.function, request.unit, request.address, request.values
+        if f in READS:
+            return self.read_job(unit, READS[f], address, request.count)
+        if f in (6, 16):
+            return self.write_registers_job(unit, address, values, multiple=f == 16)
+        if f == 5:
+            return self.write_coil_job(unit, address, bool(values[0]), multiple=False)
+        if f == 15:
+            return self.write_coils_job(unit, address, [bool(v) for v in values])
+        return self.mask_write_job(unit, address, *values)
+
     def write_bit_job(
         self, unit: int, address: int, bit: int, value: bool, *, mask_write: bool, multiple: bool
     ) -> Job:
@@ -444,13 +483,8 @@ class Wire:
 
         async def job() -> None:
             if mask_write:
-                and_mask = 0xFFFF ^ (1 << bit)
                 or_mask = (1 << bit) if value else 0
-                mask = pdu_reg.MaskWriteRegisterRequest(
-                    address=address, and_mask=and_mask, or_mask=or_mask, dev_id=unit
-                )
-                rr = await self.transact(mask)
-                self._check(rr, unit, f"mask write {address}", 22, echo=(address, None))
+                await self._mask_write(unit, address, 0xFFFF ^ (1 << bit), or_mask)
                 return
             what = f"read holding {address} (for bit write)"
             read = pdu_reg.ReadHoldingRegistersRequest(address=address, count=1, dev_id=unit)

@@ -68,6 +68,7 @@ IO = frozenset(
         "metrics",
         "mqtt",
         "process",
+        "proxy",
         "scheduler",
         "session",
         "sim",

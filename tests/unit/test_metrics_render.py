@@ -13,12 +13,22 @@ from bridge.figures import (
     device_polls,
     host_figures,
     mqtt_figures,
+    proxy_figures,
 )
 from bridge.health import build_health
 from bridge.metrics import PREFIX, families, registry_for
 from bridge.model import DataType, Device, Point, Shard, Table
 from bridge.state import DeviceState
-from bridge.stats import CommandStats, LinkStats, PollStats, ReloadStats, SessionStats
+from bridge.stats import (
+    PROXY_CLOSES,
+    PROXY_RESULTS,
+    CommandStats,
+    LinkStats,
+    PollStats,
+    ProxyStats,
+    ReloadStats,
+    SessionStats,
+)
 
 
 def _figures() -> Figures:
@@ -142,3 +152,38 @@ def test_counters_end_in_total_and_labels_come_from_fixed_sets() -> None:
                     assert val in allowed[label], (sample.name, label, val)
                 else:
                     assert label in ("le", "version"), (sample.name, label)
+
+
+def test_a_proxy_shows_its_clients_and_requests_by_host() -> None:
+    stats = ProxyStats(listening=True, clients=2, connections=9, writes=1, waiting=1)
+    stats.requests["answered"] = 40
+    stats.requests["refused"] = 3
+    stats.closed["out_of_step"] = 1
+    figures = dataclasses.replace(_figures(), proxies=(proxy_figures("gw", stats),))
+    samples = _scrape(registry_for(lambda: figures))
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(PREFIX + name, tuple(sorted(labels.items())))]
+
+    assert value("proxy_listening", host="gw") == 1
+    assert value("proxy_clients", host="gw") == 2
+    assert value("proxy_connections_total", host="gw") == 9
+    assert value("proxy_requests_total", host="gw", result="answered") == 40
+    assert value("proxy_requests_total", host="gw", result="refused") == 3
+    assert value("proxy_requests_total", host="gw", result="failed") == 0
+    assert value("proxy_connections_closed_total", host="gw", reason="out_of_step") == 1
+    assert value("proxy_writes_total", host="gw") == 1
+    assert value("proxy_requests_waiting", host="gw") == 1
+    assert value("proxy_requests_in_flight", host="gw") == 0
+    proxy_labels = {
+        dict(labels).get(key)
+        for (name, labels) in samples
+        if name.startswith(PREFIX + "proxy_")
+        for key in ("result", "reason")
+    } - {None}
+    assert proxy_labels == set(PROXY_RESULTS) | set(PROXY_CLOSES)
+    doc = build_health(figures)["proxies"]["gw"]
+    assert doc["clients"] == 2 and doc["listening"] is True
+    assert doc["requests"] == {"answered": 40, "exception": 0, "refused": 3, "failed": 0}
+    assert doc["closed"]["out_of_step"] == 1
+    assert "proxies" not in build_health(_figures())  # no proxy: no section
