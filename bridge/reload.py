@@ -6,6 +6,10 @@ while leaving alone everything that did not change; `app.Bridge.apply` carries i
 - Hosts are the ones with a session: a host with at least one device. A host whose
   settings are equal keeps its session and socket; one whose settings changed is
   reopened (its session stopped, a new one started); others are added or removed.
+- A host's `proxy:` is no setting of its session: a change to it restarts the proxy's
+  listener (`proxies_changed`), never the session. A host reopened for its own
+  settings keeps its proxy and the proxy's clients (their requests meanwhile are
+  answered 0x0A).
 - Devices are compared whole (points, interval, unit, host, ...): a changed device
   restarts its poll groups; an unchanged device on a reopened host is restarted too
   (its requests went to the old session), but keeps its published state.
@@ -17,7 +21,7 @@ while leaving alone everything that did not change; `app.Bridge.apply` carries i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge.messages import Message
 from bridge.model import BridgeConfig, Device, Host, Output
@@ -41,6 +45,7 @@ class ReloadPlan:
     metrics_changed: bool = False
     health_changed: bool = False  # health_interval
     commands_changed: bool = False  # read_only, write_timeout
+    proxies_changed: tuple[str, ...] = ()  # hosts whose proxy is added, removed or changed
 
     @property
     def stopped(self) -> tuple[str, ...]:
@@ -65,6 +70,7 @@ class ReloadPlan:
             or self.metrics_changed
             or self.health_changed
             or self.commands_changed
+            or self.proxies_changed
         )
 
     def summary(self) -> str:
@@ -98,6 +104,8 @@ class ReloadPlan:
         ):
             if flag:
                 parts.append(f"{what} changed")
+        if self.proxies_changed:
+            parts.append(f"proxy restarted: {_few(self.proxies_changed)}")
         return "; ".join(parts)
 
 
@@ -108,16 +116,30 @@ def _few(names: tuple[str, ...], shown: int = 5) -> str:
 
 
 def active_hosts(config: BridgeConfig) -> dict[str, Host]:
-    """The hosts that get a session: those with at least one device."""
+    """The hosts that get a session: those with at least one device or a proxy."""
     used = {d.host for d in config.devices}
-    return {h.name: h for h in config.hosts if h.name in used}
+    return {h.name: h for h in config.hosts if h.name in used or h.proxy is not None}
+
+
+def _session_settings(host: Host) -> Host:
+    """What a host's session is opened with: everything but its proxy."""
+    return host if host.proxy is None else replace(host, proxy=None)
 
 
 def plan_reload(old: BridgeConfig, new: BridgeConfig) -> ReloadPlan:
     """What must change to run `new` where `old` runs."""
     old_hosts, new_hosts = active_hosts(old), active_hosts(new)
-    kept = tuple(n for n, h in new_hosts.items() if old_hosts.get(n) == h)
-    reopened = tuple(n for n, h in new_hosts.items() if n in old_hosts and old_hosts[n] != h)
+    old_sessions = {n: _session_settings(h) for n, h in old_hosts.items()}
+    new_sessions = {n: _session_settings(h) for n, h in new_hosts.items()}
+    kept = tuple(n for n, h in new_sessions.items() if old_sessions.get(n) == h)
+    reopened = tuple(
+        n for n, h in new_sessions.items() if n in old_sessions and old_sessions[n] != h
+    )
+    old_proxies = {n: h.proxy for n, h in old_hosts.items() if h.proxy is not None}
+    new_proxies = {n: h.proxy for n, h in new_hosts.items() if h.proxy is not None}
+    proxies_changed = tuple(
+        n for n in {**old_proxies, **new_proxies} if old_proxies.get(n) != new_proxies.get(n)
+    )
     old_devices = {d.name: d for d in old.devices}
     new_devices = {d.name: d for d in new.devices}
     changed = tuple(n for n, d in new_devices.items() if n in old_devices and old_devices[n] != d)
@@ -138,6 +160,7 @@ def plan_reload(old: BridgeConfig, new: BridgeConfig) -> ReloadPlan:
         metrics_changed=old.metrics != new.metrics,
         health_changed=old.health_interval != new.health_interval,
         commands_changed=(old.read_only, old.write_timeout) != (new.read_only, new.write_timeout),
+        proxies_changed=proxies_changed,
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
 from bridge.config import parse_config
 from bridge.messages import Message
-from bridge.model import BridgeConfig, Output
+from bridge.model import BridgeConfig, Output, Proxy
 from bridge.reload import ReloadPlan, active_hosts, discovery_changes, dropped_points, plan_reload
 from bridge.topics import Topics
 
@@ -195,3 +196,32 @@ def test_points_a_changed_device_lost_are_cleared_in_attribute_output() -> None:
     ]
     assert len(dropped_points(old, new, topics, Output.BOTH)) == 2
     assert dropped_points(old, new, topics, Output.JSON) == []  # one JSON topic: rewritten
+
+
+def _with_proxy(config: BridgeConfig, host: str, proxy: Proxy | None) -> BridgeConfig:
+    hosts = tuple(replace(h, proxy=proxy) if h.name == host else h for h in config.hosts)
+    return replace(config, hosts=hosts)
+
+
+def test_a_proxy_restarts_its_listener_never_the_session() -> None:
+    old = _config(BASE)
+    on = _with_proxy(old, "gw-a", Proxy(port=5020))
+    plan = plan_reload(old, on)
+    assert plan.proxies_changed == ("gw-a",)
+    assert "gw-a" in plan.hosts_kept and not plan.hosts_reopened and not plan.stopped
+    assert plan.summary().endswith("proxy restarted: gw-a")
+    changed = _with_proxy(old, "gw-a", Proxy(port=5020, writes=True))
+    assert plan_reload(on, changed).proxies_changed == ("gw-a",)
+    assert plan_reload(on, on).unchanged
+    assert plan_reload(on, old).proxies_changed == ("gw-a",)
+    # A host reopened for its own settings keeps its proxy (and its clients).
+    moved = replace(on, hosts=tuple(replace(h, timeout=3.0) for h in on.hosts))
+    plan = plan_reload(on, moved)
+    assert "gw-a" in plan.hosts_reopened and plan.proxies_changed == ()
+
+
+def test_a_host_with_a_proxy_and_no_device_gets_a_session() -> None:
+    config = _with_proxy(_config(BASE), "spare", Proxy(port=5021, units=(1,)))
+    assert "spare" in active_hosts(config)
+    plan = plan_reload(_config(BASE), config)
+    assert plan.hosts_added == ("spare",) and plan.proxies_changed == ("spare",)
