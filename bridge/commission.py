@@ -44,10 +44,11 @@ from bridge.model import (
 )
 from bridge.payloads import Value
 from bridge.process import EXIT_FAILURE, EXIT_OK, Process, bounded, run_main
-from bridge.session import HostSession
+from bridge.session import LINK_LOST, HostSession
 
 READ_TIMEOUT = 1.0  # seconds per request: read and write
 SCAN_TIMEOUT = 0.3  # seconds per unit id: most units answer within a few milliseconds
+REOPEN_WAIT = 5.0  # seconds a scan waits for its link to reopen after a unit broke it
 HARD_EXIT_AFTER = 3.0  # seconds after Ctrl-C
 GATEWAY_NO_UNIT = frozenset({10, 11})  # gateway path unavailable / target failed: nobody there
 ORDERS = tuple((b, w) for b in Order for w in Order)  # (byte order, word order)
@@ -270,16 +271,27 @@ def plan_write(args: argparse.Namespace) -> tuple[Point, Value, list[int] | bool
         raise UsageError(exc.reason) from None
 
 
+MAYBE = "the write may or may not have been applied"  # the words of the MQTT path
+
+
 async def _write(args: argparse.Namespace, host: Host, session: HostSession) -> int:
     point, value, encoded = plan_write(args)
     raw: list[int] | list[bool]
-    if isinstance(encoded, bool):
-        await session.write_coil(args.unit, point.address, encoded, multiple=args.multiple)
-        function, raw = (15 if args.multiple else 5), [encoded]
-    else:
-        multiple = args.multiple or len(encoded) > 1
-        await session.write_registers(args.unit, point.address, encoded, multiple=multiple)
-        function, raw = (16 if multiple else 6), encoded
+    try:
+        if isinstance(encoded, bool):
+            await session.write_coil(args.unit, point.address, encoded, multiple=args.multiple)
+            function, raw = (15 if args.multiple else 5), [encoded]
+        else:
+            multiple = args.multiple or len(encoded) > 1
+            await session.write_registers(args.unit, point.address, encoded, multiple=multiple)
+            function, raw = (16 if multiple else 6), encoded
+    except (RequestTimeout, BadReply) as exc:
+        # Sent, and no fitting answer: the device may have acted on it all the same.
+        raise Failed(f"{exc}; {MAYBE}") from None
+    except HostUnavailable as exc:
+        if exc.reason == LINK_LOST:  # the connection died while the write was on the wire
+            raise Failed(f"{exc} while the write was on the wire; {MAYBE}") from None
+        raise
     if args.json:
         _print_json(
             {
@@ -300,13 +312,39 @@ async def _write(args: argparse.Namespace, host: Host, session: HostSession) -> 
     return EXIT_OK
 
 
+async def _reopened(session: HostSession, timeout: float) -> None:
+    """Until the session has its link again (it reopens by itself, after its backoff)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not session.connected and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def _probe(session: HostSession, unit: int, table: Table, address: int) -> Any:
+    """One unit's probe. A reply the link could not survive (garbage from the unit
+    before) leaves it closed: then wait for it to reopen and ask this unit again, once."""
+    try:
+        return await session.read(unit, table, address, 1)
+    except HostUnavailable:
+        if session.generation == 0:
+            raise  # never opened: the host is not there
+        await _reopened(session, REOPEN_WAIT)
+        return await session.read(unit, table, address, 1)
+
+
 async def _scan(args: argparse.Namespace, host: Host, session: HostSession) -> int:
     table = Table(args.table)
     found: list[dict[str, Any]] = []
+    error: str | None = None
     for unit in args.units:
         entry: dict[str, Any] = {"unit": unit}
         try:
-            data = await session.read(unit, table, args.address, 1)
+            data = await _probe(session, unit, table, args.address)
+        except HostUnavailable as exc:
+            # The link is gone for good (the host went away): what was found so far
+            # still counts, and is shown.
+            error = session.open_error or str(exc)
+            break
         except ExceptionReply as exc:
             if exc.code in GATEWAY_NO_UNIT:
                 continue  # the gateway answers for a unit that is not there
@@ -330,19 +368,22 @@ async def _scan(args: argparse.Namespace, host: Host, session: HostSession) -> i
     answered = [e["unit"] for e in found if e["reply"] != "bad_reply"]
     span = f"{args.units[0]}-{args.units[-1]}" if len(args.units) > 1 else str(args.units[0])
     if args.json:
-        _print_json(
-            {
-                "target": host.name,
-                "scanned": len(args.units),
-                "answered": answered,
-                "replies": found,
-            }
-        )
+        doc = {"target": host.name, "scanned": len(args.units), "answered": answered,
+               "replies": found}  # fmt: skip
+        if error is not None:
+            doc["error"] = error
+        _print_json(doc)
     else:
         print(
             f"{host.name}: {len(answered)} of {len(args.units)} unit ids in {span} answered "
             f"(probe: read {table.value} {args.address}, {host.timeout:g} s per unit)"
         )
+    if error is not None:
+        print(f"error: {error} (the scan stopped there)", file=sys.stderr)
+        return EXIT_FAILURE
+    if not answered:
+        print(f"error: no unit id in {span} answered", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -48,6 +48,9 @@ from bridge.wire import Job, LinkClosed, Malformed, Mismatch, NoAnswer, Wire, Wi
 log = logging.getLogger("bridge.session")
 
 
+LINK_LOST = "connection lost"  # a request's reason when the link died while it was on the wire
+
+
 class Priority(enum.IntEnum):
     """The order queued jobs leave the queue: lower first, then first come first served.
     Only the order matters; the gaps leave room for another class of request.
@@ -429,12 +432,12 @@ class HostSession:
         except LinkClosed as exc:
             self.stats.failed("connection")
             self._lost(f"connection error: {exc}")
-            raise HostUnavailable(self.host.name, unit, "connection lost") from None
+            raise HostUnavailable(self.host.name, unit, LINK_LOST) from None
         except NoAnswer:
             if not wire.connected:
                 self.stats.failed("connection")
                 self._lost("connection closed")
-                raise HostUnavailable(self.host.name, unit, "connection lost") from None
+                raise HostUnavailable(self.host.name, unit, LINK_LOST) from None
             self.stats.failed("timeout")
             self.stats.timeouts += 1
             self.stats.unit(unit).timeouts += 1

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from bridgeproc import REPO
+from hostile import HostileServer
 
 from bridge.sim import SimSerial, SimServer, SimUnit
 
@@ -142,6 +143,77 @@ async def test_scan_rtu_gateway_json() -> None:
     assert doc["answered"] == [1, 5, 17] and doc["scanned"] == 4
     assert [r["reply"] for r in doc["replies"]] == ["value", "exception", "value"]
     assert server.connections_total == 1
+
+
+# -- issue 16, item 6 ---------------------------------------------------------------------
+
+
+async def test_a_scan_goes_on_past_units_whose_replies_break_the_link() -> None:
+    """A unit that sends garbage leaves a stream that cannot be framed: the link is
+    reopened. The scan stopped at the next unit with "not connected" (blaming it) and
+    with --json lost what it had found."""
+    modes = {2: "garbage", 4: "bad_header", 6: "byte_count"}
+    server = HostileServer({u: modes.get(u, "normal") for u in range(1, 8)})
+    await server.start()
+    try:
+        host = f"127.0.0.1:{server.port}"
+        code, out, err = await cli("scan", "--host", host, "--units", "1-7", "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["answered"] == [1, 3, 5, 7]
+        assert "error" not in doc
+        bad = {r["unit"]: r["text"] for r in doc["replies"] if r["reply"] == "bad_reply"}
+        assert set(bad) == {2, 4, 6}  # each bad reply named for the unit that sent it
+        assert "invalid Modbus TCP header" in bad[4]
+        assert "byte count" in bad[6]
+        code, out, err = await cli("scan", "--host", host, "--units", "1-5")
+        assert code == 0 and "not connected" not in out + err
+        assert out.splitlines()[-1].startswith(f"{host}: 3 of 5 unit ids in 1-5 answered")
+    finally:
+        await server.stop()
+
+
+async def test_a_scan_keeps_what_it_found_when_the_host_goes_away() -> None:
+    server = HostileServer({1: "normal", 2: "garbage", 3: "normal"})
+    await server.start()
+    host = f"127.0.0.1:{server.port}"
+    scan = asyncio.ensure_future(cli("scan", "--host", host, "--units", "1-3", "--json"))
+    while server.requests < 2:  # unit 2's garbage is on its way: the host goes away
+        await asyncio.sleep(0.005)
+    await server.stop()
+    code, out, err = await scan
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["answered"] == [1]
+    assert [r["unit"] for r in doc["replies"]] == [1, 2]
+    assert doc["error"].startswith(f"cannot connect to {host}")
+    assert err.splitlines()[-1].startswith("error: cannot connect to")
+
+
+async def test_a_scan_where_nothing_answers_exits_1(gateway: SimServer) -> None:
+    code, out, err = await cli("scan", "--host", f"127.0.0.1:{gateway.port}", "--units", "30-32")
+    assert code == 1
+    assert "0 of 3 unit ids in 30-32 answered" in out
+    assert err.splitlines() == ["error: no unit id in 30-32 answered"]
+    code, out, _ = await cli(
+        "scan", "--host", f"127.0.0.1:{gateway.port}", "--units", "30-32", "--json"
+    )
+    assert code == 1 and json.loads(out)["answered"] == []
+
+
+async def test_a_write_without_an_answer_may_have_been_applied(gateway: SimServer) -> None:
+    """The MQTT path says so; the commissioning write said only "no answer"."""
+    gateway.silent_units.add(17)
+    code, _, err = await cli(
+        "write", "--host", f"127.0.0.1:{gateway.port}", "--unit", "17", "--address", "3",
+        "--timeout", "200ms", "7",
+    )  # fmt: skip
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: host 127.0.0.1:{gateway.port} unit 17: no answer within 0.2s; the write "
+        "may or may not have been applied"
+    ]
+    assert [(r.unit, r.function) for r in gateway.request_log] == [(17, 6)]  # it was sent
 
 
 async def test_read_on_a_serial_line(serial_pair) -> None:
