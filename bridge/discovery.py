@@ -100,8 +100,15 @@ def device_identifier(client_id: str, device: str) -> str:
 
 
 def _key(name: str) -> str:
-    """A JSON key as a Jinja string literal (quotes and non-ASCII escaped)."""
-    return json.dumps(name)
+    """A name as a Jinja string literal that Home Assistant reads back as the same name.
+
+    Jinja takes a literal's characters as they are and only then decodes backslash
+    escapes (`\\uXXXX` one UTF-16 unit at a time), so a character outside the Basic
+    Multilingual Plane escaped the JSON way (a surrogate pair) became two lone
+    surrogates, and the template looked up a key no payload has: the entity stayed
+    unknown. Every character is written as itself; only the quote and the backslash
+    are escaped (names hold no control characters: `topics.name_problem`)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _json_number(value: float) -> float | int:

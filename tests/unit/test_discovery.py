@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import hass
 from bridge.config import parse_config
@@ -22,6 +24,7 @@ from bridge.discovery import (
 from bridge.hass import Platform
 from bridge.model import BridgeConfig, DataType, Point, Table
 from bridge.shard import select, shard_of
+from bridge.topics import level_problem
 
 CONFIG = """\
 version: 1
@@ -296,9 +299,63 @@ def test_json_keys_are_escaped_in_templates() -> None:
     text = CONFIG.replace("name: temp,", """name: 'it''s "x" °',""")
     doc = _payload(_config(text))
     [(key, comp)] = [(k, c) for k, c in doc["cmps"].items() if "it" in k]
-    assert comp["value_template"] == '{{ value_json.get("it\'s \\"x\\" \\u00b0") }}'
+    assert comp["value_template"] == '{{ value_json.get("it\'s \\"x\\" °") }}'
     assert comp["name"] == 'It\'s "x" °'
     assert key == safe_id('it\'s "x" °')
+
+
+def _sandbox() -> Any:
+    """Jinja's immutable sandbox, as Home Assistant renders MQTT templates, with the one
+    filter of its own these templates use."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    env.filters["to_json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
+
+
+def _render(env: Any, template: str, payload: str) -> str:
+    """As Home Assistant's `async_render_with_possible_json_value`: `value` is the
+    payload, `value_json` the payload parsed."""
+    result: str = env.from_string(template).render(value=payload, value_json=json.loads(payload))
+    return result
+
+
+def _command(env: Any, template: str, value: Any) -> str:
+    """As a command template renders: `value` is what the entity sends (a text's text)."""
+    result: str = env.from_string(template).render(value=value)
+    return result
+
+
+NAMES = st.text(min_size=1, max_size=40).filter(lambda n: level_problem(n) is None)
+
+
+@given(name=NAMES)
+@settings(max_examples=300, deadline=None)
+def test_templates_render_every_valid_name(name: str) -> None:
+    """Issue 16, item 4: a point named outside the Basic Multilingual Plane (an emoji)
+    got a template with a surrogate-pair escape, which Jinja rendered as None."""
+    env = _sandbox()
+    holding = {"name": name, "table": Table.HOLDING, "address": 0, "interval": 1.0}
+    number = Point(**holding, type=DataType.UINT16, writable=True)
+    text = Point(**holding, type=DataType.STRING, length=4, writable=True)
+    coil = Point(name=name, table=Table.COIL, address=0, type=DataType.BOOL, interval=1.0)
+    for point, value, shown in ((number, 42, "42"), (text, "ab", "ab"), (coil, True, "true")):
+        config = _config()
+        device = config.devices[0]
+        comp = Discovery(config).component(device, point)
+        payload = json.dumps({name: value, "other": 1})
+        assert _render(env, comp["value_template"], payload) == shown, comp["value_template"]
+        if "command_template" in comp:
+            assert json.loads(_command(env, comp["command_template"], value)) == {name: value}
+
+
+@pytest.mark.parametrize("name", ["⚡ power", "😀", "𝔸 phase", 'quote " back \\ slash', "{{ x }}"])
+def test_templates_render_names_that_broke_them(name: str) -> None:
+    env = _sandbox()
+    point = Point(name=name, table=Table.HOLDING, address=0, type=DataType.UINT16, interval=1.0)
+    comp = Discovery(_config()).component(_config().devices[0], point)
+    assert _render(env, comp["value_template"], json.dumps({name: 7})) == "7"
 
 
 # --------------------------------------------------------------------------- mapping
