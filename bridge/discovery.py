@@ -451,6 +451,80 @@ def _entity_ids(platform: Platform, device: str, point: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose id it is: a device (and one of its points), or the bridge itself (None)."""
+
+    device: str | None
+    point: str | None = None
+
+    def __str__(self) -> str:
+        who = "the bridge" if self.device is None else f"device {self.device!r}"
+        return who if self.point is None else f"{who} point {self.point!r}"
+
+
+@dataclass(frozen=True)
+class Clash:
+    """Two names that Home Assistant discovery maps to one id (`what`: "discovery
+    topic", "component key", "entity id"): one of the two would be lost or renamed."""
+
+    what: str
+    ident: str
+    first: Owner
+    second: Owner
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """An entity id longer than Home Assistant takes: the entity is not created."""
+
+    ident: str
+    owner: Owner
+
+
+def id_problems(config: BridgeConfig) -> list[Clash | TooLong]:
+    """The ids discovery builds from names that Home Assistant cannot tell apart or
+    take, for `check` (none without Home Assistant). Every id is compared however it
+    is built: a name made topic-safe with a hash can equal a name written that way
+    (``x y`` and ``x_y_73dec593``), and two names can slugify alike (``meter-1`` +
+    ``voltage`` and ``meter`` + ``1_voltage``: ``sensor.meter_1_voltage``)."""
+    if not config.homeassistant.enabled:
+        return []
+    discovery = Discovery(config)
+    out: list[Clash | TooLong] = []
+    seen: dict[tuple[str, str | None, str], Owner] = {}
+
+    def claim(what: str, scope: str | None, ident: str, owner: Owner) -> None:
+        first = seen.setdefault((what, scope, ident), owner)
+        if first is not owner:
+            out.append(Clash(what, ident, first, owner))
+
+    bridge = Owner(None)
+    claim("discovery topic", None, BRIDGE_DEVICE, bridge)
+    for name, component in discovery.bridge_payload()["cmps"].items():
+        claim("entity id", None, _ha_entity_id(component), Owner(None, name))
+    for device in config.devices:
+        components = {p.name: discovery.component(device, p) for p in device.points
+                      if p.homeassistant}  # fmt: skip
+        if not components:
+            continue
+        owner = Owner(device.name)
+        claim("discovery topic", None, safe_id(device.name), owner)
+        for point, component in components.items():
+            at = Owner(device.name, point)
+            claim("component key", device.name, safe_id(point), at)
+            ident = _ha_entity_id(component)
+            claim("entity id", None, ident, at)
+            if len(ident) > hass.MAX_ENTITY_ID:
+                out.append(TooLong(ident, at))
+    return out
+
+
+def _ha_entity_id(component: Mapping[str, Any]) -> str:
+    """The entity id Home Assistant makes of a component's suggestion."""
+    return hass.entity_id(Platform(component["p"]), component["object_id"])
+
+
 def _available(topic: str) -> dict[str, str]:
     return {"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
 

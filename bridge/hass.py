@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+from slugify import slugify as _slugify
+
 from bridge.model import DataType, Point
 
 
@@ -257,3 +259,22 @@ STATE_CLASSES: Mapping[str, frozenset[str]] = {
     "wind_speed": frozenset({"measurement"}),
 }
 # fmt: on
+
+
+MAX_ENTITY_ID = 255  # characters of an entity id (homeassistant.const.MAX_LENGTH_STATE_ENTITY_ID)
+
+
+def slugify(text: str) -> str:
+    """Home Assistant's `homeassistant.util.slugify`: python-slugify with ``_`` (lower
+    case, transliterated to ASCII, every other run of characters one ``_``), and
+    ``unknown`` for text that leaves nothing. How it makes an entity id of an
+    ``object_id``: the same library is used here, so `check` knows the id for sure."""
+    if not text:
+        return ""
+    return _slugify(text, separator="_") or "unknown"
+
+
+def entity_id(platform: Platform, object_id: str) -> str:
+    """The entity id Home Assistant gives an entity with this `object_id`, before it
+    appends ``_2`` to one that is taken."""
+    return f"{platform.value}.{slugify(object_id)}"

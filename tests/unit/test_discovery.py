@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 from bridge import hass
 from bridge.config import parse_config
 from bridge.discovery import (
+    Clash,
     Discovery,
+    Owner,
+    TooLong,
     entity_id,
+    id_problems,
     number_range,
     number_step,
     object_id,
@@ -621,3 +625,88 @@ def test_every_entity_suggests_its_id_both_ways() -> None:
     for message in discovery.messages():
         for comp in json.loads(message.payload)["cmps"].values():
             assert comp["default_entity_id"] == f"{comp['p']}.{comp['object_id']}"
+
+
+# --------------------------------------------------------------------------- ids check
+
+
+def _fleet(devices: str, ha: bool = True) -> BridgeConfig:
+    return parse_config(
+        "version: 1\n"
+        f"homeassistant: {{enabled: {'true' if ha else 'false'}}}\n"
+        "hosts: [{name: gw, address: 127.0.0.1}]\n"
+        f"devices:\n{devices}",
+        env={},
+    )
+
+
+def test_forged_hash_suffixes_are_caught() -> None:
+    """Issue 16, item 4: `x y` and `x_y_73dec593` published the same discovery topic;
+    points `p q` and `p_q_7376f44a` shared a component key, and one was dropped."""
+    assert safe_id("x y") == "x_y_73dec593" and safe_id("p q") == "p_q_7376f44a"
+    coil = "table: coil, address: 0"
+    config = _fleet(
+        f"  - {{name: x y, host: gw, unit: 1, points: [{{name: p q, {coil}}},\n"
+        f"     {{name: p_q_7376f44a, table: coil, address: 1}}]}}\n"
+        f"  - {{name: x_y_73dec593, host: gw, unit: 2, points: [{{name: a, {coil}}}]}}\n"
+    )
+    assert id_problems(config) == [
+        Clash("component key", "p_q_7376f44a", Owner("x y", "p q"), Owner("x y", "p_q_7376f44a")),
+        Clash("discovery topic", "x_y_73dec593", Owner("x y"), Owner("x_y_73dec593")),
+    ]
+    alone = f"  - {{name: x y, host: gw, unit: 1, points: [{{name: a, {coil}}}]}}\n"
+    assert id_problems(_fleet(alone)) == []
+
+
+def test_entity_ids_that_home_assistant_would_make_alike_are_caught() -> None:
+    config = _fleet(
+        "  - {name: meter-1, host: gw, unit: 1, points: [{name: voltage, table: holding,\n"
+        "     address: 0, type: uint16}, {name: ⚡ power, table: holding, address: 1,\n"
+        "     type: uint16}]}\n"
+        "  - {name: meter, host: gw, unit: 2, points: [{name: 1_voltage, table: holding,\n"
+        "     address: 0, type: uint16}]}\n"
+        "  - {name: Zähler, host: gw, unit: 3, points: [{name: x, table: coil, address: 0}]}\n"
+        "  - {name: zahler, host: gw, unit: 4, points: [{name: x, table: coil, address: 0}]}\n"
+        "  - {name: meter 1, host: gw, unit: 5, points: [{name: power, table: holding,\n"
+        "     address: 0, type: uint16}]}\n"
+    )
+    clashes = {(c.ident, str(c.first), str(c.second)) for c in id_problems(config)}
+    assert clashes == {
+        ("sensor.meter_1_voltage", "device 'meter-1' point 'voltage'",
+         "device 'meter' point '1_voltage'"),
+        ("binary_sensor.zahler_x", "device 'Zähler' point 'x'", "device 'zahler' point 'x'"),
+        ("sensor.meter_1_power", "device 'meter-1' point '⚡ power'",
+         "device 'meter 1' point 'power'"),
+    }  # fmt: skip
+
+
+def test_the_bridge_entities_count_too_and_nothing_without_home_assistant() -> None:
+    devices = (
+        "  - {name: bridge-under-test, host: gw, unit: 1, points: [{name: uptime,"
+        " table: holding, address: 0, type: uint16}]}\n"
+    )
+    text = "mqtt: {client_id: bridge-under-test}\n"
+    config = parse_config(
+        f"version: 1\nhomeassistant: {{enabled: true}}\n{text}"
+        "hosts: [{name: gw, address: 127.0.0.1}]\n"
+        f"devices:\n{devices}",
+        env={},
+    )
+    [clash] = id_problems(config)
+    assert clash.ident == "sensor.bridge_under_test_uptime"
+    assert str(clash.first) == "the bridge point 'uptime'"
+    assert id_problems(_fleet(devices, ha=False)) == []
+
+
+def test_entity_ids_over_255_characters_are_caught() -> None:
+    long = "d" * 127  # binary_sensor. + 127 + _ + 127: 270 characters
+    config = _fleet(
+        f"  - {{name: {long}, host: gw, unit: 1, points: [{{name: {'p' * 127}, table: coil,"
+        " address: 0}, {name: short, table: coil, address: 1}]}\n"
+        # Transliterated, a name grows: 100 CJK characters are 300 and more of ASCII.
+        f"  - {{name: 中, host: gw, unit: 2, points: [{{name: {'温' * 100}, table: coil,"
+        " address: 0}]}\n"
+    )
+    too_long = [p for p in id_problems(config) if isinstance(p, TooLong)]
+    assert [(p.owner.device, len(p.ident) > 255) for p in too_long] == [(long, True), ("中", True)]
+    assert hass.slugify("温" * 100).startswith("wen_wen")
