@@ -176,3 +176,17 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "not a regular file"
+
+
+_MEMORY_DEVICES = 1  # Linux's character major of /dev/null, /dev/zero, /dev/random, ...
+
+
+def serial_device_problem(mode: int, rdev: int) -> str | None:
+    """Why a path with this `st_mode` and `st_rdev` cannot be a serial port (a phrase
+    to follow "is"), or None: only a character device can, and not one of the memory
+    devices (/dev/null, /dev/zero), which are character devices that take anything."""
+    if not stat.S_ISCHR(mode):
+        return f"{file_kind(mode)}, not a serial device"
+    if os.major(rdev) == _MEMORY_DEVICES:
+        return "a memory device (like /dev/null or /dev/zero), not a serial device"
+    return None

@@ -27,7 +27,6 @@ import grp
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -40,7 +39,12 @@ from pymodbus.pdu import bit_message as pdu_bit
 from pymodbus.pdu import register_message as pdu_reg
 
 from bridge.codec import apply_bit
-from bridge.errors import ExceptionReply, describe_os_error, file_kind, out_of_descriptors
+from bridge.errors import (
+    ExceptionReply,
+    describe_os_error,
+    out_of_descriptors,
+    serial_device_problem,
+)
 from bridge.frames import (
     Answer,
     Echo,
@@ -234,11 +238,9 @@ class SerialTransport(Transport):
                 f"'{group}' group (sudo usermod -aG {group} <user>; under systemd, "
                 f"SupplementaryGroups={group})"
             )
-        if not stat.S_ISCHR(st.st_mode):
-            return (
-                f"serial port {port} is {file_kind(st.st_mode)}, not a serial device: "
-                "check the host's serial: path"
-            )
+        kind = serial_device_problem(st.st_mode, st.st_rdev)
+        if kind is not None:
+            return f"serial port {port} is {kind}: check the host's serial: path"
         if error is not None:
             return f"cannot open serial port {port}: {describe_os_error(error)}"
         return f"cannot open serial port {port}"

@@ -85,3 +85,10 @@ def test_mqtt_connect_failures_say_when_descriptors_ran_out() -> None:
     except aiomqtt.MqttError as wrapped:
         reason = _describe(wrapped)
     assert reason.startswith("Too many open files (the bridge is out of file descriptors")
+
+
+def test_dev_null_and_dev_zero_are_no_serial_ports() -> None:
+    """Character devices, so a plain "is it a character device" check lets them pass."""
+    for port in ("/dev/null", "/dev/zero"):
+        reason = transport_for(Host("bus", SerialLink(port))).unreachable()
+        assert f"serial port {port} is a memory device" in reason, reason
