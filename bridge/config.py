@@ -31,7 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bridge import hass
 from bridge.codec import int_range
-from bridge.errors import ConfigError, Problem
+from bridge.errors import ConfigError, Problem, serial_device_problem
 from bridge.logs import redact
 from bridge.model import (
     POINT_KEYS,
@@ -698,6 +698,23 @@ class _Reader:
         """A host name or an IP address."""
         return self.checked_text(node, path, _address_problem)
 
+    def serial_port(self, node: Node, path: str) -> str | None:
+        """A serial port's path. One that exists must be a serial device (a file, a
+        folder, a FIFO or /dev/null there is a mistake); one that does not exist is
+        fine here (an adapter that is not plugged in yet: `check` warns)."""
+        text = self.checked_text(node, path)
+        if text is None:
+            return None
+        try:
+            st = os.stat(text)
+        except OSError:
+            return text  # missing, or not ours to look at: the session says why at run time
+        why = serial_device_problem(st.st_mode, st.st_rdev)
+        if why is not None:
+            self.report(node, path, f"{_show(text)} is {why}")
+            return None
+        return text
+
     def readable_file(self, node: Node, path: str) -> str | None:
         """The absolute path of an existing, readable file (relative to the config's folder)."""
         text = self.nonempty_text(node, path)
@@ -1098,7 +1115,7 @@ class _Reader:
                     f.sub(key),
                     f"'{key}' is for TCP hosts: give either 'serial' or 'address'/'port'",
                 )
-        port = self.get(f, "serial", self.checked_text)
+        port = self.get(f, "serial", self.serial_port)
         parity = self.get(f, "parity", self.choice(Parity, "parity"))
         stopbits = self.get(f, "stopbits", self.int_in(1, 2))
         bytesize = self.get(f, "bytesize", self.int_in(7, 8))

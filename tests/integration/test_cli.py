@@ -211,3 +211,43 @@ def test_check_shows_each_shards_share(tmp_path: Path) -> None:
     assert f"{devices[1]} of 21 devices" in one.stdout
     assert "client id plant-shard-2of3" in one.stdout and "modbus/bridge/2of3/" in one.stdout
     assert "metrics: http://127.0.0.1:9109/metrics" in one.stdout
+
+
+def test_check_refuses_a_serial_path_that_is_no_port_and_warns_of_a_missing_one(
+    tmp_path: Path,
+) -> None:
+    """Issue 16, item 7: a file, a folder, /dev/null, /dev/zero or a FIFO passed check."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "bus.yaml"
+    hosts = "".join(
+        f"  - {{name: bus{n}, serial: {path}}}\n"
+        for n, path in enumerate(["/dev/null", str(tmp_path), str(fifo)])
+    )
+    devices = "".join(
+        f"  - {{name: d{n}, host: bus{n}, unit: 1, points: [{{name: a, table: coil, "
+        "address: 0}]}\n"
+        for n in range(3)
+    )
+    cfg.write_text(f"version: 1\nhosts:\n{hosts}devices:\n{devices}")
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()[1:]
+    assert [line.split(": ", 2)[1] for line in lines] == [f"hosts[{n}].serial" for n in range(3)]
+    assert lines[0] == (
+        f"  {cfg}:3:26: hosts[0].serial: '/dev/null' is a memory device (like /dev/null or "
+        "/dev/zero), not a serial device"
+    )
+    assert "is a directory, not a serial device" in lines[1]
+    assert "is a FIFO (named pipe), not a serial device" in lines[2]
+
+    missing = tmp_path / "ttyUSB7"
+    cfg.write_text(
+        f"version: 1\nhosts:\n  - {{name: bus, serial: {missing}}}\ndevices:\n"
+        "  - {name: d, host: bus, unit: 1, points: [{name: a, table: coil, address: 0}]}\n"
+    )
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"WARNING: host bus: serial port {missing} does not exist (yet): is the adapter plugged in?"
+    ) in result.stdout

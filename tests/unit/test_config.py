@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -910,6 +911,37 @@ def test_serial_host() -> None:
     assert (host.timeout, host.pause, host.rtu, host.bus_baudrate) == (0.25, 0.005, True, 19200)
     defaults = parse_config(MINIMAL.replace("address: 10.0.0.1", "serial: /dev/ttyUSB0"), env={})
     assert defaults.hosts[0].link == SerialLink("/dev/ttyUSB0", 9600, Parity.NONE, 1, 8)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda p: p.write_text("x"), "a regular file, not a serial device"),
+        (lambda p: p.mkdir(), "a directory, not a serial device"),
+        (os.mkfifo, "a FIFO (named pipe), not a serial device"),
+        (None, "a memory device (like /dev/null or /dev/zero), not a serial device"),
+    ],
+)
+def test_a_serial_path_that_exists_must_be_a_serial_device(
+    tmp_path: Path, make: Any, kind: str
+) -> None:
+    """Issue 16, item 7: a file, a folder, /dev/null, /dev/zero or a FIFO passed check,
+    and the bridge then blamed "another program using it"."""
+    port = tmp_path / "ttyUSB0"
+    if make is None:
+        port = Path("/dev/zero")
+    else:
+        make(port)
+    text = MINIMAL.replace("address: 10.0.0.1", f"serial: {port}")
+    [problem] = problems(text)
+    assert problem.startswith("c.yaml:3:24: hosts[0].serial: '")
+    assert problem.endswith(f"' is {kind}")
+
+
+def test_a_serial_path_that_does_not_exist_is_no_problem(tmp_path: Path) -> None:
+    """An adapter that is not plugged in yet: `check` warns, the bridge retries."""
+    text = MINIMAL.replace("address: 10.0.0.1", f"serial: {tmp_path / 'ttyUSB9'}")
+    assert parse_config(text, env={}).hosts[0].link.port == str(tmp_path / "ttyUSB9")
 
 
 # --------------------------------------------------------------------------
