@@ -31,6 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bridge import hass
 from bridge.codec import int_range
+from bridge.discovery import Owner, TooLong, id_problems
 from bridge.errors import ConfigError, Problem, serial_device_problem
 from bridge.logs import redact
 from bridge.model import (
@@ -550,6 +551,8 @@ class _Reader:
         self._pairs_cache: dict[int, list[tuple[Node, Node]]] = {}
         self._declared_hosts: set[str] = set()  # valid or not: no "unknown host" noise
         self.secrets: set[str] = set()  # values never shown (BridgeConfig.secrets)
+        # Device name -> (its index in `devices`, its entry): where an id clash is shown.
+        self.device_entries: dict[str, tuple[int, Node]] = {}
         # Relative file names (TLS) are read from the configuration file's folder.
         self.base_dir = "" if source.startswith("<") else os.path.dirname(os.path.abspath(source))
 
@@ -873,7 +876,7 @@ class _Reader:
         devices = self.devices(f, hosts, templates)
         if self.problems or mqtt is None or ha is None:
             return None
-        return BridgeConfig(
+        config = BridgeConfig(
             mqtt=mqtt,
             hosts=tuple(hosts.values()),
             devices=tuple(devices),
@@ -886,6 +889,43 @@ class _Reader:
             source=self.source,
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
+        self.check_ids(config)
+        return None if self.problems else config
+
+    def check_ids(self, config: BridgeConfig) -> None:
+        """Names that Home Assistant discovery would map to one id, or to an entity id
+        it refuses (`discovery.id_problems`), reported at the entry of the device whose
+        name (or point) comes second."""
+
+        def entry(owner: Owner) -> str:
+            index = self.device_entries.get(owner.device or "", (None,))[0]
+            return "" if index is None else f" (devices[{index}])"
+
+        for found in id_problems(config):
+            owner = found.owner if isinstance(found, TooLong) else found.second
+            if isinstance(found, TooLong):
+                message = (
+                    f"{owner} gets an entity id of {len(found.ident)} characters "
+                    f"({found.ident[:48]}...); Home Assistant takes at most "
+                    f"{hass.MAX_ENTITY_ID} and would not create it: shorten the names"
+                )
+            elif found.what == "entity id":
+                message = (
+                    f"{owner} gets the entity id {found.ident}, as {found.first}"
+                    f"{entry(found.first)} does: Home Assistant would call one of them "
+                    f"{found.ident}_2; rename one"
+                )
+            else:
+                loss = "replace the other" if found.what == "discovery topic" else "be dropped"
+                message = (
+                    f"{owner} and {found.first}{entry(found.first)} get the same Home "
+                    f"Assistant {found.what} ({found.ident}): one would {loss}; rename one"
+                )
+            index, node = self.device_entries.get(owner.device or "", (None, None))
+            if node is None or index is None:
+                self.report(None, "devices", message)
+            else:
+                self.report(_child(node, "name"), f"devices[{index}].name", message)
 
     def homeassistant(self, node: Node, path: str) -> HomeAssistant | None:
         f = self.mapping(node, path, _HOMEASSISTANT_KEYS)
@@ -1210,6 +1250,7 @@ class _Reader:
                 continue
             for d in expanded:
                 owner[d.name] = i
+                self.device_entries[d.name] = (i, node)
             devices.extend(expanded)
         return devices
 

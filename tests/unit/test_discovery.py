@@ -3,6 +3,7 @@ and the repair of earlier retained messages. Pure: no broker."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -26,7 +27,7 @@ from bridge.discovery import (
     safe_id,
 )
 from bridge.hass import Platform
-from bridge.model import BridgeConfig, DataType, Point, Table
+from bridge.model import BridgeConfig, DataType, HomeAssistant, Point, Table
 from bridge.shard import select, shard_of
 from bridge.topics import level_problem
 
@@ -630,14 +631,14 @@ def test_every_entity_suggests_its_id_both_ways() -> None:
 # --------------------------------------------------------------------------- ids check
 
 
-def _fleet(devices: str, ha: bool = True) -> BridgeConfig:
-    return parse_config(
-        "version: 1\n"
-        f"homeassistant: {{enabled: {'true' if ha else 'false'}}}\n"
-        "hosts: [{name: gw, address: 127.0.0.1}]\n"
-        f"devices:\n{devices}",
+def _fleet(devices: str, ha: bool = True, head: str = "") -> BridgeConfig:
+    """A configuration as the reader builds it, before its id check (which refuses
+    exactly these: tests/configs/bad/ha_ids.yaml), Home Assistant switched on after."""
+    config = parse_config(
+        f"version: 1\n{head}hosts: [{{name: gw, address: 127.0.0.1}}]\ndevices:\n{devices}",
         env={},
     )
+    return dataclasses.replace(config, homeassistant=HomeAssistant(enabled=ha))
 
 
 def test_forged_hash_suffixes_are_caught() -> None:
@@ -685,13 +686,7 @@ def test_the_bridge_entities_count_too_and_nothing_without_home_assistant() -> N
         "  - {name: bridge-under-test, host: gw, unit: 1, points: [{name: uptime,"
         " table: holding, address: 0, type: uint16}]}\n"
     )
-    text = "mqtt: {client_id: bridge-under-test}\n"
-    config = parse_config(
-        f"version: 1\nhomeassistant: {{enabled: true}}\n{text}"
-        "hosts: [{name: gw, address: 127.0.0.1}]\n"
-        f"devices:\n{devices}",
-        env={},
-    )
+    config = _fleet(devices, head="mqtt: {client_id: bridge-under-test}\n")
     [clash] = id_problems(config)
     assert clash.ident == "sensor.bridge_under_test_uptime"
     assert str(clash.first) == "the bridge point 'uptime'"
