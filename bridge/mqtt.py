@@ -389,6 +389,7 @@ class _Outbox:
         self.unacked: dict[int, tuple[str | tuple[str, int], _Pending]] = {}
         self.unacked_size: dict[int, int] = {}  # message id -> packet bytes
         self.acked_max = 0  # the largest packet the broker acknowledged on this connection
+        self.qos0_max = 0  # the largest packet sent at QoS 0 (never acknowledged) on it
         self.window = asyncio.Event()  # set while fewer than SEND_CONCURRENCY are unacked
         self.window.set()
 
@@ -451,7 +452,7 @@ class _Outbox:
     def requeue_unacked(self) -> None:
         """The connection ended: what it did not acknowledge goes out again after the
         reconnect (the new client knows nothing of the old one's messages)."""
-        self.acked_max = 0
+        self.acked_max = self.qos0_max = 0
         unacked, self.unacked = self.unacked, {}
         self.unacked_size = {}
         for key, item in unacked.values():
@@ -482,6 +483,7 @@ def _drop_hint(
     short_sessions: int,
     limit_drops: int = 0,
     in_flight: int = 0,
+    unverified: int = 0,
 ) -> str:
     """A hint about a duplicate client id or a broker's packet limit, only where the
     evidence points there."""
@@ -498,6 +500,15 @@ def _drop_hint(
         # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
         # dropped right after a successful connect, again and again, with no failed
         # connect between them, are what a duplicate client id looks like.
+        if unverified:
+            # QoS 0 messages are never acknowledged: no telling a packet limit apart.
+            return (
+                f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
+                f"connecting: is another client using client_id {client_id!r}? Or does the "
+                "broker limit packet sizes? An MQTT 3.1.1 broker drops a client that "
+                "exceeds its limit without saying why (the largest message sent at QoS 0 "
+                f"was {unverified} bytes): then set mqtt.max_packet_size)"
+            )
         return (
             f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
             f"connecting: is another client using client_id {client_id!r}?)"
@@ -789,6 +800,7 @@ class MqttLink:
                 self._client = None
                 since = self.undelivered_since()
                 oversize_out = self._oversize_in_flight()
+                unverified = 0 if self._limit_known() else self._outbox.qos0_max
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
@@ -828,6 +840,7 @@ class MqttLink:
                         short_sessions=short_sessions,
                         limit_drops=limit_drops,
                         in_flight=oversize_out,
+                        unverified=unverified,
                     ),
                     wait,
                 )
@@ -903,6 +916,7 @@ class MqttLink:
                 raise
             if mid is None:
                 self.stats.published += 1
+                outbox.qos0_max = max(outbox.qos0_max, size)
                 _finish(item, True)
             else:
                 outbox.sent(mid, key, item, size)
@@ -918,9 +932,13 @@ class MqttLink:
         any the broker acknowledged on the connection, on MQTT 3.1.1 with no
         `max_packet_size` (a broker with a packet limit drops such a client without
         saying why: MQTT 5 brokers announce their limit); else 0."""
-        if self.settings.protocol == 5 or self.settings.max_packet_size is not None:
+        if self._limit_known():
             return 0
         return self._outbox.oversize_in_flight()
+
+    def _limit_known(self) -> bool:
+        """Whether the broker's packet limit is known: announced (MQTT 5) or configured."""
+        return self.settings.protocol == 5 or self.settings.max_packet_size is not None
 
     def _properties(self, item: _Pending) -> Properties | None:
         if item.correlation_data is None or self.settings.protocol != 5:
