@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import gzip
 import logging
+import re
 import resource
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -167,9 +168,9 @@ _REASONS = {
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
-    503: "Service Unavailable",
 }
 _ALLOW = "GET, HEAD, OPTIONS"
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")  # a request line is printable ASCII
 
 
 def connection_cap(nofile: int) -> int:
@@ -205,7 +206,7 @@ def read_head(data: bytes) -> Request | Refusal | None:
     line = data if end < 0 else data[:end]
     if len(line) > MAX_REQUEST_LINE:
         return Refusal(414, "request line too long")
-    if not all(32 <= b < 127 for b in line.rstrip(b"\r")):
+    if _NOT_PRINTABLE.search(line.rstrip(b"\r")):
         return Refusal(400, "not an HTTP request")
     if end < 0:
         return None
@@ -331,7 +332,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.answering:
             return
+        first = not self.buffer
         self.buffer += data
+        if not first and b"\n" not in data and len(self.buffer) <= MAX_REQUEST_LINE:
+            return  # a line goes on: nothing new to decide (a slow client costs no parsing)
         head = read_head(bytes(self.buffer))
         if head is None:
             return

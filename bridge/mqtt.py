@@ -497,21 +497,13 @@ def _drop_hint(
             "mqtt.max_packet_size to the broker's limit)"
         )
     if short_sessions >= 2:
-        # Most brokers (Mosquitto 2.0 included) just close the socket; sessions
-        # dropped right after a successful connect, again and again, with no failed
-        # connect between them, are what a duplicate client id looks like.
-        if unverified:
-            # QoS 0 messages are never acknowledged: no telling a packet limit apart.
-            return (
-                f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
-                f"connecting: is another client using client_id {client_id!r}? Or does the "
-                "broker limit packet sizes? An MQTT 3.1.1 broker drops a client that "
-                "exceeds its limit without saying why (the largest message sent at QoS 0 "
-                f"was {unverified} bytes): then set mqtt.max_packet_size)"
-            )
+        # Most brokers (Mosquitto 2.0 included) just close the socket: sessions dropped
+        # right after connecting, again and again, look like a duplicate client id, or
+        # (QoS 0 being never acknowledged, not told apart) like a packet limit.
+        limit = f" Or a packet limit? Set mqtt.max_packet_size ({unverified} B)" * (unverified > 0)
         return (
             f" (dropped after {up:.1f}s, {short_sessions} times in a row right after "
-            f"connecting: is another client using client_id {client_id!r}?)"
+            f"connecting: is another client using client_id {client_id!r}?{limit})"
         )
     return ""
 
@@ -800,7 +792,7 @@ class MqttLink:
                 self._client = None
                 since = self.undelivered_since()
                 oversize_out = self._oversize_in_flight()
-                unverified = 0 if self._limit_known() else self._outbox.qos0_max
+                unverified = 0 if oversize_out is None else self._outbox.qos0_max
                 # Publishes still waiting for an acknowledgement would otherwise wait out
                 # aiomqtt's 10 s timeout on a dead connection: hand them back now, to be
                 # sent after the reconnect.
@@ -839,7 +831,7 @@ class MqttLink:
                         taken_over=taken_over,
                         short_sessions=short_sessions,
                         limit_drops=limit_drops,
-                        in_flight=oversize_out,
+                        in_flight=oversize_out or 0,
                         unverified=unverified,
                     ),
                     wait,
@@ -927,18 +919,12 @@ class MqttLink:
         connection that ends now may have lost happened after this."""
         return self._outbox.undelivered_since()
 
-    def _oversize_in_flight(self) -> int:
-        """At a drop: the size of the largest message in flight when it is larger than
-        any the broker acknowledged on the connection, on MQTT 3.1.1 with no
-        `max_packet_size` (a broker with a packet limit drops such a client without
-        saying why: MQTT 5 brokers announce their limit); else 0."""
-        if self._limit_known():
-            return 0
+    def _oversize_in_flight(self) -> int | None:
+        """At a drop on MQTT 3.1.1 without `max_packet_size`: `_Outbox.oversize_in_flight`
+        (a broker with a limit drops the client silently); None where the limit is known."""
+        if self.settings.protocol == 5 or self.settings.max_packet_size is not None:
+            return None
         return self._outbox.oversize_in_flight()
-
-    def _limit_known(self) -> bool:
-        """Whether the broker's packet limit is known: announced (MQTT 5) or configured."""
-        return self.settings.protocol == 5 or self.settings.max_packet_size is not None
 
     def _properties(self, item: _Pending) -> Properties | None:
         if item.correlation_data is None or self.settings.protocol != 5:
