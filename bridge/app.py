@@ -31,16 +31,16 @@ from bridge.figures import (
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.homeassistant import HomeAssistant
 from bridge.logs import OnlineLog, Throttle
-from bridge.messages import Gate, Incoming, Message, Subscription
+from bridge.messages import Incoming, Message, Subscription
 from bridge.model import BridgeConfig, Device, Metrics
 from bridge.mqtt import MqttLink
-from bridge.payloads import OFFLINE, ONLINE, Value
+from bridge.payloads import OFFLINE, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
 from bridge.reload import ReloadPlan, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
-from bridge.shard import layout_refusal
+from bridge.shard import layout_gate
 from bridge.state import StateCache
 from bridge.stats import ReloadStats, SessionStats
 from bridge.topics import Topics, topics_of
@@ -147,7 +147,7 @@ class Bridge:
             # Commands must be live: the broker is asked not to replay retained ones.
             subscriptions=[Subscription(f, retained=False) for f in topics.command_filters],
             routes=routes,  # the features' (Home Assistant: its status, our old discovery)
-            gate=_layout_gate(config, topics),  # no other shard layout under the base
+            gate=layout_gate(config, topics),  # no other shard layout under the base
             on_gate_closed=self._refuse_to_run,
         )
 
@@ -548,22 +548,6 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
-
-
-def _layout_gate(config: BridgeConfig, topics: Topics) -> Gate:
-    """At the first connect of each link (start, and a reload that reconnects): the
-    retained bridge states under the base; another layout's `online` closes the gate."""
-
-    def judge(states: list[Incoming]) -> str | None:
-        online = [
-            label
-            for m in states
-            if (label := topics.bridge_label(m.topic)) is not None
-            and m.payload.strip() == ONLINE.encode()
-        ]
-        return layout_refusal(config.shard, topics.base, online)
-
-    return Gate(topics.layout_filters, judge)
 
 
 def _together(config: BridgeConfig) -> set[str]:

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from bridge.errors import ConfigError, Problem
+from bridge.messages import Gate, Incoming
 from bridge.model import BridgeConfig, Shard
+from bridge.payloads import ONLINE
 from bridge.planner import host_load, plan_device
 from bridge.topics import Topics
 
@@ -127,6 +129,23 @@ def layout_refusal(mine: Shard | None, base: str, online: Iterable[str]) -> str 
         "other; if that one is stopped already (its last will never reached the broker), "
         f"clear its state: mosquitto_pub -r -n -t {states[0]}"
     )
+
+
+def layout_gate(config: BridgeConfig, topics: Topics) -> Gate:
+    """What the MQTT link checks at its first connect (start, and a reload that
+    reconnects): the retained bridge states under the base; another layout's `online`
+    closes the gate, with `layout_refusal`'s reason."""
+
+    def judge(states: list[Incoming]) -> str | None:
+        online = [
+            label
+            for m in states
+            if (label := topics.bridge_label(m.topic)) is not None
+            and m.payload.strip() == ONLINE.encode()
+        ]
+        return layout_refusal(config.shard, topics.base, online)
+
+    return Gate(topics.layout_filters, judge)
 
 
 def client_id(fleet_client_id: str, index: int, count: int) -> str:
