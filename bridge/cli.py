@@ -43,6 +43,7 @@ log = logging.getLogger("bridge")
 
 EXIT_CONFIG = EXIT_USAGE
 HARD_EXIT_AFTER = 4.8  # seconds after SIGTERM: the process is gone by then, whatever hangs
+SIM_HARD_EXIT_AFTER = 5.0
 
 
 ShardArg = tuple[int, int]  # (K, N): shard K of N
@@ -294,10 +295,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_main(lambda p: _run_bridge(config, load, p), process)
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    from bridge.simulate import SimFleet, serve  # noqa: PLC0415 - only sim needs the simulator
+
+    config = _load(args.config, sys.stderr)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        with open(args.config, encoding="utf-8-sig") as f:
+            text = f.read()
+        fleet = SimFleet(config, bind=args.bind, port_offset=args.port_offset)
+    except (OSError, ValueError) as exc:
+        print(f"sim: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    process = Process(hard_exit_after=SIM_HARD_EXIT_AFTER, force_on_second_signal=True)
+    return run_main(
+        lambda p: serve(
+            fleet,
+            source=args.config,
+            text=text,
+            write_config=args.write_config,
+            duration=args.duration,
+            out=sys.stdout,
+            err=sys.stderr,
+            process=p,
+        ),
+        process,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
-    code: int = run_demo(devices=args.devices, duration=args.duration)
+    code: int = run_demo(
+        devices=args.devices,
+        duration=args.duration,
+        broker=args.broker,
+        print_config=args.print_config,
+    )
     return code
 
 
@@ -329,7 +364,7 @@ class Parser(argparse.ArgumentParser):
         )
 
 
-COMMANDS = ("check", "run", "demo", "read", "write", "scan")
+COMMANDS = ("check", "run", "sim", "demo", "read", "write", "scan")
 DESCRIPTION = (
     "Bridge Modbus devices to MQTT: Modbus TCP, RTU through a TCP gateway, or RTU on a "
     "serial RS485 port, with one persistent session per host."
@@ -405,6 +440,37 @@ def build_parser() -> argparse.ArgumentParser:
         "also BRIDGE_SHARD)",
     )
     p_run.set_defaults(func=cmd_run)
+    p_sim = sub.add_parser(
+        "sim",
+        help="simulate every device of a configuration, to run the bridge against",
+        description="Serve every host and device of the configuration from the simulator: "
+        "each TCP host on --bind at its port plus --port-offset, each serial port on a new "
+        "pseudo-terminal; every point readable, writable points writable, read-only values "
+        "moving. --write-config writes the configuration pointed at the simulator, for run.",
+    )
+    _config_option(p_sim)
+    p_sim.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="listen on each host's port plus N (e.g. 10000: ports below 1024 need root)",
+    )
+    p_sim.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="where the simulated TCP hosts listen (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    p_sim.add_argument(
+        "--write-config",
+        metavar="FILE",
+        help="write the configuration with every host pointed at its simulator (for run)",
+    )
+    p_sim.add_argument(
+        "--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C (default)"
+    )
+    p_sim.set_defaults(func=cmd_sim)
     p_demo = sub.add_parser(
         "demo",
         help="simulated devices + broker, values printed as they arrive",
@@ -415,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices", type=int, default=6, help="how many simulated meters, 1..247 (default 6)"
     )
     p_demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
+    p_demo.add_argument(
+        "--broker",
+        metavar="HOST[:PORT]",
+        help="the MQTT broker to use (default: 127.0.0.1:1883 if it answers, else an embedded one)",
+    )
+    p_demo.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the configuration the demo runs the bridge with (a starting point for yours)",
+    )
     p_demo.set_defaults(func=cmd_demo)
     add_commission_parsers(sub)
     return parser

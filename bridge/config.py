@@ -1704,3 +1704,52 @@ def _resolve(spec: _PointSpec, device: Mapping[str, Any]) -> Point:
     """The point with the device's `interval`, `byte_order` and `word_order` where it
     gives none of its own."""
     return Point(**{**device, **spec.given})
+
+
+def retarget(text: str, source: str, hosts: Mapping[str, Mapping[str, str | int]]) -> str:
+    """The configuration `text` with some hosts' keys set: ``{"gw-a": {"address":
+    "127.0.0.1", "port": 10502}, "bus1": {"serial": "/dev/pts/4"}}`` (`modbus-bridge sim
+    --write-config`). Everything else stays as written (`${VAR}`, merge keys, quoting);
+    comments are not kept. `text` must be a valid configuration."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, MappingNode):
+        raise ValueError(f"{source}: not a configuration")
+    seq = next((v for k, v in root.value if _scalar(k) == "hosts"), None)
+    if not isinstance(seq, SequenceNode):
+        raise ValueError(f"{source}: no hosts")
+    for i, node in enumerate(seq.value):
+        if not isinstance(node, MappingNode):
+            continue
+        name = _merged_scalar(node, "name")
+        if name is None or name not in hosts:
+            continue
+        pairs = list(node.value)
+        for key, value in hosts[name].items():
+            tag = "int" if isinstance(value, int) else "str"
+            new = ScalarNode(f"tag:yaml.org,2002:{tag}", str(value))
+            at = next((j for j, (k, _) in enumerate(pairs) if _scalar(k) == key), None)
+            if at is None:
+                pairs.append((ScalarNode("tag:yaml.org,2002:str", key), new))
+            else:
+                pairs[at] = (pairs[at][0], new)
+        seq.value[i] = MappingNode(node.tag, pairs, flow_style=node.flow_style)
+    out: str = yaml.serialize(root, Dumper=yaml.SafeDumper, allow_unicode=True)
+    return out
+
+
+def _scalar(node: Node) -> str | None:
+    return node.value if isinstance(node, ScalarNode) else None
+
+
+def _merged_scalar(node: MappingNode, key: str) -> str | None:
+    """`key`'s text in a mapping, or in the mappings it merges (``<<: *anchor``)."""
+    for k, v in node.value:
+        if _scalar(k) == key:
+            return _scalar(v)
+    for k, v in node.value:
+        if k.tag == _MERGE_TAG:
+            merged = v.value if isinstance(v, SequenceNode) else [v]
+            for m in merged:
+                if isinstance(m, MappingNode) and (found := _merged_scalar(m, key)) is not None:
+                    return found
+    return None

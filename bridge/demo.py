@@ -4,15 +4,18 @@ What runs, all on loopback and in this one process:
 
 - two simulated Modbus TCP gateways (`bridge.sim.SimServer`) on free ports, the demo
   meters spread over them as unit ids, their values changing every second;
-- an MQTT broker: whatever already answers on 127.0.0.1:1883 (a local Mosquitto, say),
-  otherwise an embedded amqtt broker on a free port (the optional extra
-  ``modbus-mqtt-bridge[demo]``). Set ``BRIDGE_DEMO_EMBEDDED=1`` to use the embedded broker
-  even when port 1883 answers;
-- the bridge itself, configured from YAML text through the normal loader;
+- an MQTT broker: the one given with ``--broker``, else whatever already answers on
+  127.0.0.1:1883 (a local Mosquitto, say), otherwise an embedded amqtt broker on a free
+  port (the optional extra ``modbus-mqtt-bridge[demo]``). Set ``BRIDGE_DEMO_EMBEDDED=1``
+  to use the embedded broker even when port 1883 answers;
+- the bridge itself, configured from YAML text through the normal loader
+  (``--print-config`` prints that text); the meters' `mode` and `relay` are writable;
 - a console: a second MQTT connection subscribed to ``demo/#`` that prints each device
-  state and availability change as it arrives on MQTT.
+  state and availability change, and each answer to a command, as it arrives on MQTT.
 
-It runs until Ctrl-C / SIGTERM, or for ``duration`` seconds, then shuts everything down.
+It runs until Ctrl-C / SIGTERM, or for ``duration`` seconds, then shuts everything down
+and clears the retained messages it left on the broker (the devices' state and
+availability, the bridge's state and health), so a later subscriber finds nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bridge.app import Bridge
-from bridge.config import parse_config
+from bridge.config import parse_config, parse_endpoint
 from bridge.errors import ConfigError
 from bridge.mqtt import Incoming, MqttLink, Subscription
 from bridge.process import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Process, bounded, cancel, run_main
@@ -82,8 +85,8 @@ METER_TEMPLATE = """\
       - {name: voltage, table: input, address: 0, type: float32, precision: 1, unit: V}
       - {name: current, table: input, address: 2, type: float32, precision: 2, unit: A}
       - {name: energy, table: holding, address: 10, type: uint32, scale: 0.001, precision: 3, unit: kWh}
-      - {name: mode, table: holding, address: 20, type: uint16, values: {0: off, 1: auto, 2: manual}}
-      - {name: relay, table: coil, address: 0, type: bool}
+      - {name: mode, table: holding, address: 20, type: uint16, values: {0: off, 1: auto, 2: manual}, writable: true}
+      - {name: relay, table: coil, address: 0, type: bool, writable: true}
       - {name: alarm, table: holding, address: 21, type: uint16, bit: 3}
       - {name: serial, table: holding, address: 30, type: string, length: 4}
 """  # noqa: E501
@@ -133,16 +136,19 @@ class Meter:
 
     def step(self, seconds: float) -> None:
         rng = self.rng
+        # What a write command set (mode and relay are writable) comes first.
+        [self.mode] = self.unit.get_registers(*MODE)
+        [self.relay] = self.unit.get_bits(*RELAY)
         # Voltage wanders around nominal, pulled back, with a rare dip or surge.
         self.voltage += rng.gauss(0.0, 0.6) + (NOMINAL_VOLTAGE - self.voltage) * 0.1
         if rng.random() < 0.02:
             self.voltage += rng.choice((-1.0, 1.0)) * rng.uniform(9.0, 14.0)
         self.load = min(40.0, max(2.0, self.load + rng.gauss(0.0, 0.4)))
-        if rng.random() < 0.01:
-            self.mode = rng.choice((0, 1, 2))
+        # Mode off keeps the relay open; auto switches it now and then; manual leaves it
+        # to commands.
         if self.mode == 0:
             self.relay = False
-        elif rng.random() < 0.05:
+        elif self.mode == 1 and rng.random() < 0.05:
             self.relay = not self.relay
         self.energy_rest += self.voltage * self.current * seconds / 3600.0
         whole = math.floor(self.energy_rest)
@@ -270,8 +276,15 @@ async def start_embedded_broker(host: str = "127.0.0.1", attempts: int = 3) -> t
     raise RuntimeError(f"the embedded MQTT broker did not start: {error}")
 
 
-async def choose_broker(force_embedded: bool) -> BrokerChoice | str:
-    """A broker to use, or the reason there is none."""
+async def choose_broker(
+    force_embedded: bool, given: tuple[str, int] | None = None
+) -> BrokerChoice | str:
+    """A broker to use (`given`, when given), or the reason there is none."""
+    if given is not None:
+        host, port = given
+        if not await port_accepts(host, port, timeout=2.0):
+            return f"nothing accepts connections on {host}:{port} (--broker)"
+        return BrokerChoice(host, port, "5", f"the broker on {host}:{port} (--broker)")
     host, port = LOCAL_BROKER
     if not force_embedded and await port_accepts(host, port):
         return BrokerChoice(host, port, "5", f"the broker already running on {host}:{port}")
@@ -365,6 +378,8 @@ class Console:
             return None
         if len(levels) == 2 and levels[1] == "availability":
             return f"{name:<{self.width}}  is {text}"
+        if levels[1:] == ["set", "result"]:
+            return f"{name:<{self.width}}  answer {text}"
         if len(levels) == 1:
             try:
                 doc = json.loads(text)
@@ -392,11 +407,34 @@ def banner(gateways: Sequence[Gateway], broker: BrokerChoice, devices: int, dura
         f"            {BASE_TOPIC}/<device>/availability  online | offline\n"
         f"            {BASE_TOPIC}/bridge/state           online | offline\n"
         f"  watch     mosquitto_sub -h {broker.host} -p {broker.port} -t '{BASE_TOPIC}/#' -v\n"
-        f"  stop      {until}\n"
+        f"  write     mosquitto_pub -h {broker.host} -p {broker.port} "
+        f"-t {BASE_TOPIC}/meter-1/relay/set -m off\n"
+        f"            mosquitto_pub -h {broker.host} -p {broker.port} "
+        f'-t {BASE_TOPIC}/meter-1/set -m \'{{"mode": "manual", "relay": true}}\'\n'
+        f"            (writable: mode off|auto|manual, relay true|false; answers are printed)\n"
+        f"  stop      {until}; the retained topics under {BASE_TOPIC}/ are cleared on exit\n"
     )
 
 
 # -- running it ------------------------------------------------------------------------------
+
+
+def retained_topics(topics: Topics, devices: Sequence[str]) -> list[str]:
+    """What the demo's bridge leaves retained on the broker (JSON output): the devices'
+    state and availability, the bridge's state and health."""
+    out = [topics.bridge_state, topics.bridge_health]
+    for name in devices:
+        out += [topics.state(name), topics.availability(name)]
+    return out
+
+
+async def clear_retained(link: MqttLink, topics: Sequence[str], timeout: float = 3.0) -> int:
+    """Publish an empty retained message on each topic (which removes what the broker
+    keeps there); the number cleared."""
+    sent = await asyncio.gather(
+        *(link.publish_now(t, b"", retain=True, timeout=timeout) for t in topics)
+    )
+    return sum(sent)
 
 
 async def _demo_run(
@@ -406,6 +444,8 @@ async def _demo_run(
     out: TextIO,
     err: TextIO,
     process: Process,
+    broker_address: tuple[str, int] | None = None,
+    print_config: bool = False,
 ) -> int:
     force_embedded = os.environ.get(FORCE_EMBEDDED_ENV, "").strip().lower() in (
         "1",
@@ -422,7 +462,7 @@ async def _demo_run(
     bridge: Bridge | None = None
     try:
         meter_task = asyncio.create_task(run_meters(meters), name="demo-meters")
-        choice = await choose_broker(force_embedded)
+        choice = await choose_broker(force_embedded, broker_address)
         if isinstance(choice, str):
             print(NO_BROKER_HELP.format(reason=choice), file=err, end="", flush=True)
             return EXIT_FAILURE
@@ -435,6 +475,8 @@ async def _demo_run(
         except ConfigError as exc:  # a bug in this module, not the user's doing
             print(f"demo: the generated configuration is invalid:\n{exc}", file=err)
             return EXIT_FAILURE
+        if print_config:
+            print(f"# the demo's configuration\n{text}", file=out, flush=True)
         console = Console(BASE_TOPIC, [d.name for d in config.devices], out)
         console_settings = dataclasses.replace(
             config.mqtt, client_id=f"modbus-bridge-demo-console-{suffix}"
@@ -475,10 +517,11 @@ async def _demo_run(
         if console_link is not None:
             if console_link.connected:
                 await asyncio.sleep(RETAINED_SETTLE)  # let the offline messages print
-                # Remove the console connection's own retained status message.
-                await console_link.publish_now(
-                    console_link.topics.bridge_state, b"", retain=True, timeout=1.0
-                )
+                # Leave nothing behind: what the bridge retained, and the console
+                # connection's own status message.
+                names = [] if bridge is None else [d.name for d in bridge.config.devices]
+                topics = retained_topics(Topics(BASE_TOPIC), names)
+                await clear_retained(console_link, [*topics, console_link.topics.bridge_state])
             await cancel(console_task, 1.0, "demo: console disconnect")
         await cancel(meter_task, 0.5, "demo: meter simulation")
         if broker is not None and broker.embedded is not None:
@@ -487,7 +530,13 @@ async def _demo_run(
             await bounded(gw.server.stop(), 1.0, f"demo: simulated gateway {gw.name}")
 
 
-def run_demo(*, devices: int = 6, duration: float = 0.0) -> int:
+def run_demo(
+    *,
+    devices: int = 6,
+    duration: float = 0.0,
+    broker: str | None = None,
+    print_config: bool = False,
+) -> int:
     """Run the demo; the process exit code."""
     if not 1 <= devices <= MAX_DEVICES:
         print(f"demo: --devices must be 1..{MAX_DEVICES}, got {devices}", file=sys.stderr)
@@ -497,11 +546,24 @@ def run_demo(*, devices: int = 6, duration: float = 0.0) -> int:
             f"demo: --duration must be 0 (until Ctrl-C) or more, got {duration:g}", file=sys.stderr
         )
         return EXIT_USAGE
+    address: tuple[str, int] | None = None
+    if broker is not None:
+        try:
+            address = parse_endpoint(broker, default_port=1883)
+        except ValueError as exc:
+            print(f"demo: --broker {exc}", file=sys.stderr)
+            return EXIT_USAGE
     process = Process(hard_exit_after=HARD_EXIT_AFTER, force_on_second_signal=True)
 
     async def main(process: Process) -> int:
         return await _demo_run(
-            devices=devices, duration=duration, out=sys.stdout, err=sys.stderr, process=process
+            devices=devices,
+            duration=duration,
+            out=sys.stdout,
+            err=sys.stderr,
+            process=process,
+            broker_address=address,
+            print_config=print_config,
         )
 
     return run_main(main, process)

@@ -44,9 +44,11 @@ __all__ = [
     "TABLES",
     "ExceptionHook",
     "RequestRecord",
+    "SimPty",
     "SimSerial",
     "SimServer",
     "SimUnit",
+    "WriteHook",
     "crc16",
 ]
 
@@ -251,6 +253,19 @@ class SimUnit:
 
 ExceptionHook = Callable[[int, int, int, int], "int | None"]
 """``hook(unit, function, address, count)`` -> exception code to answer, or None."""
+
+WriteHook = Callable[[int, str, int, int], None]
+"""``hook(unit, table, address, count)`` after a write changed `table` ("coils" or
+"holding") from `address` on, before the reply goes out."""
+
+# function code -> the table it writes
+_WRITES: Final[dict[int, str]] = {
+    5: "coils",
+    15: "coils",
+    6: "holding",
+    16: "holding",
+    22: "holding",
+}
 
 
 class _Connection(asyncio.Protocol):
@@ -490,6 +505,41 @@ class SimSerial:
         await asyncio.sleep(0)
 
 
+class SimPty:
+    """The units of `server` as Modbus RTU devices behind a new pseudo-terminal: a
+    serial port that exists while this runs, at `path` (``/dev/pts/N``), for a client to
+    open as it would a USB RS485 adapter (like `SimSerial` on one end of a ``socat``
+    pair, without socat). The other end stays open here, so a client may close and
+    reopen the port."""
+
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+        self.path = ""
+        self._peer: int | None = None  # the port's own end, held open
+        self._transport: _DeviceTransport | None = None
+
+    async def start(self) -> None:
+        if self._transport is not None:
+            return
+        ours, peer = os.openpty()
+        tty.setraw(peer, termios.TCSANOW)
+        os.set_blocking(ours, False)
+        self.path = os.ttyname(peer)
+        self._peer = peer
+        connection = _RtuConnection(self.server)
+        self._transport = _DeviceTransport(ours, connection)
+        connection.connection_made(self._transport)
+
+    async def stop(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        peer, self._peer = self._peer, None
+        if peer is not None:
+            os.close(peer)
+        await asyncio.sleep(0)
+
+
 class SimServer:
     """A Modbus TCP server holding one `SimUnit` per unit id.
 
@@ -513,6 +563,9 @@ class SimServer:
     - `corrupt_units` (RTU framing): replies from these units carry a wrong CRC.
     - `drip`: send replies one byte at a time, this many seconds apart (as a slow
       serial line delivers them; 0 sends each reply in one write).
+
+    `write_hook(unit, table, address, count)` is called after each write that a unit
+    carried out (a device that mirrors a command into a status register uses it).
     """
 
     def __init__(
@@ -552,6 +605,7 @@ class SimServer:
         self.exception_hook: ExceptionHook | None = None
         self.corrupt_units: set[int] = set()
         self.drip = 0.0
+        self.write_hook: WriteHook | None = None
 
         # Counters.
         self.connections_total = 0  # connections admitted since creation
@@ -667,9 +721,14 @@ class SimServer:
         if handler is None:
             return _exc(fc, ILLEGAL_FUNCTION)
         try:
-            return handler(self, unit_id, unit, pdu)
+            reply = handler(self, unit_id, unit, pdu)
         except struct.error:  # PDU too short for its function code
             return _exc(fc, ILLEGAL_VALUE)
+        hook = self.write_hook
+        if hook is not None and fc in _WRITES and reply[0] == fc:
+            address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+            hook(unit_id, _WRITES[fc], address, count if fc in (15, 16) else 1)
+        return reply
 
     def _hook(self, unit_id: int, fc: int, address: int, count: int) -> int | None:
         hook = self.exception_hook

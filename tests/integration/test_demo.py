@@ -6,6 +6,8 @@ The default run uses whatever answers on 127.0.0.1:1883 (else the embedded broke
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import io
 import json
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from bridge.config import parse_config
@@ -164,3 +167,56 @@ def test_console_lines() -> None:
     assert console.format("demo/bridge/state", b"offline") == "bridge    offline"
     assert console.format("demo/meter-9", b"{}") is None  # not one of ours (an earlier run)
     assert console.format("demo/meter-1", b"") is None  # a cleared retained message
+    assert (
+        console.format("demo/meter-1/set/result", b'{"status":"ok"}')
+        == 'meter-1   answer {"status":"ok"}'
+    )
+
+
+async def test_demo_prints_its_config_takes_writes_and_leaves_nothing_retained(broker) -> None:
+    """On the test's own broker (`--broker`): `--print-config` prints a configuration that
+    loads, with writable points; a command is carried out and its answer printed; after
+    the demo, no retained message of it is left under demo/."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "demo", "--devices", "2", "--duration", "8",
+        "--print-config", "--broker", f"{broker.host}:{broker.port}",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    out: list[str] = []
+
+    async def until(text: str) -> None:
+        assert proc.stdout is not None
+        while not any(text in line for line in out):
+            line = await asyncio.wait_for(proc.stdout.readline(), 15)
+            assert line, "".join(out)
+            out.append(line.decode())
+
+    await until("meter-1  is online")
+    printed = "".join(out).split("# the demo's configuration\n", 1)[1].split("\n\n", 1)[0]
+    config = parse_config(printed, env={})
+    writable = {p.name for d in config.devices for p in d.points if p.writable}
+    assert writable == {"mode", "relay"}
+    assert f"-p {broker.port} -t demo/meter-1/relay/set -m off" in "".join(out)
+
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish("demo/meter-1/set", b'{"mode": "manual", "relay": true}', qos=1)
+    await until("answer ")
+    answer = next(line for line in out if "answer " in line)
+    assert json.loads(answer.split("answer ", 1)[1]) == {
+        "status": "ok", "data": {"mode": "manual", "relay": True}
+    }  # fmt: skip
+    await until('"mode": "manual", "relay": true')  # the meter keeps what was written
+
+    rest, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert "meter-1  is offline" in rest.decode()
+    retained: list[str] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe("#")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for message in client.messages:
+                    if message.retain:
+                        retained.append(str(message.topic))
+    assert retained == []

@@ -54,7 +54,7 @@ def test_write_offers_no_count_read_does() -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        ([], "which command? one of check, run, demo, read, write, scan"),
+        ([], "which command? one of check, run, sim, demo, read, write, scan"),
         (["check"], "the following arguments are required: -c/--config"),
         (["run", "-c"], "argument -c/--config: expected one argument"),
         (["chek", "-c", "x"], "invalid choice: 'chek'"),

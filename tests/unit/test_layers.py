@@ -72,6 +72,7 @@ IO = frozenset(
         "scheduler",
         "session",
         "sim",
+        "simulate",
         "wire",
     }
 )
