@@ -6,7 +6,7 @@ What runs, all on loopback and in this one process:
   meters spread over them as unit ids, their values changing every second;
 - an MQTT broker: the one given with ``--broker``, else whatever already answers on
   127.0.0.1:1883 (a local Mosquitto, say), otherwise an embedded amqtt broker on a free
-  port (the optional extra ``modbus-mqtt-bridge[demo]``). Set ``BRIDGE_DEMO_EMBEDDED=1``
+  port (amqtt, the optional extra ``[demo]``). Set ``BRIDGE_DEMO_EMBEDDED=1``
   to use the embedded broker even when port 1883 answers;
 - the bridge itself, configured from YAML text through the normal loader
   (``--print-config`` prints that text); the meters' `mode` and `relay` are writable;
@@ -61,8 +61,9 @@ HARD_EXIT_AFTER = 15.0  # seconds after shutdown began: the process is gone by t
 NO_BROKER_HELP = """\
 modbus-bridge demo needs an MQTT broker: {reason}.
 Get one of these, then run the demo again:
-  pip install 'modbus-mqtt-bridge[demo]'    embedded broker (amqtt), started by the demo
+  pip install 'amqtt>=0.12,<0.13'           embedded broker (the [demo] extra), started by the demo
   sudo apt-get install mosquitto            a local Mosquitto on 127.0.0.1:1883
+  modbus-bridge demo --broker HOST[:PORT]   a broker elsewhere
 """
 
 # -- the simulated meters -------------------------------------------------------------------

@@ -8,7 +8,9 @@
 #
 # Running it again changes nothing unless the source has a new version (--reinstall
 # forces the package in again). An existing /etc/modbus-bridge/config.yaml or env file
-# is never touched.
+# is never touched. The service is enabled only once config.yaml is no longer the
+# example (whose devices are made up) and passes `modbus-bridge check`: edit it, then
+# run the script again.
 set -euo pipefail
 
 SERVICE_USER=modbus-bridge
@@ -24,7 +26,9 @@ usage: $0 [--prefix DIR] [--serial] [--reinstall] [--python PYTHON] [--uninstall
 
 Creates the system user '$SERVICE_USER', a virtual environment in $VENV holding
 the bridge, $ETC/ with the example configuration (an existing config.yaml
-is kept), and installs and enables the systemd units.
+is kept), and installs the systemd units. modbus-bridge.service is enabled once
+$ETC/config.yaml is edited and passes 'modbus-bridge check': run the script
+again after editing it.
 
   --prefix DIR     install below DIR (a scratch root) instead of /. Creating the user,
                    changing owners and talking to the running systemd are skipped and
@@ -236,21 +240,77 @@ install_units() {
             echo "    kept the serial drop-in $UNIT_DIR/$unit.d/serial.conf"
         fi
     done
-    say "enabling modbus-bridge.service (started at boot)"
     if staged; then
-        systemctl_root enable modbus-bridge.service
         on_machine systemctl daemon-reload
-    elif ! systemd_running; then
-        # A chroot or an image being built: enable for the next boot, nothing to reload.
-        systemctl --quiet enable modbus-bridge.service
-        echo "    systemd is not running here: nothing reloaded or restarted"
-    else
+    elif systemd_running; then
         systemctl daemon-reload
-        systemctl --quiet enable modbus-bridge.service
         if [ "$CHANGED" -eq 1 ]; then
             # An upgrade: running bridges pick up the new version; stopped ones stay stopped.
             systemctl try-restart modbus-bridge.service 'modbus-bridge@*.service'
         fi
+    else
+        # A chroot or an image being built: enabling (below) is for the next boot.
+        echo "    systemd is not running here: nothing reloaded or restarted"
+    fi
+}
+
+# `modbus-bridge check` on the installed configuration, with the secrets of the env file
+# (VAR=value lines, as systemd reads them; never evaluated by a shell). Prints problems.
+check_config() {
+    "$R$VENV/bin/python" -I - "$R$ETC/env" "$R$VENV/bin/modbus-bridge" "$R$ETC/config.yaml" <<'EOF'
+import os, subprocess, sys
+env = dict(os.environ)
+try:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        lines = f.read().splitlines()
+except OSError:
+    lines = []
+for line in lines:
+    line = line.strip()
+    if line and not line.startswith(("#", ";")) and "=" in line:
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+done = subprocess.run([sys.argv[2], "check", "-c", sys.argv[3]], env=env,
+                      capture_output=True, text=True)
+for line in (done.stderr if done.returncode else done.stdout).splitlines()[:40]:
+    print("    " + line)
+sys.exit(done.returncode)
+EOF
+}
+
+ENABLED=0      # modbus-bridge.service is enabled (now or from before)
+CONFIG_STATE="" # example | problems | ok
+
+enable_service() {
+    local out
+    if cmp -s "$SRC/config.example.yaml" "$R$ETC/config.yaml"; then
+        CONFIG_STATE=example
+        say "not enabling modbus-bridge.service: $ETC/config.yaml is still the example"
+        echo "    (its devices are made up); edit it, then run this script again"
+    elif ! out="$(check_config 2>&1)"; then
+        CONFIG_STATE=problems
+        say "not enabling modbus-bridge.service: $ETC/config.yaml does not pass check:"
+        echo "$out"
+    else
+        CONFIG_STATE=ok
+        say "$ETC/config.yaml passes check: enabling modbus-bridge.service (started at boot)"
+        if staged; then
+            systemctl_root enable modbus-bridge.service
+        else
+            systemctl --quiet enable modbus-bridge.service
+        fi
+    fi
+    if staged; then
+        [ ! -e "$R$UNIT_DIR/multi-user.target.wants/modbus-bridge.service" ] || ENABLED=1
+    elif systemctl --quiet is-enabled modbus-bridge.service 2>/dev/null; then
+        ENABLED=1
+    fi
+    if [ "$CONFIG_STATE" != ok ] && [ "$ENABLED" -eq 1 ]; then
+        echo "    it was enabled before and still is, but it will not start (exit 2)"
+        echo "    until the configuration passes check"
     fi
 }
 
@@ -263,16 +323,27 @@ serial_hint() {
 }
 
 next_steps() {
-    cat <<EOF
-
-modbus-mqtt-bridge $VERSION is installed${PREFIX:+ below $PREFIX}. Next:
-  1. Edit $ETC/config.yaml (mqtt, hosts, devices); secrets go in $ETC/env.
-  2. Check it:   sudo $VENV/bin/modbus-bridge check -c $ETC/config.yaml
-  3. Start it:   sudo systemctl start modbus-bridge   (enabled: it starts at boot)
-  4. Watch it:   journalctl -u modbus-bridge -f
-$(serial_hint)
-Several bridges: $ETC/NAME.yaml and 'systemctl enable --now modbus-bridge@NAME'.
+    echo
+    echo "modbus-mqtt-bridge $VERSION is installed${PREFIX:+ below $PREFIX}. Next:"
+    if [ "$CONFIG_STATE" = ok ]; then
+        cat <<EOF
+  1. Start it:   sudo systemctl start modbus-bridge   (enabled: it starts at boot)
+  2. Watch it:   journalctl -u modbus-bridge -f
+  After editing $ETC/config.yaml: sudo $VENV/bin/modbus-bridge check -c $ETC/config.yaml,
+  then sudo systemctl reload modbus-bridge.
 EOF
+    else
+        cat <<EOF
+  1. Edit $ETC/config.yaml (mqtt, hosts, devices); secrets go in $ETC/env.
+     No hardware yet? '$VENV/bin/modbus-bridge sim -c $ETC/config.yaml' simulates it.
+  2. Check it:   sudo $VENV/bin/modbus-bridge check -c $ETC/config.yaml
+  3. Run this script again: it enables the service once the check passes
+     (or by hand: sudo systemctl enable --now modbus-bridge).
+  4. Watch it:   journalctl -u modbus-bridge -f
+EOF
+    fi
+    serial_hint
+    echo "Several bridges: $ETC/NAME.yaml and 'systemctl enable --now modbus-bridge@NAME'."
 }
 
 if [ "$UNINSTALL" -eq 1 ]; then
@@ -283,4 +354,5 @@ create_user
 install_venv
 install_config
 install_units
+enable_service
 next_steps

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,16 @@ def test_final_stage_is_slim_non_root_and_stops_on_sigterm(dockerfile: list[Stag
     runs = " ".join(final.all("RUN"))
     for word in ("apt-get", "gcc", "build-essential", "pip wheel"):
         assert word not in runs
+
+
+def test_final_stage_installs_uvloop_as_the_extra_names_it(dockerfile: list[Stage]) -> None:
+    """The image runs on uvloop where a wheel exists: the same requirement as the
+    `uvloop` extra, binary only (no compiler in the image), and a fallback otherwise."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (requirement,) = pyproject["project"]["optional-dependencies"]["uvloop"]
+    runs = " ".join(dockerfile[-1].all("RUN"))
+    assert f'--only-binary :all: "{requirement}"' in runs
+    assert "|| echo" in runs  # 32-bit arm: no wheel, and the image still builds
 
 
 def test_compose_mounts_the_config_read_only_next_to_mosquitto() -> None:

@@ -1,8 +1,11 @@
 """deploy/install.sh, run for real.
 
-Into a scratch root (--prefix): twice, again after the user edited the configuration,
-then uninstalled twice. Under --prefix the script does everything that writes files
-(venv, package, /etc, units, the [Install] symlink via `systemctl --root`) and prints
+Into a scratch root (--prefix): twice (the example configuration: the service is not
+enabled), again after the user edited the configuration into one that fails `check` (not
+enabled, the problems shown), again with a valid one that takes its password from the
+env file (enabled), then uninstalled twice. Under --prefix the script does everything
+that writes files (venv, package, /etc, units, the [Install] symlink via
+`systemctl --root`) and prints
 instead of doing what needs the real machine (useradd, chown, daemon-reload). The second
 run must leave every file as it was: same content, mode and modification time.
 
@@ -81,6 +84,8 @@ class Scenario:
     verify: subprocess.CompletedProcess[str] | None = None
     rerun: str = ""  # after the user edited config.yaml and env (loosened to 0644)
     after_rerun: Snapshot = field(default_factory=dict)
+    enabled: str = ""  # after the user made config.yaml valid
+    after_enabled: Snapshot = field(default_factory=dict)
     uninstall: str = ""
     after_uninstall: Snapshot = field(default_factory=dict)
     uninstall_again: str = ""
@@ -88,6 +93,14 @@ class Scenario:
 
 MY_CONFIG = "version: 1\n# my plant\n"
 MY_ENV = "MQTT_PASSWORD=secret\n"
+# The example, edited: a password that only the env file has (check must read it there).
+MY_VALID = (
+    (REPO / "config.example.yaml")
+    .read_text()
+    .replace("client_id: modbus-bridge ", "client_id: my-plant     ")
+    .replace("password: ${MQTT_PASSWORD:-}", "password: ${MQTT_PASSWORD}  ")
+)
+WANTS = UNIT_DIR / "multi-user.target.wants" / "modbus-bridge.service"
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +127,10 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     (root / ETC / "env").chmod(0o644)
     s.rerun = install("--prefix", root).stdout
     s.after_rerun = snapshot(root)
+    assert "my-plant" in MY_VALID and "${MQTT_PASSWORD}  " in MY_VALID
+    (root / ETC / "config.yaml").write_text(MY_VALID)
+    s.enabled = install("--prefix", root).stdout
+    s.after_enabled = snapshot(root)
     s.uninstall = install("--prefix", root, "--uninstall").stdout
     s.after_uninstall = snapshot(root)
     s.uninstall_again = install("--prefix", root, "--uninstall").stdout
@@ -157,10 +174,18 @@ def test_units_and_serial_drop_ins_are_installed_and_enabled(life: Scenario) -> 
     ):
         digest = hashlib.sha256((SYSTEMD / source).read_bytes()).hexdigest()
         assert tree[str(UNIT_DIR / unit)][:3] == ("file", 0o644, digest), unit
+    # Not enabled while config.yaml is the example (its devices are made up), nor while
+    # it fails check; enabled once it passes.
+    assert str(WANTS) not in tree
+    assert "is still the example" in life.first
+    assert str(WANTS) not in life.after_rerun
+    assert "does not pass check:" in life.rerun
+    assert "problem" in life.rerun  # the problems themselves, with their lines
+    assert "passes check: enabling modbus-bridge.service" in life.enabled
     if shutil.which("systemctl") is None:
         pytest.skip("no systemctl: install.sh printed the enable step instead")
-    wants = str(UNIT_DIR / "multi-user.target.wants" / "modbus-bridge.service")
-    assert tree[wants] == ("link", 0, "/etc/systemd/system/modbus-bridge.service", 0)
+    link = ("link", 0, "/etc/systemd/system/modbus-bridge.service", 0)
+    assert life.after_enabled[str(WANTS)] == link
 
 
 def test_installed_unit_names_the_installed_binary(life: Scenario) -> None:
@@ -176,10 +201,12 @@ def test_prints_what_it_skipped_and_the_next_steps(life: Scenario) -> None:
     assert "created /etc/modbus-bridge/config.yaml from config.example.yaml" in life.first
     for step in (
         "modbus-bridge check -c /etc/modbus-bridge/config.yaml",
-        "systemctl start modbus-bridge",
+        "modbus-bridge sim -c /etc/modbus-bridge/config.yaml",
+        "Run this script again: it enables the service once the check passes",
         "journalctl -u modbus-bridge -f",
     ):
         assert step in life.first
+    assert "systemctl start modbus-bridge" in life.enabled
 
 
 def test_rerun_keeps_the_users_config_and_locks_the_secrets(life: Scenario) -> None:
@@ -200,7 +227,7 @@ def test_uninstall_removes_the_service_and_keeps_the_config(life: Scenario) -> N
     left = set(life.after_uninstall)
     assert not [p for p in left if p.startswith("opt/modbus-bridge")]
     assert not [p for p in left if "modbus-bridge" in p and p.startswith(str(UNIT_DIR))]
-    assert {k: v for k, v in life.after_rerun.items() if k.startswith(str(ETC))} == {
+    assert {k: v for k, v in life.after_enabled.items() if k.startswith(str(ETC))} == {
         k: v for k, v in life.after_uninstall.items() if k.startswith(str(ETC))
     }
     assert "kept /etc/modbus-bridge" in life.uninstall_again

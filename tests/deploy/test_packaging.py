@@ -122,3 +122,50 @@ def test_pipx_installs_the_wheel(dist: Dist, tmp_path: Path) -> None:
     run(sys.executable, "-m", "pipx", "install", dist.wheel, env=env)
     command = tmp_path / "bin" / "modbus-bridge"
     assert run(command, "--version", env=env).strip() == f"modbus-bridge {__version__}"
+
+
+def test_the_readmes_install_line_installs_the_wheel_with_uvloop(
+    dist: Dist, tmp_path: Path
+) -> None:
+    """The Quick start's install line for the wheel, as written (X.Y.Z the version), in a
+    fresh venv: the bridge and uvloop come in, and the bridge runs on uvloop."""
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start") : readme.index("## Why")]
+    [line] = [ln for ln in quick.splitlines() if ln.startswith("pip install './modbus_mqtt")]
+    assert "pip install '.[uvloop]'" in quick  # the same from the source folder
+    requirement = line.split("'")[1].replace("X.Y.Z", __version__).removeprefix("./")
+    (tmp_path / dist.wheel.name).write_bytes(dist.wheel.read_bytes())
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    pip = (sys.executable, "-m", "pip", "--python", python)
+    subprocess.run([*pip, "install", "--quiet", requirement], cwd=tmp_path, check=True)
+    frozen = run(*pip, "freeze").lower()
+    assert "modbus-mqtt-bridge" in frozen.replace("_", "-") and "uvloop" in frozen
+    env = {k: v for k, v in os.environ.items() if k != "BRIDGE_EVENT_LOOP"}
+    choice = "from bridge.process import event_loop_choice as c; print(c())"
+    loop = run(python, "-c", choice, env=env)
+    assert loop.strip() == "uvloop"
+
+
+def test_license_and_project_urls_travel_with_the_release(dist: Dist) -> None:
+    """MIT in a LICENSE file (sdist and wheel), project URLs in the metadata, and the one
+    home the docs send people to: the Source URL deploy/raspberry-pi.md clones."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    urls = project["urls"]
+    assert set(urls) >= {"Homepage", "Source", "Issues", "Changelog"}
+    home = urls["Source"]
+    assert f"git clone {home}.git" in (REPO / "deploy" / "raspberry-pi.md").read_text()
+    assert home in (REPO / "README.md").read_text()
+    assert all(u.startswith(home) for u in urls.values())
+    top = f"modbus_mqtt_bridge-{__version__}"
+    with tarfile.open(dist.sdist) as sdist:
+        assert f"{top}/LICENSE" in sdist.getnames()
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        info = f"modbus_mqtt_bridge-{__version__}.dist-info"
+        assert f"{info}/licenses/LICENSE" in wheel.namelist()
+        metadata = wheel.read(f"{info}/METADATA").decode()
+    assert "License-Expression: MIT" in metadata
+    assert f"Project-URL: Source, {home}" in metadata

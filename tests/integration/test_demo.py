@@ -134,7 +134,7 @@ def test_demo_without_any_broker_explains(tmp_path: Path) -> None:
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
     proc = run_demo({FORCE_EMBEDDED_ENV: "1", "PYTHONPATH": path}, "--duration", "1")
     assert proc.returncode == 1, proc.stderr
-    assert "pip install 'modbus-mqtt-bridge[demo]'" in proc.stderr
+    assert "pip install 'amqtt>=0.12,<0.13'" in proc.stderr  # installable from PyPI
     assert "apt-get install mosquitto" in proc.stderr
     assert "Traceback" not in proc.stderr
 
