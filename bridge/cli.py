@@ -162,7 +162,8 @@ def render_shares(config: BridgeConfig, count: int) -> str:
         shard = part.shard
         metrics = ""
         if config.metrics is not None:
-            metrics = f", metrics on port {config.metrics.port + shard.index - 1}"
+            offset = shard.index - 1 if config.metrics.shard_ports else 0
+            metrics = f", metrics on port {config.metrics.port + offset}"
         hosts = ", ".join(part.hosts[:8]) + (
             f" and {len(part.hosts) - 8} more" if len(part.hosts) > 8 else ""
         )

@@ -95,7 +95,7 @@ _ROOT_KEYS = (
     "hosts", "templates", "devices",
 )
 _METRICS_KEYS = (
-    "listen",
+    "listen", "shard_ports",
 )
 _HOMEASSISTANT_KEYS = (
     "enabled", "discovery_prefix", "status_topic",
@@ -945,7 +945,11 @@ class _Reader:
         f = self.mapping(node, path, _METRICS_KEYS)
         if f is None:
             return None
-        return self.req(f, "listen", self.listen)
+        metrics = self.req(f, "listen", self.listen)
+        shard_ports = self.get(f, "shard_ports", self.boolean)
+        if metrics is not None and shard_ports is not None:
+            metrics = replace(metrics, shard_ports=shard_ports)
+        return metrics
 
     def listen(self, node: Node, path: str) -> Metrics | None:
         """`ADDRESS:PORT` (an IPv6 address in brackets), or a bare port on loopback."""

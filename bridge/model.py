@@ -419,6 +419,9 @@ class Metrics(Listening):
 
     address: str = "127.0.0.1"  # where to listen: loopback unless the user says otherwise
     port: int = 9108
+    # shard K of N serves on port + K - 1 (shards on one machine); False: on `port` itself
+    # (one shard per machine or pod, e.g. a Kubernetes StatefulSet)
+    shard_ports: bool = True
 
 
 @dataclass(frozen=True)

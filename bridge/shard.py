@@ -8,7 +8,8 @@ hashing (Lamping and Veach, 2014): going from N to N+1 shards moves only the hos
 that land in the new shard, about 1/(N+1) of them.
 
 A shard gets its own MQTT client id (`<client_id>-shard-KofN`), its own bridge topics
-(`<base>/bridge/KofN/...`, `topics.topics_of`) and its metrics on `port + K - 1`;
+(`<base>/bridge/KofN/...`, `topics.topics_of`) and its metrics on `port + K - 1` (on
+`port` itself with `metrics.shard_ports: false`: one shard per machine or pod);
 devices keep their topics. It knows the devices of the other shards (`elsewhere`), so
 it leaves their commands and their Home Assistant discovery alone.
 """
@@ -159,7 +160,7 @@ def select(config: BridgeConfig, index: int, count: int) -> BridgeConfig:
     hosts = tuple(h for h in config.hosts if shard_of(h.name, count) == index)
     names = {h.name for h in hosts}
     metrics = config.metrics
-    if metrics is not None:
+    if metrics is not None and metrics.shard_ports:
         port = metrics.port + index - 1
         if port > 65535:
             problem = (

@@ -130,6 +130,19 @@ def test_a_metrics_port_past_65535_is_a_config_error() -> None:
         select(fleet, 2, 2)
 
 
+def test_shard_ports_false_keeps_every_shard_on_the_port() -> None:
+    """One shard per pod (deploy/kubernetes): every shard on the configured port, which
+    is where the probes and Prometheus look."""
+    fleet = _fleet(
+        FLEET.replace("listen: 127.0.0.1:9108}", "listen: 0.0.0.0:9108, shard_ports: false}")
+    )
+    for k in (1, 2, 3):
+        part = select(fleet, k, 3)
+        assert part.metrics is not None and part.metrics.port == 9108
+    fleet = _fleet(FLEET.replace("127.0.0.1:9108}", "65535, shard_ports: false}"))
+    assert select(fleet, 2, 2).metrics is not None  # no port past 65535 either
+
+
 def test_shares_add_up_to_the_fleet() -> None:
     fleet = _fleet()
     parts = shares(fleet, 3)
