@@ -30,6 +30,7 @@ from bridge.figures import (
 )
 from bridge.health import build_health, fit_health, rss_bytes
 from bridge.homeassistant import HomeAssistant
+from bridge.inventory import Inventory
 from bridge.logs import OnlineLog, Throttle
 from bridge.messages import Incoming, Message, Subscription
 from bridge.model import BridgeConfig, Device, Metrics
@@ -43,6 +44,7 @@ from bridge.session import HostSession
 from bridge.shard import layout_gate
 from bridge.state import StateCache
 from bridge.stats import ReloadStats, SessionStats
+from bridge.systemd import Systemd
 from bridge.topics import Topics, topics_of
 
 if TYPE_CHECKING:
@@ -132,7 +134,7 @@ class Bridge:
 
     def _make_features(self) -> list[Feature]:
         """Every kind of optional feature, in the order they publish on connect."""
-        return [HomeAssistant(self)]
+        return [HomeAssistant(self), Inventory(self), Systemd(self)]
 
     def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
         routes: dict[str, Callable[[Incoming], None]] = {}

@@ -422,8 +422,8 @@ def banner(gateways: Sequence[Gateway], broker: BrokerChoice, devices: int, dura
 
 def retained_topics(topics: Topics, devices: Sequence[str]) -> list[str]:
     """What the demo's bridge leaves retained on the broker (JSON output): the devices'
-    state and availability, the bridge's state and health."""
-    out = [topics.bridge_state, topics.bridge_health]
+    state and availability, the bridge's state, health, info and devices."""
+    out = [topics.bridge_state, topics.bridge_health, topics.bridge_info, topics.bridge_devices]
     for name in devices:
         out += [topics.state(name), topics.availability(name)]
     return out

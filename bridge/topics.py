@@ -138,6 +138,14 @@ class Topics:
         return self._bridge("health")
 
     @property
+    def bridge_info(self) -> str:
+        return self._bridge("info")
+
+    @property
+    def bridge_devices(self) -> str:
+        return self._bridge("devices")
+
+    @property
     def layout_filters(self) -> tuple[str, str]:
         """Every bridge state under the base: the unsharded bridge's and each shard's
         (a process checks at its first connect that no other layout runs there)."""

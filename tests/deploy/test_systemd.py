@@ -149,6 +149,18 @@ def test_reload_sends_sighup_to_the_bridge(unit: str) -> None:
 
 
 @pytest.mark.parametrize("unit", UNITS)
+def test_ready_when_the_bridge_says_so_and_watched(unit: str) -> None:
+    """Type=notify with the main process's READY=1 and WATCHDOG=1 (tests/integration/
+    test_notify.py runs the bridge against a NOTIFY_SOCKET of its own); the notify socket
+    is an AF_UNIX datagram socket, which the unit's address families allow."""
+    service = parse_unit((SYSTEMD / unit).read_text())["Service"]
+    assert service["Type"] == ["notify"]
+    assert service["NotifyAccess"] == ["main"]
+    assert int(service["WatchdogSec"][0]) >= 20  # the bridge pings at half of it
+    assert "AF_UNIX" in service["RestrictAddressFamilies"][0].split()
+
+
+@pytest.mark.parametrize("unit", UNITS)
 def test_runs_as_the_service_user_with_secrets_from_a_root_file(unit: str) -> None:
     service = parse_unit((SYSTEMD / unit).read_text())["Service"]
     assert service["User"] == ["modbus-bridge"]

@@ -38,6 +38,7 @@ PURE = frozenset(
         "frames",
         "hass",
         "health",
+        "inventory",
         "linkhealth",
         "logs",
         "messages",
@@ -67,12 +68,14 @@ IO = frozenset(
         "homeassistant",
         "metrics",
         "mqtt",
+        "notify",
         "process",
         "proxy",
         "scheduler",
         "session",
         "sim",
         "simulate",
+        "systemd",
         "wire",
     }
 )
