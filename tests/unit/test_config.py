@@ -275,6 +275,7 @@ def test_example_config_loads(env: dict[str, str]) -> None:
 
 def test_example_config_documents_every_key() -> None:
     from bridge import config as cfg
+    from bridge.config_points import POINT_YAML_KEYS
 
     text = (ROOT / "config.example.yaml").read_text()
     keys = {
@@ -287,7 +288,7 @@ def test_example_config_documents_every_key() -> None:
         *cfg._KEEPALIVE_KEYS,
         *cfg._TEMPLATE_KEYS,
         *cfg._DEVICE_KEYS,
-        *cfg._POINT_KEYS,
+        *POINT_YAML_KEYS,
     }
     missing = sorted(k for k in keys if f"{k}:" not in text)
     assert not missing
