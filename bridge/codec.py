@@ -47,6 +47,14 @@ applies, in order:
    decimal becomes that decimal;
 5. `precision`: `round(value, precision)` (-0.0 published as 0.0).
 
+A point with a `scale_factor` (a scale taken from another register, SunSpec's
+``*_SF``) is decoded by a `ScaledDecoder`, given the scale factor register's
+value `sf` (read by `scale_factor_reader`: the raw int16, whatever the scale
+factor point publishes): the point decodes as if its `scale` were
+``scale * 10^sf`` (`scaled_by`), so step 4 gives ``raw * 10^sf * scale +
+offset``. An unknown sf, or one outside `SCALE_FACTOR_RANGE` (SunSpec's
+"not implemented" 0x8000 among them), gives None. Writes take the sf too.
+
 Coil/discrete points and `bool` points in register tables without `bit` give a
 bool (register != 0). NaN and infinities decode to None: JSON cannot carry them.
 
@@ -58,7 +66,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final, TypeVar
 
@@ -451,6 +459,57 @@ def compile_decoder(point: Point) -> Decoder:
 
 _cached_decoder = lru_cache(maxsize=1024)(compile_decoder)
 
+SCALE_FACTOR_RANGE: Final = (-10, 10)
+"""The scale factors believed (SunSpec defines -10..10); any other sf gives None."""
+
+
+def scaled_by(point: Point, sf: int) -> Point:
+    """`point` as it decodes and encodes with its scale factor register at `sf`: its
+    scale multiplied by 10^sf, no scale factor left."""
+    factor = 10.0**sf if sf < 0 else 10**sf
+    return replace(point, scale=_denoise(point.scale * factor), scale_factor=None)
+
+
+def known_sf(sf: Value) -> int | None:
+    """`sf` as a scale factor, or None when it is unknown or outside `SCALE_FACTOR_RANGE`."""
+    lo, hi = SCALE_FACTOR_RANGE
+    if isinstance(sf, bool) or not isinstance(sf, int) or not lo <= sf <= hi:
+        return None
+    return sf
+
+
+class ScaledDecoder:
+    """The decoder of a point with a `scale_factor`: ``decode(data, sf)``. One compiled
+    decoder per sf seen (a device has one or two), so a poll only slices and decodes."""
+
+    __slots__ = ("_by_sf", "point")
+
+    def __init__(self, point: Point) -> None:
+        self.point = point
+        self._by_sf: dict[int, Decoder] = {}
+        compile_decoder(scaled_by(point, 0))  # a point that cannot decode fails now
+
+    def __call__(self, data: Data, sf: Value) -> Value:
+        known = known_sf(sf)
+        if known is None:
+            if len(data) != self.point.count:
+                raise CodecError(
+                    f"expected {self.point.count} value(s), got {len(data)}", self.point.name
+                )
+            return None
+        decode = self._by_sf.get(known)
+        if decode is None:
+            decode = self._by_sf[known] = compile_decoder(scaled_by(self.point, known))
+        return decode(data)
+
+
+def scale_factor_reader(point: Point) -> Callable[[Data], int]:
+    """The raw int16 of a scale factor point (its byte order applied; its own scale,
+    offset or labels, if any, are for publishing only)."""
+    return _guard(
+        _int_raw(DataType.INT16, point.byte_order, Order.BIG), DataType.INT16, 1, point.name
+    )
+
 
 def decode_point(point: Point, data: Data) -> Value:
     """Decode a point's slice (exactly `point.count` registers or bits) to its published value."""
@@ -520,7 +579,7 @@ def _encode_number(point: Point, value: int | float) -> list[int]:
     return encode_registers(dtype, raw, byte_order=point.byte_order, word_order=point.word_order)
 
 
-def encode_point(point: Point, value: Value) -> list[int] | bool:
+def encode_point(point: Point, value: Value, sf: Value = None) -> list[int] | bool:
     """Encode an engineering value for a write: registers, or a bool for bits.
 
     - enum points take a label (str) and write its raw value; numbers are refused;
@@ -533,11 +592,20 @@ def encode_point(point: Point, value: Value) -> list[int] | bool:
       inverse of scale/offset; integer types round to the nearest raw integer,
       halves to even, and the raw value is range-checked against the type.
 
+    A point with a `scale_factor` needs `sf`, the newest value of its scale factor
+    register: the value is divided by 10^sf. Without a known sf it is refused.
+
     Raises `CodecError` (with the point's name) on anything it cannot write.
     """
     try:
         if value is None:
             raise CodecError("no value given")
+        if point.scale_factor is not None:
+            known = known_sf(sf)
+            if known is None:
+                why = "not known yet (not read)" if sf is None else f"{sf!r}, not a scale factor"
+                raise CodecError(f"its scale factor {point.scale_factor} is {why}: nothing written")
+            point = scaled_by(point, known)
         if _has_enum(point):
             return _encode_enum(point, value)
         if _expects_bool(point):

@@ -53,7 +53,7 @@ from bridge.logs import Throttle
 from bridge.messages import Incoming
 from bridge.model import BridgeConfig, Device, Point
 from bridge.payloads import Value, result_payload
-from bridge.planner import decode_block, plan_device
+from bridge.planner import decode_block, plan_device, with_scale_points
 from bridge.session import Claim, HostSession, Priority
 from bridge.state import StateCache
 from bridge.stats import CommandStats
@@ -377,12 +377,14 @@ class CommandHandler:
 
     async def _set(self, reply: _Reply, name: str, point: str | None, payload: bytes) -> None:
         device = self.devices.get(name)
+        known = self.state.devices.get(name)
         try:
             command = parse_set(
                 name if device is None else device,
                 point,
                 payload,
                 read_only=self.config.read_only,
+                scales=None if known is None else known.values,
             )
         except CommandError as exc:
             reply.transaction = exc.transaction
@@ -571,9 +573,13 @@ class CommandHandler:
     ) -> tuple[dict[str, Value], str | None]:
         """Read just `points` now and publish them like a poll; (values, error or None)."""
         # Only the asked registers (no gap bridging), whatever their poll intervals.
+        # A scaled point is read with its scale factor point.
         subset = dataclasses.replace(
             device,
-            points=tuple(dataclasses.replace(p, interval=device.interval) for p in points),
+            points=tuple(
+                dataclasses.replace(p, interval=device.interval)
+                for p in with_scale_points(device, points)
+            ),
             max_gap=0,
         )
         session = self.sessions[device.host]

@@ -35,7 +35,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -140,14 +140,20 @@ class WriteCommand:
 
 
 def parse_set(
-    device: Device | str, point: str | None, payload: bytes, *, read_only: bool
+    device: Device | str,
+    point: str | None,
+    payload: bytes,
+    *,
+    read_only: bool,
+    scales: Mapping[str, Value] | None = None,
 ) -> WriteCommand:
     """Validate a `set` command into a write plan, or raise `CommandError`.
 
     `device` is the configured device, or the name from the topic when no device
     has it (the command is refused, echoing its transaction when readable).
     `point` is the point of a ``<device>/<point>/set`` topic (plain payload), or
-    None for ``<device>/set`` (a JSON object).
+    None for ``<device>/set`` (a JSON object). `scales`: the newest values read of
+    the device's points, for points with a `scale_factor` (`plan_write`).
     """
     text = _text(payload)
     transaction: Transaction | None = None
@@ -167,7 +173,12 @@ def parse_set(
     if isinstance(device, str):
         raise CommandError(f"unknown device {_show(device)}", transaction=transaction)
     return plan_write(
-        device, items, read_only=read_only, transaction=transaction, plain=point is not None
+        device,
+        items,
+        read_only=read_only,
+        transaction=transaction,
+        plain=point is not None,
+        scales=scales,
     )
 
 
@@ -178,10 +189,14 @@ def plan_write(
     read_only: bool,
     transaction: Transaction | None = None,
     plain: bool = False,
+    scales: Mapping[str, Value] | None = None,
 ) -> WriteCommand:
     """Validate (point name, value) pairs into a write plan, or raise `CommandError`:
     the one set of rules for every way a write arrives (a `set` command, a Sparkplug
-    DCMD). Values are JSON-like (bool, number, text), or text when `plain`."""
+    DCMD). Values are JSON-like (bool, number, text), or text when `plain`.
+
+    A point with a `scale_factor` is divided by 10^sf, sf the newest value of its
+    scale factor point in `scales`; refused while none was read."""
 
     def refuse(reason: str, name: str | None = None) -> CommandError:
         return CommandError(reason, transaction=transaction, point=name)
@@ -200,7 +215,8 @@ def plan_write(
             raise refuse(f"point {name} is read-only (not writable)", name)
         try:
             value = _plain_value(p, str(raw)) if plain else _json_value(p, raw)
-            encoded = encode_point(p, value)
+            sf = None if p.scale_factor is None or scales is None else scales.get(p.scale_factor)
+            encoded = encode_point(p, value, sf)
         except CodecError as exc:
             raise refuse(f"{name}: {exc.reason}", name) from None
         ops.append(_plan_op(device, p, value, encoded))

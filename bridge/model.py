@@ -213,6 +213,11 @@ class Point:
     homeassistant: bool = field(default=True, metadata=_key(Read.BOOLEAN))
     # publishing: a change smaller than this (engineering units) is not published
     deadband: float | None = field(default=None, metadata=_key(Read.NUMBER, only=Only.NUMERIC))
+    # A scale taken from another register (SunSpec's `*_SF`, several meters): the name of
+    # another point of the device, an int16 `sf`; the value is raw * 10^sf, then `scale`
+    # and `offset` as usual (`bridge.codec.scaled_by`). Read in one block with its
+    # point, or earlier in the same poll (`bridge.planner`).
+    scale_factor: str | None = field(default=None)
 
     @functools.cached_property
     def count(self) -> int:
@@ -243,6 +248,7 @@ def _point_keys() -> tuple[tuple[str, PointKey], ...]:
     return tuple(
         (f.name, replace(f.metadata["key"], yaml=f.metadata["key"].yaml or f.name))
         for f in fields(Point)
+        if "key" in f.metadata
     )
 
 

@@ -18,6 +18,15 @@ address range (several `bit` points of one register) share the block. Each
 block carries its per-point offsets and compiled decoders, so `decode_block`
 does only slicing and decoding per poll.
 
+Scale factors (a point's `scale_factor`, the name of another point): a point and
+its scale factor point are read in one block. Every interval that has a scaled
+point reads its scale factor point too (a copy at that interval when its own
+differs), and a scale factor point with the points it scales is placed as one
+piece: holes inside it are bridged whatever `max_gap` says. Only a piece longer
+than one read (or split by a range the device refuses) is planned point by point;
+then the scale factor comes from an earlier block of the same poll, or from the
+newest one read (`decode_block`'s `scales`, kept per poll group by the scheduler).
+
 `host_load` estimates, for `check`, how busy each host's serial bus would be.
 """
 
@@ -26,9 +35,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from bridge.codec import CodecError, Data, Decoder, Value, compile_decoder
+from bridge.codec import (
+    CodecError,
+    Data,
+    Decoder,
+    ScaledDecoder,
+    Value,
+    compile_decoder,
+    scale_factor_reader,
+)
 from bridge.model import BridgeConfig, Device, Host, Point, Table
 
 _TABLE_ORDER = {table: i for i, table in enumerate(Table)}
@@ -36,6 +53,8 @@ _TABLE_ORDER = {table: i for i, table in enumerate(Table)}
 # A fleet shares its points (devices made from one template share the very objects):
 # each point's decoder is compiled once, however many devices and blocks use it.
 _decoder = functools.lru_cache(maxsize=None)(compile_decoder)
+_scaled_decoder = functools.lru_cache(maxsize=None)(ScaledDecoder)
+_sf_reader = functools.lru_cache(maxsize=None)(scale_factor_reader)
 
 
 class PlanError(ValueError):
@@ -47,8 +66,12 @@ class ReadBlock:
     """One read request, repeated every `interval` seconds.
 
     `points` are the points it serves, each fully inside start..start+count-1,
-    in address order. `slices` is derived: (name, first, last + 1, decoder)
-    per point, offsets relative to `start`.
+    in address order. `scale_names` are the device's scale factor points (the
+    names some point's `scale_factor` gives). `slices` is derived: (name,
+    first, last + 1, decoder) per point without a scale factor, offsets
+    relative to `start`; `scaled` the same with the scale factor's name for
+    those with one; `scale_slices` the raw int16 reader of each scale factor
+    point in the block.
     """
 
     unit: int
@@ -57,18 +80,35 @@ class ReadBlock:
     count: int
     interval: float
     points: tuple[Point, ...]
+    scale_names: frozenset[str] = frozenset()
     slices: tuple[tuple[str, int, int, Decoder], ...] = field(init=False, repr=False, compare=False)
+    scaled: tuple[tuple[str, int, int, ScaledDecoder, str], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    scale_slices: tuple[tuple[str, int, int, Decoder], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         slices = []
+        scaled = []
+        scale_slices = []
         for p in self.points:
             if p.table is not self.table or p.address < self.start or p.end > self.end:
                 raise PlanError(
                     f"point {p.name!r} ({p.table.value} {p.address}..{p.end - 1}) is outside "
                     f"the block {self.table.value} {self.start}..{self.end - 1}"
                 )
-            slices.append((p.name, p.address - self.start, p.end - self.start, _decoder(p)))
+            first, last = p.address - self.start, p.end - self.start
+            if p.scale_factor is not None:
+                scaled.append((p.name, first, last, _scaled_decoder(p), p.scale_factor))
+            else:
+                slices.append((p.name, first, last, _decoder(p)))
+            if p.name in self.scale_names:
+                scale_slices.append((p.name, first, last, _sf_reader(p)))
         object.__setattr__(self, "slices", tuple(slices))
+        object.__setattr__(self, "scaled", tuple(scaled))
+        object.__setattr__(self, "scale_slices", tuple(scale_slices))
 
     @property
     def end(self) -> int:
@@ -76,19 +116,48 @@ class ReadBlock:
         return self.start + self.count
 
 
-def decode_block(block: ReadBlock, data: Data) -> dict[str, Value]:
+def decode_block(
+    block: ReadBlock, data: Data, scales: dict[str, Value] | None = None
+) -> dict[str, Value]:
     """Decode one read of `block` to {point name: value}.
 
     `data` holds the registers or bits read from `block.start` on; it may be
     longer than `block.count` (bit reads come back padded to whole bytes).
     Raises `CodecError` when it is shorter.
+
+    `scales` holds the newest value of each scale factor point: the block's own
+    are stored there first, then its scaled points use them (a scale factor not
+    known gives None).
     """
     if len(data) < block.count:
         raise CodecError(
             f"read of {block.table.value} {block.start}..{block.end - 1} returned "
             f"{len(data)} of {block.count} values"
         )
-    return {name: decode(data[first:last]) for name, first, last, decode in block.slices}
+    out = {name: decode(data[first:last]) for name, first, last, decode in block.slices}
+    if block.scaled or block.scale_slices:
+        known = {} if scales is None else scales
+        for name, first, last, read in block.scale_slices:
+            known[name] = read(data[first:last])
+        for name, first, last, scaled, sf in block.scaled:
+            out[name] = scaled(data[first:last], known.get(sf))
+    return out
+
+
+def scale_names(device: Device) -> frozenset[str]:
+    """The points of `device` that are another point's scale factor."""
+    return frozenset(p.scale_factor for p in device.points if p.scale_factor is not None)
+
+
+def with_scale_points(device: Device, points: Iterable[Point]) -> tuple[Point, ...]:
+    """`points` and the scale factor points they need (a read of just these points)."""
+    chosen = {p.name: p for p in points}
+    for p in list(chosen.values()):
+        if p.scale_factor is not None and p.scale_factor not in chosen:
+            sf = device.point(p.scale_factor)
+            if sf is not None:
+                chosen[sf.name] = sf
+    return tuple(chosen.values())
 
 
 def _gap_limit(table: Table, max_gap: int) -> int:
@@ -105,36 +174,68 @@ def _plan_group(
 ) -> list[ReadBlock]:
     cap = table.max_count
     gap = _gap_limit(table, device.max_gap)
+    names = scale_names(device)
     blocks: list[ReadBlock] = []
     members: list[Point] = []
     start = end = 0
 
     def flush() -> None:
         if members:
-            blocks.append(
-                ReadBlock(device.unit, table, start, end - start, interval, tuple(members))
+            block = ReadBlock(
+                device.unit, table, start, end - start, interval, tuple(members), names
             )
+            blocks.append(block)
 
-    for p in sorted(points, key=lambda p: (p.address, p.end)):
+    points = list(points)
+    for p in points:
         if not 0 < p.count <= cap:
             raise PlanError(
                 f"{device.name}: point {p.name!r} needs {p.count} {_unit_name(table)}, "
                 f"a single read takes 1..{cap}"
             )
+    for piece in _pieces(points, cap, avoid):
+        p_start = piece[0].address
+        p_end = max(p.end for p in piece)
         if (
             members
-            and p.address - end <= gap
-            and max(end, p.end) - start <= cap
-            and not _touches(avoid, end, p.address)
+            and p_start - end <= gap
+            and max(end, p_end) - start <= cap
+            and not _touches(avoid, end, p_start)
         ):
-            members.append(p)
-            end = max(end, p.end)
+            members.extend(piece)
+            end = max(end, p_end)
         else:
             flush()
-            members = [p]
-            start, end = p.address, p.end
+            members = list(piece)
+            start, end = p_start, p_end
     flush()
     return blocks
+
+
+def _pieces(
+    points: Sequence[Point], cap: int, avoid: Sequence[tuple[int, int]]
+) -> list[list[Point]]:
+    """The points in address order, as pieces placed whole in one block: a scale factor
+    point with the points it scales (when they fit one read and no avoided range lies
+    between them), every other point alone."""
+    by_name = {p.name: p for p in points}
+    root: dict[str, str] = {}  # scaled point -> its scale factor point, when both are here
+    for p in points:
+        if p.scale_factor is not None and p.scale_factor in by_name:
+            root[p.name] = p.scale_factor
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        groups.setdefault(root.get(p.name, p.name), []).append(p)
+    pieces: list[list[Point]] = []
+    for group in groups.values():
+        group.sort(key=lambda p: (p.address, p.end))
+        lo, hi = group[0].address, max(p.end for p in group)
+        if len(group) == 1 or (hi - lo <= cap and not _touches(avoid, lo, hi)):
+            pieces.append(group)
+        else:
+            pieces.extend([p] for p in group)
+    pieces.sort(key=lambda piece: (piece[0].address, max(p.end for p in piece)))
+    return pieces
 
 
 def _touches(avoid: Sequence[tuple[int, int]], start: int, end: int) -> bool:
@@ -184,6 +285,13 @@ def plan_device(device: Device) -> tuple[ReadBlock, ...]:
     groups: dict[tuple[Table, float], list[Point]] = {}
     for p in device.points:
         groups.setdefault((p.table, p.interval), []).append(p)
+    # Every interval with a scaled point reads the scale factor point too.
+    placed = {(p.name, p.interval) for p in device.points}
+    for p in device.points:
+        sf = device.point(p.scale_factor) if p.scale_factor is not None else None
+        if sf is not None and (sf.name, p.interval) not in placed:
+            placed.add((sf.name, p.interval))
+            groups.setdefault((sf.table, p.interval), []).append(replace(sf, interval=p.interval))
     blocks: list[ReadBlock] = []
     for table, interval in sorted(groups, key=lambda key: (_TABLE_ORDER[key[0]], key[1])):
         blocks.extend(_plan_group(device, table, interval, groups[table, interval]))

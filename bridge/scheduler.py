@@ -117,6 +117,8 @@ class _Group:
     relearn_at: float | None = None  # when the compiled blocks are tried again
     learned: set[str] = field(default_factory=set)  # ranges ever learned bad (log once)
     skipping: list[str] = field(default_factory=list)  # ranges skipped now (health)
+    # The newest value of each scale factor point read by this group (`decode_block`).
+    scales: dict[str, Value] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -261,6 +263,8 @@ class Scheduler:
         session = self.sessions[device.host]
         values: dict[str, Value] = {}
         raw = state.raw
+        scales = state.scales
+        rescale = False  # a scale factor changed: its points in other blocks decode again
         try:
             index = 0
             while index < len(state.blocks):
@@ -274,19 +278,26 @@ class Scheduler:
                     raw[:] = [None] * len(state.blocks)  # the plan changed
                     continue  # the block at `index` was replaced: read its successors
                 if data != raw[index]:
+                    before = [scales.get(n) for n, *_ in block.scale_slices]
                     try:
-                        values.update(decode_block(block, data))
+                        values.update(decode_block(block, data, scales))
                     except CodecError as exc:  # a short or malformed answer
                         raw[index] = None
                         reason = f"bad reply: {exc}"
                         raise ModbusRequestError(device.host, device.unit, reason) from exc
                     raw[index] = data
+                    if before != [scales.get(n) for n, *_ in block.scale_slices]:
+                        rescale = True
                 index += 1
         except ModbusRequestError as exc:
+            if rescale:
+                values.update(self._rescaled(state))
             self._failed(state, exc)
             state.error = exc
             self.on_poll(device, values, exc)
             return False
+        if rescale:
+            values.update(self._rescaled(state))
         backoff = state.backoff
         backoff.failures, backoff.retry_at = 0, 0.0
         state.error = None
@@ -294,6 +305,16 @@ class Scheduler:
         pending = (g.error for g in self._devices[device.name])
         self.on_poll(device, values, next((e for e in pending if e is not None), None))
         return True
+
+    @staticmethod
+    def _rescaled(state: _Group) -> dict[str, Value]:
+        """The scaled points of every block read, decoded again with the newest scale
+        factors (a block read before its scale factor changed, or not changed itself)."""
+        values: dict[str, Value] = {}
+        for block, data in zip(state.blocks, state.raw, strict=True):
+            if block.scaled and data is not None:
+                values.update(decode_block(block, data, state.scales))
+        return values
 
     def _failed(self, state: _Group, exc: ModbusRequestError) -> None:
         device = state.device
@@ -363,7 +384,15 @@ class Scheduler:
             # Every point reads alone and there is no hole, yet the merged read is
             # refused: read the points one by one from now on.
             replacement = [
-                ReadBlock(block.unit, block.table, p.address, p.count, block.interval, (p,))
+                ReadBlock(
+                    block.unit,
+                    block.table,
+                    p.address,
+                    p.count,
+                    block.interval,
+                    (p,),
+                    block.scale_names,
+                )
                 for p in block.points
             ]
         state.blocks[index : index + 1] = replacement

@@ -14,7 +14,12 @@ TCP hosts listen on `--bind` (default 127.0.0.1) at their configured port plus
 `--port-offset` (the next free one when two hosts would share a port). `--write-config`
 writes the configuration with each host pointed at its simulator, for `run`.
 
-Pure parts (`assign_ports`, `initial_value`, `next_value`, `store`) first, the servers after.
+A point with a `scale_factor` is served as a device would: its scale factor register
+holds a fixed sf (`scale_factors`: the finest one, -3..3, at which the typical values of
+the points it scales fit their registers), and the value is stored as raw * 10^sf.
+
+Pure parts (`assign_ports`, `initial_value`, `next_value`, `store`, `scale_factors`)
+first, the servers after.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from bridge.codec import CodecError, apply_bit, decode_point, encode_point, int_range
+from bridge.codec import (
+    CodecError,
+    apply_bit,
+    decode_point,
+    encode_point,
+    int_range,
+    scaled_by,
+)
 from bridge.model import BridgeConfig, DataType, Device, Host, Point, SerialLink, StateClass, Table
 from bridge.payloads import Value
 from bridge.process import EXIT_FAILURE, EXIT_OK, Process, bounded, cancel
@@ -200,6 +212,46 @@ def read(unit: SimUnit, p: Point) -> Value:
     return decode_point(p, unit.get_registers(p.table.value, p.address, p.count))
 
 
+SIM_SCALE_FACTORS = range(-3, 4)  # the sf a simulated scale factor register may hold
+
+
+def scale_factors(device: Device) -> dict[str, int]:
+    """The sf each scale factor point of `device` holds in the simulator: the finest one
+    at which twice the typical value of every point it scales fits its register."""
+    out: dict[str, int] = {}
+    users: dict[str, list[Point]] = {}
+    for p in device.points:
+        if p.scale_factor is not None and device.point(p.scale_factor) is not None:
+            users.setdefault(p.scale_factor, []).append(p)
+    for name, points in users.items():
+        out[name] = SIM_SCALE_FACTORS[-1]
+        for sf in SIM_SCALE_FACTORS:
+            if all(_fits(scaled_by(p, sf)) for p in points):
+                out[name] = sf
+                break
+    return out
+
+
+def _fits(p: Point) -> bool:
+    raw = int_range(p.type)
+    if raw is None:
+        return True
+    typical = 2 * _typical(replace(p, minimum=None, maximum=None))
+    want = (typical - p.offset) / p.scale
+    return raw[0] <= want <= raw[1]
+
+
+def with_scale_factors(device: Device, sfs: Mapping[str, int]) -> tuple[Point, ...]:
+    """The points of `device` as the simulator serves them: a scaled point as if its
+    scale were scale * 10^sf, sf its scale factor point's simulated value."""
+    return tuple(
+        scaled_by(p, sfs[p.scale_factor])
+        if p.scale_factor is not None and p.scale_factor in sfs
+        else p
+        for p in device.points
+    )
+
+
 def _write_place(p: Point) -> tuple[Table, int]:
     table = p.write_table or (Table.COIL if p.table is Table.COIL else Table.HOLDING)
     return table, p.address if p.write_address is None else p.write_address
@@ -289,7 +341,12 @@ class SimFleet:
         sim = self._units.get((host, device.unit))
         if sim is None:
             sim = self._units[(host, device.unit)] = _Unit(SimUnit())
-        for p in sorted(device.points, key=lambda q: q.bit is not None):
+        sfs = scale_factors(device)
+        for p in sorted(with_scale_factors(device, sfs), key=lambda q: q.bit is not None):
+            if p.name in sfs:  # a scale factor register holds still
+                with contextlib.suppress(CodecError):
+                    store(sim.unit, replace(p, scale=1.0, offset=0.0, values=()), sfs[p.name])
+                continue
             value = initial_value(p, device, self.rng)
             try:
                 store(sim.unit, p, value)
