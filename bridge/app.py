@@ -38,7 +38,8 @@ from bridge.mqtt import MqttLink
 from bridge.payloads import OFFLINE, Value
 from bridge.planner import ReadBlock, plan_device
 from bridge.process import bounded, cancel
-from bridge.reload import ReloadPlan, dropped_points, plan_reload
+from bridge.proxy import Proxies
+from bridge.reload import ReloadPlan, active_hosts, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.shard import layout_gate
@@ -79,11 +80,8 @@ class Bridge:
         self.config = config
         self.topics = topics_of(config)
         self.plan = compile_plan(config)
-        self.sessions: dict[str, HostSession] = {
-            host.name: self._make_session(config, host.name)
-            for host in config.hosts
-            if config.devices_on(host.name)
-        }
+        # One per host with devices or a proxy (reload.active_hosts).
+        self.sessions = {name: self._make_session(config, name) for name in active_hosts(config)}
         self.state = self._make_state(config, self.topics)
         # Optional features (Home Assistant discovery, ...): each one idle while off.
         self.features: list[Feature] = self._make_features()
@@ -104,6 +102,8 @@ class Bridge:
         )
         # Prometheus metrics, an optional feature: rendered from figures() at each scrape.
         self.metrics = self._make_metrics(config)
+        # Modbus TCP proxies on the hosts' sessions (`proxy:` on a host).
+        self.proxies = Proxies(config, self.sessions, self.commands.reread)
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
@@ -124,8 +124,7 @@ class Bridge:
     def _make_session(
         config: BridgeConfig, host: str, stats: SessionStats | None = None
     ) -> HostSession:
-        units = len({d.unit for d in config.devices_on(host)})
-        return HostSession(config.host(host), units=units, stats=stats)
+        return HostSession(config.host(host), units=_units(config, host), stats=stats)
 
     @staticmethod
     def _make_state(config: BridgeConfig, topics: Topics) -> StateCache:
@@ -231,6 +230,7 @@ class Bridge:
             return  # another shard layout runs there: no session, no poll (exit 2)
         for session in self.sessions.values():
             await session.start()
+        await self.proxies.start()
         for feature in self.features:
             await feature.start()
         self.scheduler.start()
@@ -334,6 +334,7 @@ class Bridge:
         await cancel(self._link_task, left(1.0), "shutdown: MQTT disconnect")
         for feature in self.features:
             await bounded(feature.stop(), left(0.5), f"shutdown: {feature.name}")
+        await bounded(self.proxies.stop(), left(1.0), "shutdown: proxies")
         if self.sessions:
             await bounded(_stop_all(self.sessions.values()), left(1.0), "shutdown: Modbus close")
         if self.metrics is not None:
@@ -435,7 +436,10 @@ class Bridge:
             self.sessions[name] = session
             await session.start()
         for name in plan.hosts_kept:
-            self.sessions[name].set_units(len({d.unit for d in config.devices_on(name)}))
+            self.sessions[name].set_units(_units(config, name))
+        # A proxy restarts only when its own settings changed.
+        changed = plan.proxies_changed
+        await bounded(self.proxies.reconfigure(config, changed), 2.0, "reload: proxies")
         started = set(plan.started)
         self.scheduler.add(
             group_blocks(
@@ -511,6 +515,7 @@ class Bridge:
                 pending=self.link.pending,
                 max_packet_size=self.link.max_packet_size,
             ),
+            proxies=self.proxies.figures(),
         )
 
     def health(self) -> dict[str, Any]:
@@ -539,7 +544,7 @@ class Bridge:
         while True:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             self._publish_health()
-            for throttled in (self._throttle, self.commands.throttle):
+            for throttled in (self._throttle, self.commands.throttle, self.proxies.throttle):
                 throttled.flush()
             self.link.flush_logs()
             deadline += interval
@@ -550,6 +555,15 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+def _units(config: BridgeConfig, host: str) -> int:
+    """How many units a host's session speaks to: its devices', and its proxy's."""
+    units = {d.unit for d in config.devices_on(host)}
+    proxy = config.host(host).proxy
+    if proxy is not None and proxy.units is not None:
+        units.update(proxy.units)
+    return max(1, len(units))
 
 
 def _together(config: BridgeConfig) -> set[str]:

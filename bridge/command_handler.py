@@ -610,6 +610,14 @@ class CommandHandler:
         self.on_read(device, values, None)
         return values, None
 
+    async def reread(self, device: Device, points: Sequence[Point]) -> None:
+        """Read `points` of `device` again now and publish them like a poll (after a
+        write through a host's proxy, `bridge.proxy`). A device or host a reload
+        removed meanwhile is skipped; a failure is logged by the read's own path."""
+        if self.devices.get(device.name) != device or device.host not in self.sessions:
+            return
+        await self._read(device, points)
+
     async def _get(self, reply: _Reply, name: str, payload: bytes) -> None:
         device = self.devices.get(name)
         try:

@@ -28,19 +28,28 @@ What keeps one client from costing the others or the polls anything:
   does not hold the line for a timeout each time (the polls keep asking it).
 
 Every figure is counted in `stats.ProxyStats`.
+
+`Proxies` is the bridge's side of it (`app.Bridge.proxies`): one `HostProxy` per host
+with `proxy:`, started after the sessions and stopped before them, restarted by a
+reload only where the proxy's settings changed; and after a proxied write, the
+bridge's own points it touched (`proxy_rules.touched`) are read again, a device at a
+time and coalesced, so a client writing in a loop costs one read-back per device in
+flight, not one per write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from bridge.errors import ExceptionReply, ModbusRequestError, RequestTimeout
+from bridge.figures import ProxyFigures, proxy_figures
 from bridge.frames import OutOfStep, Request, frame_requests, mbap_frame
 from bridge.logs import Throttle
-from bridge.model import Proxy
+from bridge.model import BridgeConfig, Device, Point, Proxy
 from bridge.proxy_rules import (
     PATH_UNAVAILABLE,
     TARGET_FAILED,
@@ -50,6 +59,7 @@ from bridge.proxy_rules import (
     exception_pdu,
     failure_code,
     parse_request,
+    touched,
 )
 from bridge.session import HostSession
 from bridge.stats import ProxyStats
@@ -65,6 +75,9 @@ WRITE_BUFFER = 16 * 1024  # bytes of answers buffered for a client before it mus
 
 OnWrite = Callable[[ProxyRequest], None]
 """Told of every proxied write the device accepted (the bridge reads its points again)."""
+
+Reread = Callable[[Device, Sequence[Point]], Awaitable[object]]
+"""Reads a device's points now and publishes them (`CommandHandler.reread`)."""
 
 
 class HostProxy:
@@ -316,6 +329,135 @@ _WHY = {
     "idle": f"no request for {IDLE_TIMEOUT:g}s",
     "unread": f"answers left unread for {UNREAD_TIMEOUT:g}s",
 }
+
+
+class Proxies:
+    """The bridge's proxies: a `HostProxy` per host of `config` with `proxy:`.
+
+    `sessions`: the bridge's own mapping of host name to session, which a reload
+    changes in place (a host being reopened is missing from it for a moment: its
+    proxy answers 0x0A meanwhile). `reread`: reads points of the bridge's own again.
+    Counters carry on when a proxy is restarted or its host comes back.
+    """
+
+    def __init__(
+        self, config: BridgeConfig, sessions: Mapping[str, HostSession], reread: Reread
+    ) -> None:
+        self.config = config
+        self.throttle = Throttle(log)
+        self._sessions = sessions
+        self._reread = reread
+        self._proxies: dict[str, HostProxy] = {}
+        self._stats: dict[str, ProxyStats] = {}
+        self._pending: dict[str, tuple[Device, dict[str, Point]]] = {}  # device -> to read
+        self._reading: dict[str, asyncio.Task[None]] = {}  # device -> its read-back
+
+    def __getitem__(self, host: str) -> HostProxy:
+        return self._proxies[host]
+
+    def __len__(self) -> int:
+        return len(self._proxies)
+
+    async def start(self, hosts: Collection[str] | None = None) -> None:
+        """Listen on every proxy of the configuration (or only those of `hosts`). An
+        address that cannot be bound is logged and that proxy stays down (listening 0
+        in health and metrics); the bridge runs on: moving data matters more."""
+        for host in self.config.hosts:
+            settings = host.proxy
+            if settings is None or (hosts is not None and host.name not in hosts):
+                continue
+            proxy = HostProxy(
+                host.name,
+                settings,
+                functools.partial(self._sessions.get, host.name),
+                self._units(host.name),
+                on_write=functools.partial(self._written, host.name),
+                throttle=self.throttle,
+                stats=self._stats.setdefault(host.name, ProxyStats()),
+            )
+            self._proxies[host.name] = proxy
+            where = settings.describe()
+            try:
+                await proxy.start()
+            except OSError as exc:
+                log.error(
+                    "proxy of host %s: cannot listen on %s (%s); running without it",
+                    host.name,
+                    where,
+                    exc,
+                )
+                continue
+            log.info(
+                "proxy of host %s on %s: units %s, %s",
+                host.name,
+                where,
+                ",".join(map(str, sorted(proxy.units))) or "none",
+                "reads and writes" if settings.writes else "reads only",
+            )
+            if not settings.loopback:
+                log.warning(
+                    "proxy of host %s: %s is reachable from other machines, without "
+                    "authentication (proxy.listen); use a loopback address unless that is "
+                    "intended",
+                    host.name,
+                    where,
+                )
+
+    async def stop(self, hosts: Collection[str] | None = None) -> None:
+        """Close every proxy (or those of `hosts`) and its clients; at shutdown, the
+        read-backs in progress too."""
+        names = list(self._proxies) if hosts is None else [h for h in hosts if h in self._proxies]
+        closing = [self._proxies.pop(n) for n in names]
+        await asyncio.gather(*(p.stop() for p in closing), return_exceptions=True)
+        if hosts is None:
+            tasks = list(self._reading.values())
+            for task in tasks:
+                task.cancel()
+            self._pending.clear()
+            if tasks:
+                await asyncio.wait(tasks, timeout=1.0)
+
+    async def reconfigure(self, config: BridgeConfig, changed: Collection[str]) -> None:
+        """A reload: `changed` (`ReloadPlan.proxies_changed`) hosts' proxies restart
+        (or stop, or start); the others keep their listener and clients and serve the
+        units of the new configuration."""
+        await self.stop(changed)
+        self.config = config
+        for name, proxy in self._proxies.items():
+            proxy.set_units(self._units(name))
+        await self.start(changed)
+
+    def figures(self) -> tuple[ProxyFigures, ...]:
+        return tuple(proxy_figures(name, p.stats) for name, p in self._proxies.items())
+
+    def _units(self, host: str) -> frozenset[int]:
+        """The units a host's proxy serves: `proxy.units`, else its devices' units."""
+        settings = self.config.host(host).proxy
+        if settings is not None and settings.units is not None:
+            return frozenset(settings.units)
+        return frozenset(d.unit for d in self.config.devices_on(host))
+
+    def _written(self, host: str, request: ProxyRequest) -> None:
+        """A proxied write was answered: the points it may have changed are read again
+        (what is already waiting for a device is read once)."""
+        for device, points in touched(self.config.devices_on(host), request):
+            _, pending = self._pending.setdefault(device.name, (device, {}))
+            pending.update((p.name, p) for p in points)
+            if device.name not in self._reading:
+                self._reading[device.name] = asyncio.create_task(
+                    self._read_back(device.name), name=f"proxy read-back {device.name}"
+                )
+
+    async def _read_back(self, name: str) -> None:
+        try:
+            while name in self._pending:
+                device, points = self._pending.pop(name)
+                try:
+                    await self._reread(device, tuple(points.values()))
+                except Exception:
+                    log.exception("proxy: reading %s again after a write failed", name)
+        finally:
+            del self._reading[name]
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
