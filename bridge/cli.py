@@ -12,6 +12,7 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bridge import __version__
@@ -19,6 +20,7 @@ from bridge.app import Bridge, Loader, compile_plan
 from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import config_from_bytes, load_config
 from bridge.errors import ConfigError, Problem, file_kind
+from bridge.hassimport import ImportError_, import_file
 from bridge.logs import redact
 from bridge.model import BridgeConfig, SerialLink
 from bridge.planner import host_load
@@ -365,7 +367,7 @@ class Parser(argparse.ArgumentParser):
         )
 
 
-COMMANDS = ("check", "run", "sim", "demo", "read", "write", "scan")
+COMMANDS = ("check", "run", "sim", "demo", "read", "write", "scan", "import")
 DESCRIPTION = (
     "Bridge Modbus devices to MQTT: Modbus TCP, RTU through a TCP gateway, or RTU on a "
     "serial RS485 port, with one persistent session per host."
@@ -494,7 +496,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_demo.set_defaults(func=cmd_demo)
     add_commission_parsers(sub)
+    p_import = sub.add_parser(
+        "import",
+        help="turn another program's Modbus configuration into this bridge's",
+        description="Read Home Assistant's `modbus:` configuration (configuration.yaml, a "
+        "package, or the included list of hubs; !include and !secret are followed from the "
+        "file's folder) and print this bridge's configuration for it. Each item names its "
+        "source line; what cannot be carried over is listed at the end, and the exit code "
+        "is then 1. docs/migrating.md has the key table.",
+    )
+    p_import.add_argument("source", choices=["homeassistant"], help="whose configuration")
+    p_import.add_argument("file", metavar="FILE", help="the YAML file to read")
+    p_import.add_argument(
+        "-o", "--output", metavar="OUT", help="write the configuration here (default: stdout)"
+    )
+    p_import.set_defaults(func=cmd_import)
     return parser
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`import homeassistant FILE`: exit 0 when everything was carried over, 1 when
+    something was left out (listed at the end of the output and on stderr), 2 when the
+    file is no Home Assistant modbus configuration."""
+    try:
+        conversion = import_file(Path(args.file))
+    except ImportError_ as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output:
+        Path(args.output).write_text(conversion.text, encoding="utf-8")
+    else:
+        sys.stdout.write(conversion.text)
+    print(
+        f"imported {conversion.hosts} hosts, {conversion.devices} devices, "
+        f"{conversion.points} points",
+        file=sys.stderr,
+    )
+    for problem in conversion.notes:
+        print(f"note: {problem.describe()}", file=sys.stderr)
+    for problem in conversion.left_out:
+        print(f"left out: {problem.describe()}", file=sys.stderr)
+    if conversion.left_out:
+        print(
+            f"{len(conversion.left_out)} items left out (listed above and at the end of the "
+            "configuration): carry them over by hand",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

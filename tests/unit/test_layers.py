@@ -39,6 +39,7 @@ PURE = frozenset(
         "figures",
         "frames",
         "hass",
+        "hassimport",
         "health",
         "inventory",
         "linkhealth",
@@ -89,7 +90,7 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "aiomqtt": frozenset({"mqtt"}),
     "paho": frozenset({"mqtt"}),
     "prometheus_client": frozenset({"metrics"}),
-    "yaml": frozenset({"config_nodes"}),
+    "yaml": frozenset({"config_nodes", "hassimport"}),  # ours, and Home Assistant's dialect
     "amqtt": frozenset({"demo"}),
     "google": frozenset({"sparkplug_pb"}),  # protobuf
     "sqlite3": frozenset({"buffer"}),
