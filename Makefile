@@ -62,7 +62,8 @@ test: $(STAMP) mosquitto deploy-tools lint
 
 # Home Assistant Core for tests/homeassistant, in a venv OUTSIDE the repository (~600 MB,
 # ~3.5 min): make ha-venv HA_VENV=/work/ha-venv. Python 3.13.0 installs at most 2025.4.4;
-# paho-mqtt and the frontend at the versions its manifests pin, or it installs them at start.
+# paho-mqtt, the frontend and pymodbus (its modbus integration, for tests/homeassistant/
+# test_import.py) at the versions its manifests pin, or it installs them at start.
 # A newer release: make ha-venv HA_VENV=/work/ha-venv-2025.11 HA_VERSION=2025.11.3 (it asks
 # for Python 3.13.2; installed anyway, with pycares<5 for its aiodns, and allow_python.py
 # relaxes the version check of that venv's copy so that it starts on 3.13.0).
@@ -70,9 +71,9 @@ test: $(STAMP) mosquitto deploy-tools lint
 # interpreter when pyenv has one, or say HA_PY313=/path/to/python3.13.
 HA_PY313 ?= $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.13.*/bin/python3.13))),python3.13)
 HA_VERSION ?= 2025.4.4
-HA_PINS_2025.4.4 := paho-mqtt==2.1.0 home-assistant-frontend==20250411.0
+HA_PINS_2025.4.4 := paho-mqtt==2.1.0 home-assistant-frontend==20250411.0 pymodbus==3.8.3
 HA_PINS_2025.11.3 := --ignore-requires-python paho-mqtt==2.1.0 \
-	home-assistant-frontend==20251105.1 'pycares<5'
+	home-assistant-frontend==20251105.1 'pycares<5' pymodbus==3.11.2
 ha-venv:
 	@test -n "$(HA_VENV)" || { echo "usage: make ha-venv HA_VENV=/path/outside/the/repo [HA_VERSION=2025.11.3]"; exit 2; }
 	@test -n "$(HA_PINS_$(HA_VERSION))" || { echo "HA_VERSION: 2025.4.4 or 2025.11.3 (the releases tried)"; exit 2; }

@@ -59,12 +59,12 @@ def ha_python(ha_release: Release) -> str:
 @pytest.fixture
 async def home_assistant(
     ha_python: str, tmp_path: Path
-) -> AsyncIterator[Callable[[int], Awaitable[HomeAssistantCore]]]:
+) -> AsyncIterator[Callable[..., Awaitable[HomeAssistantCore]]]:
     started: list[HomeAssistantCore] = []
 
-    async def start(broker_port: int) -> HomeAssistantCore:
+    async def start(broker_port: int, extra: str = "") -> HomeAssistantCore:
         ha = HomeAssistantCore(
-            ha_python, tmp_path / "ha", http_port=free_port(), broker_port=broker_port
+            ha_python, tmp_path / "ha", http_port=free_port(), broker_port=broker_port, extra=extra
         )
         ha.start()
         started.append(ha)

@@ -76,8 +76,11 @@ class HomeAssistantError(RuntimeError):
 class HomeAssistantCore:
     """One Home Assistant Core process with its own config directory."""
 
-    def __init__(self, python: str, config_dir: Path, *, http_port: int, broker_port: int):
+    def __init__(
+        self, python: str, config_dir: Path, *, http_port: int, broker_port: int, extra: str = ""
+    ):
         self.python = python
+        self.extra = extra  # more configuration.yaml, e.g. a `modbus:` section
         self.config_dir = config_dir
         self.http_port = http_port
         self.broker_port = broker_port
@@ -91,7 +94,7 @@ class HomeAssistantCore:
     def write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         (self.config_dir / "configuration.yaml").write_text(
-            CONFIGURATION.format(port=self.http_port)
+            CONFIGURATION.format(port=self.http_port) + self.extra
         )
         storage = self.config_dir / ".storage"
         storage.mkdir(exist_ok=True)
