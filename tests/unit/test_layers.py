@@ -58,6 +58,7 @@ PURE = frozenset(
         "stats",
         "tls",
         "topics",
+        "vocabulary",
     }
 )
 IO = frozenset(

@@ -1,0 +1,303 @@
+"""The device profiles in bridge/profiles: headers, units, the vocabulary, and every
+point decoded from a register image in which every register holds a distinct,
+non-zero value.
+
+A profile is loaded as what it is underneath, a template (its header aside), through
+the configuration reader itself: a point the reader refuses (an unknown key, a unit
+that does not fit its device class) fails here as it would in a user's file.
+
+Two checks of each point's decoding, independent of the codec:
+- the image: for each point a distinct raw value is encoded at its registers (its
+  type, byte and word order), every other register read holds a distinct filler; the
+  planned blocks are decoded and each point must give its raw value * scale. Two
+  points on one register (a transcription slip) give one of them the other's value.
+- the document's own numbers (`DOCUMENT_FACTS`): registers as the manufacturer's
+  document shows an example value, and the value in our units, written from the
+  document (its units, weights, word order) and not from the profile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import bridge
+from bridge import vocabulary
+from bridge.codec import decode_registers, encode_registers
+from bridge.config import parse_config
+from bridge.model import DataType, Device, Point, Table
+from bridge.planner import decode_block, plan_device
+
+PROFILES = Path(bridge.__file__).parent / "profiles"
+FILES = sorted(PROFILES.glob("*/*.yaml"))
+HEADER_KEYS = ("manufacturer", "model", "kind", "source")
+NOT_TEMPLATE_KEYS = ("kind", "source")
+
+
+def _id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+def header_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What a profile's header lacks: manufacturer, model, a known kind, and the
+    manufacturer's document (title, and a version or date)."""
+    problems = [f"no {key}" for key in HEADER_KEYS if not doc.get(key)]
+    kind = doc.get("kind")
+    if kind and kind not in vocabulary.KINDS:
+        problems.append(f"kind {kind!r} is not one of {', '.join(vocabulary.KINDS)}")
+    source = doc.get("source")
+    if source and not isinstance(source, Mapping):
+        problems.append("source is not a mapping of title and version")
+    elif source:
+        problems += [f"source has no {k}" for k in ("title", "version") if not source.get(k)]
+    return problems
+
+
+def _text(value: object) -> str | None:
+    """An enum's value, or the text itself (the model keeps some keys as enums)."""
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def unit_problems(p: Point) -> list[str]:
+    """A number with a physical meaning needs its unit and a state class. Exempt:
+    labels (`values`), bits, strings, power factors (no unit), and diagnostic points
+    (codes and settings)."""
+    if not p.type.is_numeric or p.values or p.bit is not None:
+        return []
+    if p.device_class == "power_factor" or _text(p.entity_category) == "diagnostic":
+        return []
+    problems = []
+    if not p.unit:
+        problems.append(f"{p.name}: no unit")
+    if not p.state_class:
+        problems.append(f"{p.name}: no state_class")
+    return problems
+
+
+def load(path: Path) -> tuple[dict[str, Any], Device]:
+    """The profile's header, and a device made from it as a template."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    header = {k: doc.get(k) for k in HEADER_KEYS}
+    template = {k: v for k, v in doc.items() if k not in NOT_TEMPLATE_KEYS}
+    config = {
+        "version": 1,
+        "hosts": [{"name": "gw", "address": "127.0.0.1"}],
+        "templates": {"profile": template},
+        "devices": [{"name": "dev", "host": "gw", "unit": 1, "template": "profile"}],
+    }
+    text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
+    return header, parse_config(text, source=str(path)).devices[0]
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_header(path: Path) -> None:
+    header, device = load(path)
+    assert header_problems(header) == []
+    assert path.stem == path.stem.lower() and path.parent.name == path.parent.name.lower()
+    assert device.manufacturer == header["manufacturer"] and device.model == header["model"]
+
+
+def test_a_profile_without_its_source_fails() -> None:
+    assert header_problems({"manufacturer": "X", "model": "Y", "kind": "meter"}) == ["no source"]
+    assert header_problems(
+        {"manufacturer": "X", "model": "Y", "kind": "meter", "source": {"title": "T"}}
+    ) == ["source has no version"]
+    assert header_problems(
+        {"manufacturer": "X", "model": "Y", "kind": "toaster", "source": "T"}
+    ) == [
+        "kind 'toaster' is not one of meter, inverter, battery, evse",
+        "source is not a mapping of title and version",
+    ]
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_every_physical_point_has_its_unit(path: Path) -> None:
+    _, device = load(path)
+    assert [problem for p in device.points for problem in unit_problems(p)] == []
+
+
+def test_a_point_without_its_unit_fails() -> None:
+    voltage = Point(
+        name="voltage",
+        table=Table.INPUT,
+        address=0,
+        type=DataType.FLOAT32,
+        interval=1.0,
+        device_class="voltage",
+    )
+    assert unit_problems(voltage) == ["voltage: no unit", "voltage: no state_class"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_standard_names_follow_the_vocabulary(path: Path) -> None:
+    _, device = load(path)
+    problems = [
+        problem
+        for p in device.points
+        for problem in vocabulary.check_point(
+            p.name, p.unit, _text(p.device_class), _text(p.state_class)
+        )
+    ]
+    assert problems == []
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_no_point_is_writable_unless_marked_in_the_profile(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    marked = {p["name"] for p in doc["points"] if p.get("writable")}
+    _, device = load(path)
+    assert {p.name for p in device.points if p.writable} == marked
+
+
+# -- the register image -------------------------------------------------------------
+
+
+_FIRST_WORD = {
+    DataType.FLOAT32: (0x447A, 0xC47A),  # about ±1000, the low word makes it distinct
+    DataType.FLOAT64: (0x408F, 0xC08F),
+}
+
+
+def _raw_for(p: Point, n: int) -> int | float:
+    """The n-th point's raw value: its registers (most significant first) all non-zero
+    and unlike any other point's; negative for every other signed point, so a
+    signed/unsigned or word-order slip shows."""
+    negative = n % 2 == 1
+    first = _FIRST_WORD.get(p.type)
+    if first is not None:
+        words = [first[negative], *(0x1000 * (i + 1) + n for i in range(p.count - 1))]
+    else:
+        words = [
+            (0x9000 if negative else 0x1000) + n,
+            *(0x1000 * (i + 2) + n for i in range(p.count - 1)),
+        ]
+    raw = decode_registers(p.type, words)
+    assert not isinstance(raw, str | bool)
+    return raw
+
+
+def _expected(p: Point, raw: int | float) -> Any:
+    if p.values:
+        return p.values.get(int(raw), int(raw))
+    value = raw * p.scale + p.offset
+    if p.precision is not None:
+        value = round(value, p.precision)
+    return value
+
+
+def _filler(address: int) -> int:
+    return 0xA000 | (address * 37 + 11) & 0x0FFF or 0xA001
+
+
+def image_of(device: Device) -> tuple[dict[tuple[Table, int], int], dict[str, Any]]:
+    """Registers holding each point's distinct raw value, and the values expected."""
+    image: dict[tuple[Table, int], int] = {}
+    expected: dict[str, Any] = {}
+    owner: dict[tuple[Table, int], str] = {}
+    for n, p in enumerate(device.points):
+        if p.type is DataType.STRING:
+            text = f"P{n:0{2 * p.count - 1}d}"[: 2 * p.count]
+            regs = encode_registers(p.type, text, byte_order=p.byte_order, length=p.count)
+            expected[p.name] = text
+        elif p.bit is not None:
+            regs = [0xFFFF & ~(1 << p.bit) if n % 2 else 1 << p.bit]
+            expected[p.name] = not n % 2
+        else:
+            raw = _raw_for(p, n)
+            regs = encode_registers(p.type, raw, byte_order=p.byte_order, word_order=p.word_order)
+            expected[p.name] = _expected(p, raw)
+        for i, reg in enumerate(regs):
+            key = (p.table, p.address + i)
+            assert key not in owner, f"{p.name} and {owner[key]} share {p.table.value} {key[1]}"
+            owner[key] = p.name
+            image[key] = reg
+    return image, expected
+
+
+def read_all(device: Device, image: Mapping[tuple[Table, int], int]) -> dict[str, Any]:
+    """Every planned block read from the image and decoded, as the scheduler does."""
+    values: dict[str, Any] = {}
+    for block in plan_device(device):
+        data = [image.get((block.table, a), _filler(a)) for a in range(block.start, block.end)]
+        values.update(decode_block(block, data))
+    return values
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
+        return math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    return bool(got == want)
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_every_point_decodes_its_own_registers(path: Path) -> None:
+    _, device = load(path)
+    image, expected = image_of(device)
+    assert all(image.values()), "a register of the image is zero"
+    got = read_all(device, image)
+    wrong = {n: (got.get(n), want) for n, want in expected.items() if not _same(got.get(n), want)}
+    assert wrong == {}
+    assert len(set(map(repr, got.values()))) == len(got), "two points decoded to one value"
+
+
+# -- numbers as the manufacturers' documents give them --------------------------------
+# (profile, point, table, address, registers as on the wire, value in our units)
+DOCUMENT_FACTS: list[tuple[str, str, Table, int, list[int], float]] = [
+    # Eastron: IEEE 754 floats, high word first, already in V, W, kWh
+    ("eastron/sdm630", "voltage_l1", Table.INPUT, 0, [0x4366, 0x0000], 230.0),
+    ("eastron/sdm630", "import_energy", Table.INPUT, 72, [0x4479, 0xC000], 999.0),
+    ("eastron/sdm630", "voltage_l1_l2", Table.INPUT, 200, [0x43C8, 0x0000], 400.0),
+    ("eastron/sdm230", "frequency", Table.INPUT, 70, [0x4248, 0x0000], 50.0),
+    ("eastron/sdm72d-m", "power", Table.INPUT, 52, [0xC47A, 0x0000], -1000.0),
+    # ABB: 32-bit high word first; 0.1 V, 0.01 A, 0.01 W; 64-bit energies in 0.01 kWh
+    ("abb/b23", "voltage_l1", Table.HOLDING, 0x5B00, [0x0000, 0x08FC], 230.0),
+    ("abb/b23", "power", Table.HOLDING, 0x5B14, [0xFFFE, 0x7960], -1000.0),
+    ("abb/b23", "import_energy", Table.HOLDING, 0x5000, [0, 0, 0x0001, 0x86A0], 1000.0),
+    ("abb/b23", "power_factor_l1", Table.HOLDING, 0x5B3B, [0xFC7C], -0.9),
+    # Carlo Gavazzi: INT32 least significant word first; Volt*10, W*10, kWh*10
+    ("carlo_gavazzi/em24", "voltage_l1", Table.INPUT, 0x00, [0x08FC, 0x0000], 230.0),
+    ("carlo_gavazzi/em24", "power", Table.INPUT, 0x28, [0x8AD0, 0xFFFF], -3000.0),
+    ("carlo_gavazzi/em24", "import_energy", Table.INPUT, 0x42, [0x86A0, 0x0001], 10000.0),
+    ("carlo_gavazzi/em340", "frequency", Table.INPUT, 0x33, [0x01F4], 50.0),
+    # CHINT: floats in 0.1 V / 0.001 A / 0.1 W / 0.01 Hz, energy in kWh
+    ("chint/dtsu666", "voltage_l1", Table.HOLDING, 0x2006, [0x450F, 0xC000], 230.0),
+    ("chint/dtsu666", "current_l1", Table.HOLDING, 0x200C, [0x459C, 0x4000], 5.0),
+    ("chint/dtsu666", "frequency", Table.HOLDING, 0x2044, [0x459C, 0x4000], 50.0),
+]
+
+
+def _profile(name: str) -> Device:
+    return load(PROFILES / f"{name}.yaml")[1]
+
+
+@pytest.mark.parametrize("fact", DOCUMENT_FACTS, ids=[f"{f[0]}:{f[1]}" for f in DOCUMENT_FACTS])
+def test_document_numbers_decode_to_the_documented_value(
+    fact: tuple[str, str, Table, int, list[int], float],
+) -> None:
+    profile, point, table, address, registers, value = fact
+    device = _profile(profile)
+    [p] = [p for p in device.points if p.name == point]
+    assert (p.table, p.address) == (table, address)
+    image = {(table, address + i): r for i, r in enumerate(registers)}
+    got = read_all(device, {**dict.fromkeys(image_of(device)[0], 1), **image})[point]
+    assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_every_profile_has_document_numbers() -> None:
+    assert {_id(p) for p in FILES} <= {f[0] for f in DOCUMENT_FACTS}
+
+
+def test_docs_list_every_profile_and_every_standard_name() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    assert [_id(p) for p in FILES if f"| `{_id(p)}` |" not in docs] == []
+    missing = [
+        t.name
+        for t in vocabulary.TERMS
+        if f"| `{t.name}` | {t.unit or '—'} | {t.device_class or '—'} |" not in docs
+    ]
+    assert missing == []
