@@ -57,6 +57,8 @@ offset``. An unknown sf, or one outside `SCALE_FACTOR_RANGE` (SunSpec's
 
 Coil/discrete points and `bool` points in register tables without `bit` give a
 bool (register != 0). NaN and infinities decode to None: JSON cannot carry them.
+A point's `missing` raw value (SunSpec's "not implemented") decodes to None before
+any of the steps above; for a string, `missing` is its first byte.
 
 `encode_point` is the inverse for writes; see its docstring.
 """
@@ -357,6 +359,30 @@ def compile_decoder(point: Point) -> Decoder:
     items or holds a register outside 0..65535. Compiling raises `CodecError`
     for a `bit` on a float or string point or outside the value's bits.
     """
+    decode = _compile_decoder(point)
+    if point.missing is None or point.table.is_bits or point.type.is_float:
+        return decode
+    missing = point.missing
+    if point.type is DataType.STRING:
+        high = 8 if point.byte_order is Order.BIG else 0
+
+        def decode_string_or_none(data: Data) -> Value:
+            value = decode(data)
+            return None if (int(data[0]) >> high) & 0xFF == missing else value
+
+        return decode_string_or_none
+    int_type = DataType.UINT16 if point.type is DataType.BOOL else point.type
+    raw = _guard(
+        _int_raw(int_type, point.byte_order, point.word_order), int_type, point.count, point.name
+    )
+
+    def decode_or_none(data: Data) -> Value:
+        return None if raw(data) == missing else decode(data)
+
+    return decode_or_none
+
+
+def _compile_decoder(point: Point) -> Decoder:
     name = point.name
     count = point.count
     vmap: dict[int, str] = point.value_map if _has_enum(point) else {}

@@ -218,6 +218,10 @@ class Point:
     # and `offset` as usual (`bridge.codec.scaled_by`). Read in one block with its
     # point, or earlier in the same poll (`bridge.planner`).
     scale_factor: str | None = field(default=None)
+    # The raw value a device sends when it has no value (SunSpec's "not implemented":
+    # 0x8000 for int16, 0xFFFF for uint16...; for a string, a first byte of NUL, given
+    # as 0): published as null. Set by SunSpec discovery (`bridge.sunspec`).
+    missing: int | None = field(default=None)
 
     @functools.cached_property
     def count(self) -> int:

@@ -679,3 +679,31 @@ def test_apply_bit_agrees_with_decode(register: int, bit: int, value: bool, bo: 
     other = [b for b in range(16) if b != bit]
     for b in other:
         assert decode_point(replace(p, bit=b), [new]) is decode_point(replace(p, bit=b), [register])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "missing", "regs"),
+    [
+        (DataType.INT16, -0x8000, [0x8000]),
+        (DataType.UINT16, 0xFFFF, [0xFFFF]),
+        (DataType.UINT32, 0xFFFFFFFF, [0xFFFF, 0xFFFF]),
+        (DataType.INT32, -0x80000000, [0x8000, 0x0000]),
+        (DataType.UINT32, 0, [0, 0]),  # SunSpec's accumulators: 0 is "not implemented"
+    ],
+)
+def test_a_missing_raw_value_decodes_to_none(
+    dtype: DataType, missing: int, regs: list[int]
+) -> None:
+    point = Point("p", Table.HOLDING, 0, dtype, 1.0, missing=missing, scale=0.1)
+    assert decode_point(point, regs) is None
+    assert decode_point(point, [0, 7] if len(regs) == 2 else [7]) == pytest.approx(0.7)
+
+
+def test_a_missing_string_is_one_whose_first_byte_is_nul() -> None:
+    point = Point("s", Table.HOLDING, 0, DataType.STRING, 1.0, length=2, missing=0)
+    assert decode_point(point, [0x0041, 0x4200]) is None
+    assert decode_point(point, [0x4142, 0x0000]) == "AB"
+    little = Point("s", Table.HOLDING, 0, DataType.STRING, 1.0, length=1, missing=0,
+                   byte_order=Order.LITTLE)  # fmt: skip
+    assert decode_point(little, [0x4100]) is None
+    assert decode_point(little, [0x0041]) == "A"

@@ -56,6 +56,7 @@ PURE = frozenset(
         "sparkplug_pb",
         "state",
         "stats",
+        "sunspec",
         "tls",
         "topics",
         "vocabulary",
