@@ -1,10 +1,12 @@
 """Per-device polling on monotonic deadlines.
 
-Each (device, interval) group of read blocks gets one task. Deadlines advance by
-exactly one interval from the first one, so polls never drift; the first poll
-of each group is offset by a phase spread evenly over its interval, so a fleet of
-240 devices does not fire at once. A poll still running at its next deadline is
-not queued behind itself: the missed cycles are skipped and counted.
+Each (device, interval) group of read blocks gets one task. `bridge.pacing` deals
+the groups of an interval into passes spread evenly over it and computes the
+deadlines (from the cycle number: polls never drift). The groups of one pass wait
+on one timer (`_Passes`), which wakes them in their rank order: one wake-up of the
+process per pass instead of one per device, and 240 devices on 3 hosts still never
+fire at once. A poll still running at its next deadline is not queued behind
+itself: the missed cycles are skipped and counted.
 
 Registers that did not change since the last read of a block are not decoded
 again: the poll reports only the points of blocks whose data changed, so steady
@@ -32,6 +34,7 @@ from bridge.backoff import full_jitter
 from bridge.codec import CodecError
 from bridge.errors import ExceptionReply, HostUnavailable, ModbusRequestError
 from bridge.model import Device, Point
+from bridge.pacing import deadline, next_cycle, slots
 from bridge.payloads import Value
 from bridge.planner import ReadBlock, decode_block, holes, replan_block
 from bridge.session import HostSession
@@ -57,6 +60,7 @@ class PollGroup:
     interval: float
     blocks: tuple[ReadBlock, ...]
     phase: float  # seconds after start of the first poll
+    rank: int = 0  # place in its pass: lower wakes first
 
 
 def group_blocks(
@@ -64,13 +68,9 @@ def group_blocks(
     plan: Mapping[str, Sequence[ReadBlock]],
     together: Collection[str] = (),
 ) -> list[PollGroup]:
-    """Split every device's blocks by interval and give each group its first-poll phase.
-
-    Phases are spread evenly per interval across all groups of that interval:
-    group k of n gets k/n of the interval. The devices of a host named in `together`
-    (`spread: false`) share the phase of its first group: they poll in one burst per
-    interval, one wake-up for all of them, instead of one each.
-    """
+    """Split every device's blocks by interval and give each group its slot: the phase
+    of its pass and its rank in it (`bridge.pacing`). The devices of a host named in
+    `together` (`spread: false`) share one pass per interval."""
     raw: list[tuple[Device, float, tuple[ReadBlock, ...]]] = []
     for device in devices:
         by_interval: dict[float, list[ReadBlock]] = {}
@@ -78,20 +78,45 @@ def group_blocks(
             by_interval.setdefault(block.interval, []).append(block)
         for interval in sorted(by_interval):
             raw.append((device, interval, tuple(by_interval[interval])))
-    per_interval: dict[float, int] = {}
-    for _, interval, _ in raw:
-        per_interval[interval] = per_interval.get(interval, 0) + 1
-    seen: dict[float, int] = {}
-    burst: dict[tuple[str, float], float] = {}  # (host, interval) -> the phase it shares
-    groups = []
-    for device, interval, blocks in raw:
-        k = seen.get(interval, 0)
-        seen[interval] = k + 1
-        phase = interval * k / per_interval[interval]
-        if device.host in together:
-            phase = burst.setdefault((device.host, interval), phase)
-        groups.append(PollGroup(device, interval, blocks, phase))
-    return groups
+    placed = slots([(device.host, interval) for device, interval, _ in raw], together)
+    return [
+        PollGroup(device, interval, blocks, slot.phase, slot.rank)
+        for (device, interval, blocks), slot in zip(raw, placed, strict=True)
+    ]
+
+
+class _Passes:
+    """One timer per deadline: the groups of a pass compute the same deadline, wait on
+    the same timer, and are woken in rank order."""
+
+    def __init__(self) -> None:
+        self._due: dict[float, tuple[asyncio.TimerHandle, list[tuple[int, asyncio.Future[None]]]]]
+        self._due = {}
+
+    async def wait(self, when: float, rank: int) -> None:
+        loop = asyncio.get_running_loop()
+        entry = self._due.get(when)
+        if entry is None:
+            entry = self._due[when] = (loop.call_at(when, self._fire, when), [])
+        future: asyncio.Future[None] = loop.create_future()
+        entry[1].append((rank, future))
+        await future
+
+    def _fire(self, when: float) -> None:
+        _, waiters = self._due.pop(when)
+        waiters.sort(key=_rank)
+        for _, future in waiters:
+            if not future.done():  # a cancelled group
+                future.set_result(None)
+
+    def close(self) -> None:
+        for handle, _ in self._due.values():
+            handle.cancel()
+        self._due.clear()
+
+
+def _rank(waiter: tuple[int, asyncio.Future[None]]) -> int:
+    return waiter[0]
 
 
 @dataclass
@@ -151,6 +176,7 @@ class Scheduler:
         self.stats: dict[str, PollStats] = {}
         self._devices: dict[str, list[_Group]] = {}  # device name -> its groups' state
         self._running = False
+        self._passes = _Passes()
         self._register(groups)
 
     @property
@@ -187,6 +213,7 @@ class Scheduler:
     async def stop(self) -> None:
         self._running = False
         await self._cancel([g for groups in self._devices.values() for g in groups])
+        self._passes.close()
 
     async def _cancel(self, states: Sequence[_Group]) -> None:
         tasks = []
@@ -226,11 +253,12 @@ class Scheduler:
         group = state.group
         stats = self.stats[group.device.name]
         backoff = state.backoff
-        deadline = t0 + group.phase
+        phase, interval, rank = group.phase, group.interval, group.rank
+        cycle = 0
         while True:
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = deadline(t0, phase, interval, cycle)
+            if due > loop.time():
+                await self._passes.wait(due, rank)
             # Backing off, unless the host has a new session since the failure: after
             # a hung or rebooted gateway comes back, every device is tried at once.
             session = self.sessions[group.device.host]
@@ -245,12 +273,8 @@ class Scheduler:
                 stats.cycles += 1
             else:
                 stats.backoff_skips += 1
-            deadline += group.interval
-            late = loop.time() - deadline
-            if late > 0:
-                missed = int(late // group.interval) + 1
-                stats.skipped += missed
-                deadline += missed * group.interval
+            cycle, missed = next_cycle(loop.time(), t0, phase, interval, cycle)
+            stats.skipped += missed
 
     def forget(self, device: str) -> None:
         """Decode every block of `device` at its next poll: its state was set from a read

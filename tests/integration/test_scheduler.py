@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -57,3 +58,49 @@ async def test_failing_slow_group_keeps_device_offline_without_flapping(sim_serv
     # while its slow group fails.
     assert any(values.get("fast") == 8 for values, _ in after)
     assert not any(ok for _, ok in after), "availability flapped back online"
+
+
+async def test_a_write_goes_ahead_of_the_rest_of_a_pass(sim_servers) -> None:
+    # 20 devices in passes of 10 behind a host that needs 20 ms between requests: a
+    # pass queues about 200 ms of polls at once. A write sent meanwhile waits for the
+    # request on the line and the one the worker holds, not for the whole pass.
+    units = range(1, 21)
+    server: SimServer = await sim_servers(units)
+    devices = [
+        Device(
+            name=f"d{u}",
+            host="gw",
+            unit=u,
+            interval=1.0,
+            points=(Point("v", Table.HOLDING, 0, DataType.UINT16, interval=1.0),),
+        )
+        for u in units
+    ]
+    link = TcpLink("127.0.0.1", port=server.port)
+    session = HostSession(Host(name="gw", link=link, timeout=0.5, pause=0.02), units=20)
+    groups = group_blocks(devices, {d.name: plan_device(d) for d in devices})
+    assert len({g.phase for g in groups}) == 2
+    scheduler = Scheduler(groups, {"gw": session}, on_poll=lambda *_: None)
+    await session.start()
+    scheduler.start()
+    try:
+        # Wait for a pass to begin: a read after a quiet spell (between two passes).
+        async with asyncio.timeout(5):
+            while True:
+                log = list(server.request_log)
+                if len(log) > 20 and log[-1].time - log[-2].time > 0.1:
+                    break
+                await asyncio.sleep(0.002)
+        t0 = time.monotonic()
+        await session.write_registers(7, 100, [42], multiple=False)
+        log = [r for r in server.request_log if r.time >= t0 - 0.001]
+        [write] = [i for i, r in enumerate(log) if r.function == 6]
+        assert write <= 2, [(r.unit, r.function) for r in log]
+        await asyncio.sleep(0.5)
+        assert server.unit(7).get_registers("holding", 100, 1) == [42]
+        # The pass went on after the write, and its polls kept their deadlines.
+        assert any(r.function == 3 for r in server.request_log if r.time > log[write].time)
+        assert all(s.skipped == 0 for s in scheduler.stats.values())
+    finally:
+        await scheduler.stop()
+        await session.stop()

@@ -47,6 +47,7 @@ PURE = frozenset(
         "logs",
         "messages",
         "model",
+        "pacing",
         "payloads",
         "planner",
         "proxy_rules",

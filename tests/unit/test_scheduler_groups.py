@@ -4,6 +4,7 @@ group learns, how it backs off, and that removing a device forgets all of it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -150,3 +151,47 @@ async def test_a_device_is_online_only_when_none_of_its_groups_fails() -> None:
     assert first_failure <= 1  # both groups poll first at the same phase
     # From then on every poll, the fast group's included, reports the device offline.
     assert all(isinstance(e, RequestTimeout) for _, _, e in polls[first_failure:])
+
+
+async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift() -> None:
+    interval = 0.1
+    devices = [dataclasses.replace(_device(f"d{u}", interval), unit=u) for u in range(1, 31)]
+    session = Memory()
+    loop = asyncio.get_running_loop()
+    starts: list[tuple[float, int]] = []  # (time, unit) of each poll's first read
+    original = session.read
+
+    async def read(unit: int, table: Table, start: int, count: int) -> list[int]:
+        if start == 0:
+            starts.append((loop.time(), unit))
+        return await original(unit, table, start, count)
+
+    session.read = read  # type: ignore[method-assign]
+    scheduler, _ = _scheduler(session, *devices)
+    assert len({g.phase for g in scheduler.groups}) == 3  # 30 devices: 3 passes of 10
+    timers: list[int] = []
+    scheduler.start()
+    try:
+        for _ in range(120):  # 1.2 s: about 12 cycles
+            timers.append(len(scheduler._passes._due))
+            await asyncio.sleep(0.01)
+    finally:
+        await scheduler.stop()
+    # One timer per pass, never one per device.
+    assert max(timers) <= 3
+    assert all(s.skipped == 0 for s in scheduler.stats.values())
+    by_unit: dict[int, list[float]] = {}
+    for t, unit in starts:
+        by_unit.setdefault(unit, []).append(t)
+    assert all(len(ts) >= 10 for ts in by_unit.values()), {u: len(t) for u, t in by_unit.items()}
+    for ts in by_unit.values():
+        # The k-th poll at (grid start + k intervals), give or take the event loop's
+        # delays: no drift, and no skipped cycle (that would shift the rest by one
+        # interval, twice the tolerance).
+        offsets = [t - k * interval for k, t in enumerate(ts)]
+        assert max(offsets) - min(offsets) < 0.05, offsets
+    # Each pass reads its devices in the same order every cycle.
+    group = {g.device.unit: g.phase for g in scheduler.groups}
+    first_pass = [u for _, u in starts if group[u] == 0.0]
+    cycles = [first_pass[i : i + 10] for i in range(0, len(first_pass) - 9, 10)]
+    assert len(cycles) >= 10 and all(c == cycles[0] for c in cycles), cycles
