@@ -95,8 +95,10 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
+    """How a type packs; its width in registers is `DataType.width` (model.py), the one
+    table of widths (`tests/unit/test_codec.py` checks the formats against it)."""
+
     code: str  # struct format of the whole value, big-endian
-    width: int  # registers
     low: int | float
     high: int | float
 
@@ -104,15 +106,15 @@ class _Spec:
 _F32_MAX: Final = struct.unpack(">f", b"\x7f\x7f\xff\xff")[0]
 
 _SPECS: Final[dict[DataType, _Spec]] = {
-    DataType.BOOL: _Spec(">H", 1, 0, 1),
-    DataType.INT16: _Spec(">h", 1, -(2**15), 2**15 - 1),
-    DataType.UINT16: _Spec(">H", 1, 0, 2**16 - 1),
-    DataType.INT32: _Spec(">i", 2, -(2**31), 2**31 - 1),
-    DataType.UINT32: _Spec(">I", 2, 0, 2**32 - 1),
-    DataType.INT64: _Spec(">q", 4, -(2**63), 2**63 - 1),
-    DataType.UINT64: _Spec(">Q", 4, 0, 2**64 - 1),
-    DataType.FLOAT32: _Spec(">f", 2, -_F32_MAX, _F32_MAX),
-    DataType.FLOAT64: _Spec(">d", 4, -math.inf, math.inf),
+    DataType.BOOL: _Spec(">H", 0, 1),
+    DataType.INT16: _Spec(">h", -(2**15), 2**15 - 1),
+    DataType.UINT16: _Spec(">H", 0, 2**16 - 1),
+    DataType.INT32: _Spec(">i", -(2**31), 2**31 - 1),
+    DataType.UINT32: _Spec(">I", 0, 2**32 - 1),
+    DataType.INT64: _Spec(">q", -(2**63), 2**63 - 1),
+    DataType.UINT64: _Spec(">Q", 0, 2**64 - 1),
+    DataType.FLOAT32: _Spec(">f", -_F32_MAX, _F32_MAX),
+    DataType.FLOAT64: _Spec(">d", -math.inf, math.inf),
 }
 
 
@@ -180,7 +182,7 @@ def _denoise(x: float) -> float:
 @lru_cache(maxsize=128)
 def _int_raw(dtype: DataType, byte_order: Order, word_order: Order) -> RawDecoder[int]:
     spec = _SPECS[dtype]
-    to_bytes = _to_bytes(spec.width, byte_order, word_order)
+    to_bytes = _to_bytes(dtype.width, byte_order, word_order)
     unpack = struct.Struct(spec.code).unpack
 
     def decode_int(data: Sequence[int]) -> int:
@@ -193,7 +195,7 @@ def _int_raw(dtype: DataType, byte_order: Order, word_order: Order) -> RawDecode
 @lru_cache(maxsize=32)
 def _float_raw(dtype: DataType, byte_order: Order, word_order: Order) -> RawDecoder[float]:
     spec = _SPECS[dtype]
-    to_bytes = _to_bytes(spec.width, byte_order, word_order)
+    to_bytes = _to_bytes(dtype.width, byte_order, word_order)
     unpack = struct.Struct(spec.code).unpack
     if dtype is DataType.FLOAT32:
 
@@ -249,7 +251,7 @@ def decode_registers(
         count = length or len(regs)
         decode = _str_raw(byte_order, count)
     else:
-        count = _SPECS[dtype].width
+        count = dtype.width
         if dtype is DataType.BOOL:
             decode = _bool_raw(byte_order)
         elif dtype.is_float:
@@ -320,7 +322,7 @@ def encode_registers(
         raise CodecError(
             f"{value!r} is out of range for {dtype.value} ({_range_text(dtype)})"
         ) from None
-    regs = list(_registers_struct(spec.width, byte_order).unpack(data))
+    regs = list(_registers_struct(dtype.width, byte_order).unpack(data))
     if word_order is Order.LITTLE:
         regs.reverse()
     return regs

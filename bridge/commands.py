@@ -54,6 +54,7 @@ __all__ = [
     "WriteOp",
     "parse_get",
     "parse_set",
+    "plain_value",
     "plan_write",
     "transaction_of",
 ]
@@ -62,9 +63,12 @@ MAX_PAYLOAD: Final = 64 * 1024  # bytes
 MAX_DEPTH: Final = 32  # nesting levels of a JSON command (the transaction may nest a little)
 TRANSACTION_KEY: Final = "transaction"
 
+# A command's words for a bool (any case). Not the YAML configuration's: there `1` is
+# an integer and `yes`/`no` are YAML 1.1 booleans (`config_nodes.TRUE_WORDS`).
 _TRUE: Final = frozenset({"true", "1", "on"})
 _FALSE: Final = frozenset({"false", "0", "off"})
 _INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+_HEX_RE: Final = re.compile(r"[+-]?0[xX][0-9a-fA-F]+")
 _FLOAT_RE: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -214,7 +218,7 @@ def plan_write(
         if not p.writable:
             raise refuse(f"point {name} is read-only (not writable)", name)
         try:
-            value = _plain_value(p, str(raw)) if plain else _json_value(p, raw)
+            value = plain_value(p, str(raw)) if plain else _json_value(p, raw)
             sf = None if p.scale_factor is None or scales is None else scales.get(p.scale_factor)
             encoded = encode_point(p, value, sf)
         except CodecError as exc:
@@ -406,8 +410,10 @@ def _json_value(p: Point, value: object) -> Value:
     return value
 
 
-def _plain_value(p: Point, text: str) -> Value:
-    """A plain payload (already UTF-8 text) for point `p`."""
+def plain_value(p: Point, text: str) -> Value:
+    """A plain value (already UTF-8 text) for point `p`: a payload on a point's `set`
+    topic, and the value of `modbus-bridge write`, one grammar for both. Numbers are
+    decimal (`21.5`, `-3`, `1e3`) or a hexadecimal integer (`0x1F`)."""
     if _is_enum(p):
         label = text.strip()
         if any(label == known for _, known in p.values):
@@ -448,9 +454,9 @@ def _parse_number(text: str) -> int | float:
     literal = text.strip()
     if not literal:
         raise CodecError("expected a number, got an empty payload")
-    if _INT_RE.fullmatch(literal):
+    if _INT_RE.fullmatch(literal) or _HEX_RE.fullmatch(literal):
         try:
-            return int(literal)
+            return int(literal, 0 if _HEX_RE.fullmatch(literal) else 10)
         except ValueError:  # more digits than Python converts
             raise CodecError(f"{_show(literal)} has too many digits") from None
     if not _FLOAT_RE.fullmatch(literal):

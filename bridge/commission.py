@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.codec import CodecError, decode_point, encode_point
+from bridge.commands import plain_value
 from bridge.config import parse_duration, parse_endpoint, parse_units
 from bridge.errors import (
     EXCEPTION_NAMES,
@@ -52,7 +53,6 @@ REOPEN_WAIT = 5.0  # seconds a scan waits for its link to reopen after a unit br
 HARD_EXIT_AFTER = 3.0  # seconds after Ctrl-C
 GATEWAY_NO_UNIT = frozenset({10, 11})  # gateway path unavailable / target failed: nobody there
 ORDERS = tuple((b, w) for b in Order for w in Order)  # (byte order, word order)
-_BOOL_WORDS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
 
 
 class UsageError(Exception):
@@ -143,27 +143,6 @@ def build_points(
         )
         for i in range(count)
     ]
-
-
-def parse_value(text: str, point: Point) -> Value:
-    """The command line's value for `point`, in engineering units."""
-    if point.table.is_bits or point.type is DataType.BOOL:
-        word = text.strip().lower()
-        if word not in _BOOL_WORDS:
-            raise UsageError(f"{text!r}: expected true or false (on/off, 1/0)")
-        return _BOOL_WORDS[word]
-    if point.type is DataType.STRING:
-        return text
-    try:
-        if point.type.is_float or point.scale != 1 or point.offset != 0:
-            number = float(text)
-            if not math.isfinite(number):
-                raise ValueError
-            return number
-        return int(text, 0)
-    except ValueError:
-        kind = "an integer" if not point.type.is_float else "a number"
-        raise UsageError(f"{text!r}: expected {kind} for {point.type.value}") from None
 
 
 def _hex(values: Sequence[int] | Sequence[bool]) -> str:
@@ -264,8 +243,8 @@ def plan_write(args: argparse.Namespace) -> tuple[Point, Value, list[int] | bool
     [point] = build_points(args)
     if point.table in (Table.DISCRETE, Table.INPUT):
         raise UsageError(f"the {point.table.value} table is read-only: write coil or holding")
-    value = parse_value(args.value, point)
-    try:
+    try:  # the value as a command's plain payload reads it: one grammar (docs/commands.md)
+        value = plain_value(point, args.value)
         return point, value, encode_point(point, value)
     except CodecError as exc:
         raise UsageError(exc.reason) from None

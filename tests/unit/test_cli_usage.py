@@ -78,3 +78,32 @@ def test_a_usage_error_is_one_line_and_a_hint(
         "--help' for more information."
     )
     assert "usage:" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("value", "extra", "registers"),
+    [
+        ("0x1F", [], [31]),
+        ("230.9", ["--scale", "0.1"], [2309]),
+        ("1e3", [], [1000]),
+    ],
+)
+def test_write_reads_its_value_as_a_plain_command_payload(
+    value: str, extra: list[str], registers: list[int]
+) -> None:
+    """`write`'s value and a point's `set` payload share one grammar (commands.plain_value)."""
+    from bridge import commission
+
+    parser = _parsers()["write"]
+    args = parser.parse_args(["--host", "127.0.0.1", "--address", "0", *extra, value])
+    _, _, encoded = commission.plan_write(args)
+    assert encoded == registers
+
+
+def test_write_refuses_what_a_command_refuses() -> None:
+    from bridge import commission
+
+    parser = _parsers()["write"]
+    args = parser.parse_args(["--host", "127.0.0.1", "--address", "0", "0b101"])
+    with pytest.raises(commission.UsageError, match="expected a number"):
+        commission.plan_write(args)

@@ -707,3 +707,12 @@ def test_a_missing_string_is_one_whose_first_byte_is_nul() -> None:
                    byte_order=Order.LITTLE)  # fmt: skip
     assert decode_point(little, [0x4100]) is None
     assert decode_point(little, [0x0041]) == "A"
+
+
+def test_every_format_packs_the_width_the_model_declares() -> None:
+    """One table of widths (`DataType.width`): the codec's formats agree with it."""
+    from bridge.codec import _SPECS
+
+    assert set(_SPECS) == set(DataType) - {DataType.STRING}
+    for dtype, spec in _SPECS.items():
+        assert struct.calcsize(spec.code) == 2 * dtype.width, dtype

@@ -135,6 +135,17 @@ class TestPlans:
         assert (op.function, op.address, op.registers) == (16, 20, (0x6162, 0x6300, 0x0000))
         assert one(b"  x ", "label").registers == (0x2020, 0x7820, 0x0000)  # as is
 
+    def test_plain_numbers_are_decimal_or_hex(self) -> None:
+        """One grammar for a point's `set` payload and `modbus-bridge write`."""
+        assert one(b"0x1F", "level").registers == (31,)
+        assert one(b"0XfFfF", "level").registers == (0xFFFF,)
+        assert one(b"007", "level").registers == (7,)  # decimal, not octal
+        assert one(b"-0x10", "i64").registers == words("q", -16)
+        for bad in (b"0x", b"0x1G", b"0b101", b"1_000", b"0x1.8"):
+            assert "expected a number" in refused(bad, "level").reason
+        # a JSON command's value is a JSON number: "0x1F" there is text
+        assert "expected a number" in refused(b'{"level": "0x1F"}').reason
+
     def test_enum_label(self) -> None:
         assert one({"mode": "auto"}).registers == (2,)
         assert one(b"on", "mode").registers == (1,)
