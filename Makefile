@@ -5,11 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: test test-unit test-integration demo lint unit integration mosquitto deploy-tools clean \
-	dist node-red ha-venv ha-test
+	dist node-red ha-venv ha-test tahu
 
 # Node-RED is no dependency of the project: `make node-red` installs it from npm here.
 NODE_RED_DIR     ?= $(HOME)/.cache/modbus-bridge/node-red
 NODE_RED_VERSION ?= 4
+# Eclipse Tahu's Sparkplug B library decodes what the bridge publishes in the Sparkplug
+# tests (tests/sparkplug_host.py): an implementation other than the bridge's encoder.
+TAHU_HOME        ?= $(HOME)/.cache/modbus-bridge/tahu
+TAHU_VERSION     ?= 1.0.3
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -27,6 +31,13 @@ mosquitto:
 	fi
 	@command -v openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
 	@command -v socat >/dev/null || { apt-get update -q && apt-get install -y -q socat; }
+
+# The Sparkplug tests' decoder: node (Debian's nodejs) and npm's sparkplug-payload.
+tahu:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	@test -d $(TAHU_HOME)/node_modules/sparkplug-payload || \
+		npm install --prefix $(TAHU_HOME) --no-audit --no-fund sparkplug-payload@$(TAHU_VERSION)
 
 # tests/deploy: systemd-analyze and systemctl (package systemd) and shellcheck.
 deploy-tools:
@@ -48,7 +59,7 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-test-integration: $(STAMP) mosquitto
+test-integration: $(STAMP) mosquitto tahu
 	$(PY) -m pytest tests/integration -q -n 2 --dist loadgroup
 
 unit: test-unit
@@ -57,7 +68,7 @@ integration: test-integration
 # The real Home Assistant test is slow and needs its own venv: `make ha-test`, not here.
 # Two workers (pytest-xdist): most integration tests wait on sockets and timers, so the
 # suite takes about half the time; tests/deploy stays on one worker (see its conftest).
-test: $(STAMP) mosquitto deploy-tools lint
+test: $(STAMP) mosquitto deploy-tools tahu lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/homeassistant
 
 # Home Assistant Core for tests/homeassistant, in a venv OUTSIDE the repository (~600 MB,

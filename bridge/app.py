@@ -43,6 +43,7 @@ from bridge.reload import ReloadPlan, active_hosts, dropped_points, plan_reload
 from bridge.scheduler import Scheduler, group_blocks
 from bridge.session import HostSession
 from bridge.shard import layout_gate
+from bridge.spnode import SparkplugNode
 from bridge.state import StateCache
 from bridge.stats import ReloadStats, SessionStats
 from bridge.systemd import Systemd
@@ -133,7 +134,7 @@ class Bridge:
 
     def _make_features(self) -> list[Feature]:
         """Every kind of optional feature, in the order they publish on connect."""
-        return [HomeAssistant(self), Inventory(self), Systemd(self)]
+        return [HomeAssistant(self), Inventory(self), Systemd(self), SparkplugNode(self)]
 
     def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
         routes: dict[str, Callable[[Incoming], None]] = {}

@@ -207,6 +207,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = config.metrics.describe()
         reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
         lines.append(f"metrics: http://{where}/metrics ({reach}, no authentication)")
+    if config.sparkplug is not None:
+        sp = config.sparkplug
+        host = "" if sp.primary_host_id is None else f", primary host {sp.primary_host_id}"
+        lines.append(
+            f"sparkplug: edge node spBv1.0/{sp.group_id}/+/{sp.edge_node_id}{host} "
+            f"(client id {config.mqtt.client_id}-sparkplug)"
+        )
     print(redact("\n".join(lines), config.secrets))  # nothing here may show a secret
     return EXIT_OK
 

@@ -54,9 +54,11 @@ from bridge.model import (
     Output,
     Parity,
     SerialLink,
+    Sparkplug,
     TcpLink,
     Tls,
 )
+from bridge.sparkplug import id_problem
 from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import (
     RESERVED_DEVICE_NAMES,
@@ -83,7 +85,10 @@ CONFIG_VERSION = 1
 # fmt: off
 _ROOT_KEYS = (
     "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "metrics",
-    "hosts", "templates", "devices",
+    "sparkplug", "hosts", "templates", "devices",
+)
+_SPARKPLUG_KEYS = (
+    "group_id", "edge_node_id", "primary_host_id",
 )
 _METRICS_KEYS = (
     "listen", "shard_ports",
@@ -396,6 +401,8 @@ class _Reader(_HostReader):
         ha = HomeAssistant() if ha_node is None else self.homeassistant(ha_node, "homeassistant")
         metrics_node = f.value("metrics")
         metrics = None if metrics_node is None else self.metrics(metrics_node, "metrics")
+        sparkplug_node = f.value("sparkplug")
+        sparkplug = None if sparkplug_node is None else self.sparkplug(sparkplug_node, "sparkplug")
         hosts = self.hosts(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
@@ -412,6 +419,7 @@ class _Reader(_HostReader):
             health_interval=30.0 if health_interval is None else health_interval,
             homeassistant=ha,
             metrics=metrics,
+            sparkplug=sparkplug,
             source=self.source,
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
@@ -476,6 +484,21 @@ class _Reader(_HostReader):
         if metrics is not None and shard_ports is not None:
             metrics = replace(metrics, shard_ports=shard_ports)
         return metrics
+
+    def sparkplug(self, node: Node, path: str) -> Sparkplug | None:
+        f = self.mapping(node, path, _SPARKPLUG_KEYS)
+        if f is None:
+            return None
+        group = self.req(f, "group_id", self.sparkplug_id)
+        edge = self.req(f, "edge_node_id", self.sparkplug_id)
+        host = self.get(f, "primary_host_id", self.sparkplug_id)
+        if group is None or edge is None:
+            return None
+        return Sparkplug(group_id=group, edge_node_id=edge, primary_host_id=host)
+
+    def sparkplug_id(self, node: Node, path: str) -> str | None:
+        """A Sparkplug id: one topic level that can travel in MQTT."""
+        return self.checked_text(node, path, lambda text: text_problem(text) or id_problem(text))
 
     def listen(self, node: Node, path: str) -> Metrics | None:
         """`ADDRESS:PORT` (an IPv6 address in brackets), or a bare port on loopback."""

@@ -435,6 +435,29 @@ class Metrics(Listening):
 
 
 @dataclass(frozen=True)
+class Sparkplug:
+    """The Sparkplug B edge node (`sparkplug:`; off unless configured): one edge node per
+    bridge, one Sparkplug device per bridge device, on a connection of its own."""
+
+    group_id: str
+    edge_node_id: str
+    # With a primary host application: publish only while it says online (3.0 STATE).
+    primary_host_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """Store and forward (`buffer:`; off unless configured): state changes kept on disk
+    while the broker is away, replayed after it returns."""
+
+    path: str
+    max_bytes: int = 64 * 1024 * 1024
+    max_age: float = 7 * 24 * 3600.0  # seconds
+    replay_rate: float = 500.0  # buffered changes replayed per second at most
+    flush_interval: float = 1.0  # seconds between writes to the disk while buffering
+
+
+@dataclass(frozen=True)
 class Proxy(Listening):
     """A Modbus TCP server on a host's session (`proxy:` on a host): other Modbus
     clients reach the host's units through the bridge's one connection (`bridge.proxy`)."""
@@ -475,6 +498,8 @@ class BridgeConfig:
     health_interval: float = 30.0
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     metrics: Metrics | None = None  # None: no metrics endpoint
+    sparkplug: Sparkplug | None = None  # None: no Sparkplug B edge node
+    buffer: Buffer | None = None  # None: no store and forward
     # Set by `bridge.shard.select` for one shard of a fleet: which one, and the devices
     # the other shards run (their commands are theirs to answer).
     shard: Shard | None = None

@@ -1,7 +1,9 @@
 // Decode Sparkplug B payloads with Eclipse Tahu's JavaScript library (npm
 // `sparkplug-payload`), an implementation independent of the bridge's encoder.
 //
-// Input: one JSON object per line, {"topic": ..., "payload": <base64>}.
+// Input: one JSON object per line, {"topic": ..., "payload": <base64>}; or, to play a
+// host application's part, {"encode": {"timestamp": ms, "metrics": [{"name", "type",
+// "value"}, ...]}}, answered with {"payload": <base64>} encoded by Tahu.
 // Output: one JSON object per line: the topic, the payload's timestamp and seq, and
 // each metric's name, alias, type (Tahu's name for it), value, timestamp, flags and
 // properties. Integers are read from the wire field (intValue/longValue) and sized
@@ -48,6 +50,11 @@ const rl = readline.createInterface({ input: process.stdin });
 rl.on("line", (line) => {
   if (!line.trim()) return;
   const msg = JSON.parse(line);
+  if (msg.encode) {
+    const encoded = Buffer.from(sp.encodePayload(msg.encode)).toString("base64");
+    process.stdout.write(JSON.stringify({ payload: encoded }) + "\n");
+    return;
+  }
   const bytes = Buffer.from(msg.payload, "base64");
   const decoded = sp.decodePayload(bytes);
   const raw = Payload.decode(bytes);

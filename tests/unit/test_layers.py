@@ -73,6 +73,7 @@ IO = frozenset(
         "commission",
         "demo",
         "homeassistant",
+        "spnode",
         "metrics",
         "mqtt",
         "notify",
