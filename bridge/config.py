@@ -39,6 +39,7 @@ from bridge.config_nodes import (
     unit_item,
 )
 from bridge.config_points import DEFAULT_INTERVAL, PointReader, PointSpec, resolve
+from bridge.config_rules import check_scale_factors
 from bridge.discovery import Owner, TooLong, id_problems
 from bridge.errors import ConfigError, Problem
 from bridge.logs import redact
@@ -733,6 +734,12 @@ class _Reader(_HostReader):
         dev_word = word_order or (template.word_order if template else None) or Order.BIG
         inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
         points = tuple(resolve(s, inherited) for s in specs.values())
+        for point_name, message in check_scale_factors(points):
+            spec = specs[point_name]
+            where = spec.nodes.get("scale_factor")
+            self.report(where, f"{spec.path}.scale_factor", message, source=spec.source)
+        if len(self.problems) > before:
+            return []
         if template is not None:
             info = info.over(template.info)
         return [

@@ -398,12 +398,15 @@ class NodeReader:
 
     # -- problems
 
-    def report(self, node: Node | None, path: str, message: str) -> None:
+    def report(
+        self, node: Node | None, path: str, message: str, *, source: str | None = None
+    ) -> None:
+        """A problem at `node`, in the file being read, or in `source` (a profile's file)."""
         line = column = None
         mark = getattr(node, "start_mark", None)
         if mark is not None:
             line, column = mark.line + 1, mark.column + 1
-        problem = Problem(self.source, line, column, path, message)
+        problem = Problem(source or self.source, line, column, path, message)
         if problem not in self._seen:
             self._seen.add(problem)
             self.problems.append(problem)

@@ -5,7 +5,7 @@ of the Home Assistant entity it becomes) are reported at the key they are about.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.config_nodes import (
@@ -31,10 +31,15 @@ POINT_YAML_KEYS = tuple(key.yaml for _, key in POINT_KEYS)  # declared on `model
 
 @dataclass(frozen=True)
 class PointSpec:
-    """One point as written (template or device), checked on its own: the `Point`
-    fields it gives. The device fills in the rest (`resolve`)."""
+    """One point as written (template, profile or device), checked on its own: the
+    `Point` fields it gives. The device fills in the rest (`resolve`). `source`,
+    `path` and `nodes` (YAML key -> value node) say where it was written, for the
+    rules between the points of a device (`config_rules.check_scale_factors`)."""
 
     given: Mapping[str, Any]
+    source: str = field(default="", compare=False)
+    path: str = field(default="", compare=False)
+    nodes: Mapping[str, Node] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -119,7 +124,8 @@ class PointReader(NodeReader):
         if point.writable:
             given.setdefault("write_table", default_write_table(point))
             given.setdefault("write_address", point.address)
-        return PointSpec(given)
+        nodes = {key: value for key, (_, value) in f.items.items()}
+        return PointSpec(given, self.source, path, nodes)
 
     def point_reader(self, key: PointKey) -> Callable[[Node, str], Any]:
         """The converter that reads a point key declared on `model.Point`."""

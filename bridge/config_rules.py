@@ -12,7 +12,7 @@ the user wrote (`scale` with `values`) must not fire on its default.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from bridge import hass
@@ -106,6 +106,13 @@ def _values(p: Point, given: Collection[str]) -> Iterator[Finding]:
                 yield f"values.{raw}", f"raw value {raw} does not fit {what}"
 
 
+def _scale_factor(p: Point, given: Collection[str]) -> Iterator[Finding]:
+    if p.scale_factor is not None and p.values:
+        yield "scale_factor", "scale_factor cannot be combined with values (labels are not scaled)"
+    if p.scale_factor == p.name:
+        yield "scale_factor", f"{show(p.name)} cannot be its own scale factor"
+
+
 def _min_max(p: Point, given: Collection[str]) -> Iterator[Finding]:
     if p.minimum is not None and p.maximum is not None and p.minimum > p.maximum:
         yield "min", f"min ({p.minimum:g}) is greater than max ({p.maximum:g})"
@@ -158,6 +165,7 @@ POINT_RULES: tuple[Rule, ...] = (
     _length,
     _numeric_only,
     _values,
+    _scale_factor,
     _min_max,
     _address_end,
     _needs_writable,
@@ -172,6 +180,57 @@ def check_point(p: Point, given: Collection[str]) -> list[Finding]:
     if found:
         return found
     return [finding for rule in rest for finding in rule(p, given)]
+
+
+# -- rules between the points of one device
+
+
+def check_scale_factors(points: Sequence[Point]) -> list[tuple[str, str]]:
+    """(point name, message) for each `scale_factor` that names no point of the device,
+    or a point that is not a plain int16 register (the sf as read is the sf published,
+    and a write scales with the value published), or one that has a scale factor
+    itself (a chain, or a cycle)."""
+    by_name = {p.name: p for p in points}
+    found: list[tuple[str, str]] = []
+    for p in points:
+        name = p.scale_factor
+        if name is None or name == p.name:  # its own: a rule of the point
+            continue
+        sf = by_name.get(name)
+        if sf is None:
+            hint = suggest(name, by_name) or ""
+            found.append((p.name, f"unknown point {show(name)} of the device{hint}"))
+            continue
+        if sf.type is not DataType.INT16 or sf.table.is_bits or sf.bit is not None:
+            what = f"a bit of {sf.type.value}" if sf.bit is not None else sf.type.value
+            found.append(
+                (p.name, f"the scale factor {show(name)} must be an int16 register, not {what}")
+            )
+        elif sf.scale_factor is not None:
+            chain = [p.name, name]
+            while chain[-1] in by_name and by_name[chain[-1]].scale_factor is not None:
+                nxt = by_name[chain[-1]].scale_factor
+                assert nxt is not None
+                if nxt in chain:
+                    chain.append(nxt)
+                    break
+                chain.append(nxt)
+            if chain[-1] in chain[:-1]:
+                loop = " -> ".join(chain[chain.index(chain[-1]) :])
+                found.append((p.name, f"scale factors form a cycle: {loop}"))
+            else:
+                found.append(
+                    (p.name, f"the scale factor {show(name)} has a scale factor of its own")
+                )
+        elif sf.scale != 1 or sf.offset != 0 or sf.values:
+            found.append(
+                (
+                    p.name,
+                    f"the scale factor {show(name)} must publish its raw value "
+                    "(no scale, offset or values)",
+                )
+            )
+    return found
 
 
 # -- the Home Assistant entity the point becomes

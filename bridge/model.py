@@ -217,7 +217,7 @@ class Point:
     # another point of the device, an int16 `sf`; the value is raw * 10^sf, then `scale`
     # and `offset` as usual (`bridge.codec.scaled_by`). Read in one block with its
     # point, or earlier in the same poll (`bridge.planner`).
-    scale_factor: str | None = field(default=None)
+    scale_factor: str | None = field(default=None, metadata=_key(Read.TEXT, only=Only.NUMERIC))
     # The raw value a device sends when it has no value (SunSpec's "not implemented":
     # 0x8000 for int16, 0xFFFF for uint16...; for a string, a first byte of NUL, given
     # as 0): published as null. Set by SunSpec discovery (`bridge.sunspec`).
@@ -252,7 +252,7 @@ def _point_keys() -> tuple[tuple[str, PointKey], ...]:
     return tuple(
         (f.name, replace(f.metadata["key"], yaml=f.metadata["key"].yaml or f.name))
         for f in fields(Point)
-        if "key" in f.metadata
+        if "key" in f.metadata  # a field set by the bridge, not written (`missing`)
     )
 
 

@@ -21,9 +21,11 @@ from bridge.simulate import (
     initial_value,
     next_value,
     read,
+    scale_factors,
     store,
     targets,
     value_range,
+    with_scale_factors,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +59,8 @@ def test_every_point_of_the_example_gets_a_value_it_can_hold() -> None:
     config = _example()
     for device in config.devices:
         unit = SimUnit()
-        for p in device.points:
+        # as the simulator serves them: a scaled point under its simulated scale factor
+        for p in with_scale_factors(device, scale_factors(device)):
             value = initial_value(p, device, rng)
             assert value is not None, p.name
             store(unit, p, value)
