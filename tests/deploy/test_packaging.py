@@ -85,6 +85,7 @@ def test_wheel_holds_the_package_and_the_command(dist: Dist) -> None:
         info = f"modbus_mqtt_bridge-{__version__}.dist-info"
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     assert "bridge/cli.py" in names and "bridge/sim.py" in names
+    assert "bridge/profiles/eastron/sdm630.yaml" in names  # the profiles are package data
     assert not [n for n in names if n.startswith(("tests/", "deploy/"))]
     assert "modbus-bridge = bridge.cli:main" in entry_points
 
