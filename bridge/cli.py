@@ -109,6 +109,19 @@ def render_plan(config: BridgeConfig) -> str:
             f"host {host.name} ({host.describe()}): {len(devices)} devices, "
             f"{len(load.blocks)} blocks, {load.requests_per_second:.1f} requests/s{bus}"
         )
+        proxy = host.proxy
+        if proxy is not None:
+            units = proxy.units or sorted({d.unit for d in devices})
+            lines.append(
+                f"  proxy on {proxy.describe()}: units {','.join(map(str, units))}, "
+                f"{'reads and writes' if proxy.writes else 'reads only'}, "
+                f"up to {proxy.clients} clients"
+            )
+            if not proxy.loopback:
+                warnings.append(
+                    f"WARNING: host {host.name}: the proxy on {proxy.describe()} is reachable "
+                    "from other machines, without authentication (proxy.listen)"
+                )
         for device in devices:
             lines.append(
                 f"  device {device.name} unit {device.unit} every {device.interval:g}s: "

@@ -54,6 +54,7 @@ from bridge.model import (
     Order,
     Output,
     Parity,
+    Proxy,
     SerialLink,
     Sparkplug,
     TcpLink,
@@ -107,7 +108,10 @@ _TLS_KEYS = (
 _HOST_KEYS = (
     "name", "address", "port", "serial", "framer", "timeout", "pause", "max_gap",
     "write_multiple", "baudrate", "parity", "stopbits", "bytesize", "keepalive",
-    "allow_zero_tid", "spread",
+    "allow_zero_tid", "spread", "proxy",
+)
+_PROXY_KEYS = (
+    "listen", "writes", "units", "clients",
 )
 _KEEPALIVE_KEYS = (
     "idle", "interval", "count",
@@ -128,6 +132,7 @@ _PROTOCOLS = {"5": 5, "3.1.1": 4}
 _MIN_PACKET = 32  # bytes: below this not even `online` on bridge/state would fit
 _MIN_BAUDRATE, _MAX_BAUDRATE = 50, 4_000_000
 _MAX_PACKET = 268_435_460  # MQTT's largest packet
+_MAX_PROXY_CLIENTS = 1000
 
 
 # --------------------------------------------------------------------------
@@ -218,12 +223,19 @@ class _Template:
     info: _DeviceInfo = _DeviceInfo()
 
 
+def _same_address(a: str, b: str) -> bool:
+    """Whether two listeners on one port would clash (a wildcard takes every address)."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a == b or a in wildcard or b in wildcard
+
+
 class _HostReader(PointReader):
     """The `hosts` section: each host and its link (TCP or serial)."""
 
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
         super().__init__(source, env)
         self._declared_hosts: set[str] = set()  # valid or not: no "unknown host" noise
+        self.proxy_nodes: dict[str, Node] = {}  # host -> its `proxy:` (for the rules between)
 
     def hosts(self, root: Fields) -> dict[str, Host]:
         nodes = self.req(root, "hosts", self.sequence)
@@ -278,6 +290,7 @@ class _HostReader(PointReader):
         write_multiple = self.get(f, "write_multiple", self.boolean)
         spread = self.get(f, "spread", self.boolean)
         baudrate = self.get(f, "baudrate", self.int_in(_MIN_BAUDRATE, _MAX_BAUDRATE))
+        proxy = self.get(f, "proxy", self.proxy)
         link: TcpLink | SerialLink | None
         if f.has("serial"):
             link = self.serial_link(f, baudrate)
@@ -297,6 +310,8 @@ class _HostReader(PointReader):
             link = self.tcp_link(f, address, port, baudrate)
         if name is None or link is None or len(self.problems) > before:
             return None
+        if proxy is not None:
+            self.proxy_nodes[name] = f.key_node("proxy")
         d = Host(name="", link=link)
         return Host(
             name=name,
@@ -307,6 +322,82 @@ class _HostReader(PointReader):
             write_multiple=or_default(write_multiple, d.write_multiple),
             framer=or_default(framer, d.framer),
             spread=or_default(spread, d.spread),
+            proxy=proxy,
+        )
+
+    def device_units(self, f: Fields) -> list[int] | None:
+        """A device's `unit` or `units` (a proxy's `units` too)."""
+        if f.has("unit") and f.has("units"):
+            self.report(
+                f.key_node("units"), f.sub("units"), "give either 'unit' or 'units', not both"
+            )
+            return None
+        if "unit" in f.items and not f.has("units"):
+            unit = self.req(f, "unit", self.int_in(0, 255))
+            return None if unit is None else [unit]
+        node = f.value("units")
+        if node is None:
+            if "units" in f.items:
+                self.report(f.key_node("units"), f.sub("units"), "a value is required")
+            else:
+                self.report(f.node, f.path, "missing required key 'unit' (or 'units')")
+            return None
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        units: list[int] = []
+        ok = True
+        for i, item in enumerate(items):
+            ipath = f"{f.sub('units')}[{i}]" if isinstance(node, SequenceNode) else f.sub("units")
+            if not isinstance(item, ScalarNode):
+                self.report(item, ipath, f"expected a unit id or range, got {node_kind(item)}")
+                ok = False
+                continue
+            text = self.subst(item, ipath)
+            if text is None:
+                ok = False
+                continue
+            try:
+                units.extend(unit_item(text))
+            except ValueError as exc:
+                self.report(item, ipath, str(exc))
+                ok = False
+        if not ok:
+            return None
+        if not units:
+            self.report(node, f.sub("units"), "no unit ids given")
+            return None
+        dup = first_duplicate(units)
+        if dup is not None:
+            self.report(node, f.sub("units"), f"unit {dup} is listed more than once")
+            return None
+        return units
+
+    def proxy(self, node: Node, path: str) -> Proxy | None:
+        """A host's `proxy:` (a Modbus TCP server on its session, `bridge.proxy`)."""
+        f = self.mapping(node, path, _PROXY_KEYS)
+        if f is None:
+            return None
+        before = len(self.problems)
+        d = Proxy()
+        address, port = d.address, d.port
+        listen = self.get(f, "listen", self.nonempty_text)
+        if listen is not None:
+            try:
+                address, port = parse_endpoint(listen, default_address=d.address)
+            except ValueError as exc:
+                self.report(f.value("listen"), f.sub("listen"), str(exc))
+        writes = self.get(f, "writes", self.boolean)
+        clients = self.get(f, "clients", self.int_in(1, _MAX_PROXY_CLIENTS))
+        units = None
+        if "units" in f.items:
+            units = self.device_units(f)
+        if len(self.problems) > before:
+            return None
+        return Proxy(
+            address=address,
+            port=port,
+            writes=or_default(writes, d.writes),
+            units=None if units is None else tuple(sorted(units)),
+            clients=or_default(clients, d.clients),
         )
 
     def serial_link(self, f: Fields, baudrate: int | None) -> SerialLink | None:
@@ -425,7 +516,36 @@ class _Reader(_HostReader):
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
         self.check_ids(config)
+        self.check_proxies(config)
         return None if self.problems else config
+
+    def check_proxies(self, config: BridgeConfig) -> None:
+        """A proxy serves some unit, and listens where nothing else of the bridge does."""
+        taken: list[tuple[int, str, str]] = []  # (port, address, what listens there)
+        if config.metrics is not None:
+            taken.append((config.metrics.port, config.metrics.address, "metrics.listen"))
+        for i, host in enumerate(config.hosts):
+            proxy, node = host.proxy, self.proxy_nodes.get(host.name)
+            if proxy is None:
+                continue
+            path = f"hosts[{i}].proxy"
+            if proxy.units is None and not config.devices_on(host.name):
+                self.report(
+                    node,
+                    path,
+                    f"no device is on host '{host.name}': give proxy.units, the unit ids "
+                    "the proxy serves",
+                )
+            clash = next(
+                (what for port, address, what in taken
+                 if port == proxy.port and _same_address(address, proxy.address)),
+                None,
+            )  # fmt: skip
+            if clash is not None:
+                self.report(
+                    node, f"{path}.listen", f"{proxy.describe()} is also where {clash} listens"
+                )
+            taken.append((proxy.port, proxy.address, f"the proxy of host '{host.name}'"))
 
     def check_ids(self, config: BridgeConfig) -> None:
         """Names that Home Assistant discovery would map to one id, or to an entity id
@@ -759,51 +879,6 @@ class _Reader(_HostReader):
             )
             for unit in units
         ]
-
-    def device_units(self, f: Fields) -> list[int] | None:
-        if f.has("unit") and f.has("units"):
-            self.report(
-                f.key_node("units"), f.sub("units"), "give either 'unit' or 'units', not both"
-            )
-            return None
-        if "unit" in f.items and not f.has("units"):
-            unit = self.req(f, "unit", self.int_in(0, 255))
-            return None if unit is None else [unit]
-        node = f.value("units")
-        if node is None:
-            if "units" in f.items:
-                self.report(f.key_node("units"), f.sub("units"), "a value is required")
-            else:
-                self.report(f.node, f.path, "missing required key 'unit' (or 'units')")
-            return None
-        items = node.value if isinstance(node, SequenceNode) else [node]
-        units: list[int] = []
-        ok = True
-        for i, item in enumerate(items):
-            ipath = f"{f.sub('units')}[{i}]" if isinstance(node, SequenceNode) else f.sub("units")
-            if not isinstance(item, ScalarNode):
-                self.report(item, ipath, f"expected a unit id or range, got {node_kind(item)}")
-                ok = False
-                continue
-            text = self.subst(item, ipath)
-            if text is None:
-                ok = False
-                continue
-            try:
-                units.extend(unit_item(text))
-            except ValueError as exc:
-                self.report(item, ipath, str(exc))
-                ok = False
-        if not ok:
-            return None
-        if not units:
-            self.report(node, f.sub("units"), "no unit ids given")
-            return None
-        dup = first_duplicate(units)
-        if dup is not None:
-            self.report(node, f.sub("units"), f"unit {dup} is listed more than once")
-            return None
-        return units
 
     def device_name(self, f: Fields, name: str, units: list[int] | None) -> None:
         node, path = f.value("name"), f.sub("name")
