@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
-from bridge import hass
+from bridge import hakeys, hass
 from bridge.config_nodes import (
     Fields,
     Node,
@@ -273,7 +274,7 @@ class _HostReader(PointReader):
         return hosts
 
     def host(self, node: Node, path: str) -> Host | None:
-        f = self.mapping(node, path, _HOST_KEYS)
+        f = self.mapping(node, path, _HOST_KEYS, known_as=partial(hakeys.key_hint, hakeys.HOST))
         if f is None:
             return None
         before = len(self.problems)
@@ -793,7 +794,7 @@ class _Reader(_HostReader):
         hosts: Mapping[str, Host],
         templates: Mapping[str, _Template],
     ) -> list[Device]:
-        f = self.mapping(node, path, _DEVICE_KEYS)
+        f = self.mapping(node, path, _DEVICE_KEYS, known_as=partial(hakeys.key_hint, hakeys.DEVICE))
         if f is None:
             return []
         before = len(self.problems)

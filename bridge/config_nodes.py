@@ -391,6 +391,7 @@ class NodeReader:
         self.source = source
         self.env = env
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # possible mistakes that do not stop the bridge
         self._seen: set[Problem] = set()
         self._pairs_cache: dict[int, list[tuple[Node, Node]]] = {}
         # Relative file names (TLS) are read from the configuration file's folder.
@@ -411,6 +412,14 @@ class NodeReader:
             self._seen.add(problem)
             self.problems.append(problem)
 
+    def warn(self, node: Node | None, path: str, message: str) -> None:
+        """A possible mistake, said by `check`; the configuration stays valid."""
+        mark = getattr(node, "start_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        warning = Problem(self.source, line, column, path, message)
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+
     def sorted_problems(self) -> list[Problem]:
         return sorted(self.problems, key=lambda p: (p.line or 0, p.column or 0))
 
@@ -423,8 +432,11 @@ class NodeReader:
         keys: Collection[str] | None,
         *,
         extra: Callable[[str], bool] | None = None,
+        known_as: Callable[[str], str | None] | None = None,
     ) -> Fields | None:
-        """Check `node` is a mapping with known, unique, text keys."""
+        """Check `node` is a mapping with known, unique, text keys. `known_as` says what
+        an unknown key that means something elsewhere is called here (else: did you
+        mean a look-alike)."""
         if not isinstance(node, MappingNode):
             self.report(node, path, f"expected a mapping, got {node_kind(node)}")
             return None
@@ -439,7 +451,9 @@ class NodeReader:
                 self.report(key_node, sub, f"duplicate key '{key}'")
                 continue
             if keys is not None and key not in keys and not (extra is not None and extra(key)):
-                self.report(key_node, sub, f"unknown key {show(key)}{suggest(key, keys)}")
+                said = None if known_as is None else known_as(key)
+                hint = f": {said}" if said is not None else suggest(key, keys)
+                self.report(key_node, sub, f"unknown key {show(key)}{hint}")
                 continue
             items[key] = (key_node, value_node)
         return Fields(node, path, items)
@@ -642,7 +656,11 @@ class NodeReader:
         return None
 
     def choice(
-        self, cls: type[E], what: str, allowed: Collection[E] | None = None
+        self,
+        cls: type[E],
+        what: str,
+        allowed: Collection[E] | None = None,
+        known_as: Callable[[str], str | None] | None = None,
     ) -> Callable[[Node, str], E | None]:
         members = list(cls) if allowed is None else list(allowed)
         names = [str(m.value) for m in members]
@@ -654,7 +672,12 @@ class NodeReader:
             for m in members:
                 if m.value == text:
                     return m
-            hint = suggest(text, names) or f" (expected one of: {', '.join(names)})"
+            said = None if known_as is None else known_as(text)
+            hint = (
+                f": {said}"
+                if said is not None
+                else suggest(text, names) or f" (expected one of: {', '.join(names)})"
+            )
             self.report(node, path, f"unknown {what} {show(text)}{hint}")
             return None
 

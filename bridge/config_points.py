@@ -4,10 +4,12 @@ of the Home Assistant entity it becomes) are reported at the key they are about.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge import hakeys
 from bridge.config_nodes import (
     Fields,
     Node,
@@ -75,7 +77,9 @@ class PointReader(NodeReader):
         return specs, len(nodes)
 
     def point(self, node: Node, path: str) -> PointSpec | None:
-        f = self.mapping(node, path, POINT_YAML_KEYS)
+        f = self.mapping(
+            node, path, POINT_YAML_KEYS, known_as=functools.partial(hakeys.key_hint, hakeys.POINT)
+        )
         if f is None:
             return None
         before = len(self.problems)
@@ -142,7 +146,8 @@ class PointReader(NodeReader):
                 return self.duration
             case Read.CHOICE:
                 what = key.yaml.replace("_", " ")
-                return self.choice(type(key.choices[0]), what, key.choices)
+                hint = functools.partial(hakeys.value_hint, key.yaml)
+                return self.choice(type(key.choices[0]), what, key.choices, known_as=hint)
             case Read.VALUES:
                 return self.values
 

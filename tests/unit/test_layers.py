@@ -39,6 +39,7 @@ PURE = frozenset(
         "feature",
         "figures",
         "frames",
+        "hakeys",
         "hass",
         "hassimport",
         "health",
