@@ -199,6 +199,17 @@ class HostFigures:
     queue_depth: int = shown(
         "Requests waiting for the host's session.", metric="host_queue_depth", kind=GAUGE
     )
+    probes: int = shown(
+        "Reads sent, in the link's idle time, to units that back off: are they back?",
+        metric="host_probes_total",
+    )
+    probe_timeouts: int = shown(
+        "Probes unanswered (not counted as errors: the unit was known to be silent).",
+        metric="host_probe_timeouts_total",
+    )
+    probes_cut: int = shown(
+        "Probes cut short by a request that arrived meanwhile.", metric="host_probes_cut_total"
+    )
     # The health report lists only the units that had a fault (health._doc).
     units: tuple[UnitFigures, ...] = shown("per unit id", records=True)
     latency_p50: float | None = shown(
@@ -248,6 +259,10 @@ class DeviceFigures:
         health="backoff_cycles",
         metric="device_skipped_cycles_total",
         labels={"reason": "backoff"},
+    )
+    probes: int = shown(
+        "Cycles on which the device, backing off, was probed in its link's idle time.",
+        metric="device_probes_total",
     )
     backoff: float = shown(
         "Seconds until a device that backs off is polled again (0: polled as usual).",
@@ -462,6 +477,9 @@ def host_figures(
         drains=stats.drains,
         crc_errors=stats.crc_errors,
         queue_depth=queue_depth,
+        probes=stats.probes,
+        probe_timeouts=stats.probe_timeouts,
+        probes_cut=stats.probes_cut,
         units=tuple(
             UnitFigures(
                 host=name,
@@ -492,6 +510,7 @@ def device_figures(state: DeviceState, polls: PollStats | None, backoff: float) 
         cycles=polls.cycles if polls else 0,
         skipped=polls.skipped if polls else 0,
         backoff_skips=polls.backoff_skips if polls else 0,
+        probes=polls.probes if polls else 0,
         backoff=backoff,
         skipped_ranges=tuple(polls.skipped_ranges) if polls else (),
     )

@@ -17,6 +17,8 @@ Faults handled here, per device, so one bad unit never stalls its neighbours:
 
 - a device that stops answering is retried with its own full-jitter backoff
   (its interval growing to 60 s) instead of costing a timeout every cycle;
+  meanwhile it is probed at its deadlines in its link's idle time (`_probe`), so
+  one that comes back is polled again at once when the bus has time for it;
 - "device busy" (exception 5/6) is retried a few times after a short delay;
 - a merged block rejected with exception 2/3 is split point by point once; the
   offending range is remembered and skipped (its points published as null),
@@ -145,6 +147,9 @@ class _Group:
     # The newest value of each scale factor point read by this group (`decode_block`).
     scales: dict[str, Value] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    # The deadline of its next poll not yet started (during a poll: that poll's), on
+    # the loop's clock: when the link is next needed by it (`_quiet`).
+    due: float = 0.0
 
     @classmethod
     def of(cls, group: PollGroup) -> _Group:
@@ -205,6 +210,7 @@ class Scheduler:
     def _launch(self, states: Sequence[_Group]) -> None:
         t0 = asyncio.get_running_loop().time()
         for state in states:
+            state.due = t0 + state.group.phase
             g = state.group
             state.task = asyncio.create_task(
                 self._loop(state, t0), name=f"poll:{g.device.name}:{g.interval}"
@@ -256,14 +262,14 @@ class Scheduler:
         phase, interval, rank = group.phase, group.interval, group.rank
         cycle = 0
         while True:
-            due = deadline(t0, phase, interval, cycle)
+            due = state.due = deadline(t0, phase, interval, cycle)
             if due > loop.time():
                 await self._passes.wait(due, rank)
             # Backing off, unless the host has a new session since the failure: after
             # a hung or rebooted gateway comes back, every device is tried at once.
             session = self.sessions[group.device.host]
             fresh = session.generation != backoff.generation and session.connected
-            if loop.time() >= backoff.retry_at or fresh:
+            if loop.time() >= backoff.retry_at or fresh or await self._probe(state):
                 try:
                     self._maybe_relearn(state, loop.time())
                     await self._poll(state)
@@ -275,6 +281,46 @@ class Scheduler:
                 stats.backoff_skips += 1
             cycle, missed = next_cycle(loop.time(), t0, phase, interval, cycle)
             stats.skipped += missed
+
+    async def _probe(self, state: _Group) -> bool:
+        """A group that backs off, at its deadline: ask its unit, with one read of its
+        first block in the link's idle time, whether it is back. True when it answered
+        (poll it now). It waits (up to half its interval) for the link to be free, so
+        the polls of its pass go first; sent only if then no poll of another group of
+        the host is due before the probe could time out (`HostSession.probe_costs`):
+        on a busy bus the backoff stays whole, and a dead unit costs the live ones
+        nothing."""
+        device = state.device
+        session = self.sessions[device.host]
+        loop = asyncio.get_running_loop()
+        if not await session.wait_free(loop.time() + state.group.interval / 2):
+            return False
+        now = loop.time()
+        if not self._quiet(device.host, state, now + session.probe_costs):
+            return False
+        block = state.blocks[0]
+        self.stats[device.name].probes += 1
+        try:
+            data = await session.probe(block.unit, block.table, block.start, block.count)
+        except ExceptionReply:
+            return True  # it answered: the poll decides what the answer means
+        except ModbusRequestError:
+            return False
+        return data is not None
+
+    def _quiet(self, host: str, probing: _Group, until: float) -> bool:
+        """Whether no group of `host` that polls as usual (the probing one and those
+        backing off aside) needs the link before `until`: its next poll is due later,
+        and it is not in a poll now (then its `due` is that poll's, in the past)."""
+        for groups in self._devices.values():
+            for g in groups:
+                if g is probing or g.task is None or g.device.host != host:
+                    continue
+                if g.backoff.failures and g.backoff.retry_at > until:
+                    continue
+                if g.due <= until:
+                    return False
+        return True
 
     def forget(self, device: str) -> None:
         """Decode every block of `device` at its next poll: its state was set from a read

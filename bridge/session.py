@@ -57,10 +57,15 @@ class Priority(enum.IntEnum):
 
     The proxy's requests (`forward`) queue as POLL: first come, first served with the
     polls, so neither starves the other; the proxy sends one at a time per host
-    (`proxy.HostProxy`), so a poll waits behind at most one of them."""
+    (`proxy.HostProxy`), so a poll waits behind at most one of them.
+
+    PROBE is below everything and never waits in the queue: a probe (`probe`) is sent
+    only when the link is free, and any request that arrives meanwhile cuts it short
+    where that costs the link nothing (see `probe`)."""
 
     WRITE = 10  # set and get commands (and their read-backs)
     POLL = 30  # the scheduler's polls, and the proxy's requests
+    PROBE = 50  # a unit that backs off, asked whether it is back (`probe`)
 
 
 class Claim:
@@ -142,6 +147,7 @@ class HostSession:
         self._attempted = asyncio.Event()  # set once the first connect attempt finished
         self._need_connect = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._probing: asyncio.Task[Any] | None = None  # a probe a request may cut short
 
     # -- lifecycle -------------------------------------------------------
 
@@ -265,9 +271,59 @@ class HostSession:
         """
         if self._free():
             return await self._execute(unit, job)
+        probing = self._probing
+        if probing is not None:
+            probing.cancel()  # a probe never holds up a request (cut only where it is free)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(priority, next(self._seq), job, unit, future))
         return await future
+
+    @property
+    def probe_costs(self) -> float:
+        """Link time a probe of a silent unit can take, at worst, before the next
+        request may go: its timeout, plus the quiet period a cut-off request leaves on
+        an RTU line (`Wire.drain`)."""
+        return self.host.timeout + (self._wire.quiet if self.host.rtu else 0.0)
+
+    async def probe(
+        self, unit: int, table: Table, start: int, count: int
+    ) -> list[int] | list[bool] | None:
+        """Ask a unit that backs off whether it answers again: one read, sent only when
+        the link is free (up, settled, nothing running or queued). None when it was not
+        sent, or was cut short; raises a ModbusRequestError subclass on failure (an
+        exception reply means the unit answered).
+
+        The caller makes sure no poll is due within `probe_costs`. A request that
+        arrives while the probe is on the link (a write, the proxy's) cuts it short on
+        a link with transaction ids, where the late reply is told apart and dropped;
+        on an RTU line a cut-off request must be waited out anyway, so it runs to the
+        end. A probe's timeout is counted apart (`probe_timeouts`), not as an error,
+        and never towards the link's silence rule: the unit is known to be silent.
+        """
+        if not self._free():
+            return None
+        job = self._read_jobs.get((unit, table, start, count))
+        if job is None:
+            job = self._read_jobs[unit, table, start, count] = self._wire.read_job(
+                unit, table, start, count
+            )
+        self.stats.probes += 1
+        task = asyncio.ensure_future(self._execute(unit, job, probe=True))
+        if not self.host.rtu:
+            self._probing = task
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            if self._probing is task:
+                self._probing = None
+        if task.cancelled():
+            self.stats.probes_cut += 1
+            return None
+        result: list[int] | list[bool] = task.result()
+        return result
 
     # -- the connector ---------------------------------------------------
 
@@ -376,6 +432,32 @@ class HostSession:
             if self.host.pause > 0:
                 await asyncio.sleep(self.host.pause)
 
+    @property
+    def free(self) -> bool:
+        """Whether the link is up, settled and idle with nothing queued (`probe`)."""
+        return self._free()
+
+    async def wait_free(self, until: float) -> bool:
+        """Wait until the link is `free` (True), or give up at `until` on the loop's
+        clock (False). Each wait ends when a job does."""
+        loop = asyncio.get_running_loop()
+        if self.host.pause > 0:
+            return False  # every request waits for the worker's pause: never free
+        while not self._free():
+            left = until - loop.time()
+            if left <= 0 or not self._up:
+                return False
+            if self._idle.is_set():  # between two jobs, or an RTU line draining
+                await asyncio.sleep(min(left, 0.005))
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    await self._idle.wait()
+            except TimeoutError:
+                return False
+            await asyncio.sleep(0)  # the worker takes what is queued first
+        return True
+
     def _free(self) -> bool:
         """Whether a caller may run its job at once, in its own task (the fast path):
         the link is up and in step, nothing runs, nothing waits in the queue."""
@@ -402,9 +484,10 @@ class HostSession:
             if not item.future.done():
                 item.future.set_result(result)
 
-    async def _execute(self, unit: int, job: Job) -> Any:
+    async def _execute(self, unit: int, job: Job, *, probe: bool = False) -> Any:
         """Run one job on the link; every failure comes out as a ModbusRequestError,
-        with the link's bookkeeping (silence rule, drain, lost session) done."""
+        with the link's bookkeeping (silence rule, drain, lost session) done.
+        `probe`: a timeout leaves the silence rule alone (see `probe`)."""
         wire = self._wire
         started = time.monotonic()
         self.stats.requests += 1
@@ -438,13 +521,16 @@ class HostSession:
                 self.stats.failed("connection")
                 self._lost("connection closed")
                 raise HostUnavailable(self.host.name, unit, LINK_LOST) from None
+            wire.unsettle()  # a late reply may still come: drain before the next request
+            reason = f"no answer within {self.host.timeout:g}s"
+            if probe:  # expected of a silent unit: neither an error nor the link's silence
+                self.stats.probe_timeouts += 1
+                raise RequestTimeout(self.host.name, unit, reason) from None
             self.stats.failed("timeout")
             self.stats.timeouts += 1
             self.stats.unit(unit).timeouts += 1
-            wire.unsettle()  # a late reply may still come: drain before the next request
             if self.health.timed_out():
                 self._lost(f"{self.health.timeouts} requests in a row unanswered")
-            reason = f"no answer within {self.host.timeout:g}s"
             raise RequestTimeout(self.host.name, unit, reason) from None
         except (WireError, OSError) as exc:
             self.stats.failed("other" if wire.connected else "connection")

@@ -59,6 +59,9 @@ class SessionStats:
     bad_replies: int = 0  # malformed or mismatched replies (the request failed)
     stray_frames: int = 0  # late replies: no request waits for them (TCP: by transaction id)
     crc_errors: int = 0  # RTU replies whose CRC did not match (line noise, a bad cable)
+    probes: int = 0  # reads sent to units that back off, in the link's idle time
+    probe_timeouts: int = 0  # probes unanswered (not errors: the unit was known silent)
+    probes_cut: int = 0  # probes cut short by a request that arrived meanwhile
     units: dict[int, UnitStats] = field(default_factory=dict)  # per unit id, once it had one
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     failed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
@@ -97,6 +100,7 @@ class PollStats:
     cycles: int = 0
     skipped: int = 0  # cycles missed because a poll overran its interval
     backoff_skips: int = 0  # cycles not polled while the device backs off
+    probes: int = 0  # cycles on which the device, backing off, was probed
     failures: int = 0
     skipped_ranges: list[str] = field(default_factory=list)
 

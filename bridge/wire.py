@@ -346,6 +346,11 @@ class Wire:
     # -- an RTU line settles after a failure ---------------------------------
 
     @property
+    def quiet(self) -> float:
+        """The quiet period a failed request leaves on an RTU line (`drain`)."""
+        return self._quiet
+
+    @property
     def unsettled(self) -> bool:
         return self._stale_at is not None
 

@@ -156,6 +156,7 @@ def test_health_renders_one_snapshot_of_the_live_counters() -> None:
         "cycles": 5,
         "missed_cycles": 1,
         "backoff_cycles": 0,
+        "probes": 0,
         "backoff_s": 0.0,
         "skipped_ranges": ["holding 10..11"],
     }

@@ -32,7 +32,7 @@ from bridge.stats import (
 
 
 def _figures() -> Figures:
-    stats = SessionStats(sockets_opened=1, requests=40)
+    stats = SessionStats(sockets_opened=1, requests=40, probes=6, probe_timeouts=5, probes_cut=1)
     stats.unit(2).crc_errors = 3
     for seconds in (0.0005, 0.004, 0.004, 0.2, 9.0):
         stats.observe(seconds)
@@ -48,7 +48,7 @@ def _figures() -> Figures:
         hosts=(host_figures("gw", connected=True, stats=stats, queue_depth=4, units=[1, 2]),),
         devices=device_polls(
             states,
-            {"d2": PollStats(cycles=9, skipped=2, backoff_skips=5, failures=4)},
+            {"d2": PollStats(cycles=9, skipped=2, backoff_skips=5, failures=4, probes=6)},
             lambda name: 12.5 if name == "d2" else 0.0,
         ),
         mqtt=mqtt_figures(
@@ -85,6 +85,10 @@ def test_every_figure_with_a_metric_renders_with_bounded_labels() -> None:
     assert value("host_request_errors_total", host="gw", kind="exception") == 1
     assert value("host_request_errors_total", host="gw", kind="connection") == 0
     assert value("host_queue_depth", host="gw") == 4
+    assert value("host_probes_total", host="gw") == 6
+    assert value("host_probe_timeouts_total", host="gw") == 5
+    assert value("host_probes_cut_total", host="gw") == 1
+    assert value("device_probes_total", device="d2", host="gw") == 6
     # every configured unit has its series (zeros included); the faulty one counts
     assert value("unit_crc_errors_total", host="gw", unit="2") == 3
     assert value("unit_crc_errors_total", host="gw", unit="1") == 0

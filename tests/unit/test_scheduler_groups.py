@@ -28,6 +28,9 @@ class Memory:
         self.reads: list[tuple[int, int]] = []
         self.generation = 1
         self.connected = True
+        self.free = True  # the link is idle: a probe may go (`HostSession.probe`)
+        self.probe_costs = 0.01
+        self.probes = 0
 
     async def read(self, unit: int, table: Table, start: int, count: int) -> list[int]:
         self.reads.append((start, count))
@@ -37,6 +40,14 @@ class Memory:
         if self.refused & set(range(start, start + count)):
             raise ExceptionReply("gw", unit, 2, f"read holding {start}+{count}")
         return [self.registers[a] for a in range(start, start + count)]
+
+    async def wait_free(self, until: float) -> bool:
+        await asyncio.sleep(0)
+        return self.free
+
+    async def probe(self, unit: int, table: Table, start: int, count: int) -> list[int] | None:
+        self.probes += 1
+        return await self.read(unit, table, start, count)
 
 
 def _device(name: str = "d", interval: float = 0.05) -> Device:
