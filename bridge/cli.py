@@ -1,4 +1,4 @@
-"""Command line: `modbus-bridge check | run | demo | read | write | scan`.
+"""Command line: `modbus-bridge check | run | sim | demo | profiles | import | read | write | scan`.
 
 Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
 """
@@ -6,6 +6,7 @@ Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import stat
@@ -19,10 +20,12 @@ from bridge import __version__
 from bridge.app import Bridge, Loader, compile_plan
 from bridge.commission import add_parsers as add_commission_parsers
 from bridge.config import config_from_bytes, load_config
+from bridge.config_nodes import suggest
+from bridge.config_profiles import Profile, header_doc, load_profiles, point_doc, profile_points
 from bridge.errors import ConfigError, Problem, file_kind
 from bridge.hassimport import ImportError_, import_file
 from bridge.logs import redact
-from bridge.model import BridgeConfig, SerialLink
+from bridge.model import BridgeConfig, Order, SerialLink
 from bridge.planner import host_load
 from bridge.process import (
     EXIT_FAILURE,
@@ -387,7 +390,7 @@ class Parser(argparse.ArgumentParser):
         )
 
 
-COMMANDS = ("check", "run", "sim", "demo", "read", "write", "scan", "import")
+COMMANDS = ("check", "run", "sim", "demo", "read", "write", "scan", "profiles", "import")
 DESCRIPTION = (
     "Bridge Modbus devices to MQTT: Modbus TCP, RTU through a TCP gateway, or RTU on a "
     "serial RS485 port, with one persistent session per host."
@@ -516,6 +519,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_demo.set_defaults(func=cmd_demo)
     add_commission_parsers(sub)
+    p_profiles = sub.add_parser(
+        "profiles",
+        help="list the device profiles, or show one's points",
+        description="List the device profiles (`profile: maker/model` on a device): the "
+        "built-in ones, and those of the folders in the configuration's `profiles:` (given "
+        "-c), which replace a built-in one of the same name. `profiles show NAME` prints "
+        "the points of one. Exit 2 when a profile has problems (each with file:line:column).",
+    )
+    p_profiles.add_argument(
+        "action", nargs="?", choices=["list", "show"], default="list", help="list (default)"
+    )
+    p_profiles.add_argument("name", nargs="?", metavar="NAME", help="show: the profile")
+    p_profiles.add_argument("--json", action="store_true", help="as JSON")
+    p_profiles.add_argument(
+        "-c", "--config", metavar="FILE", help="also the profile folders of this configuration"
+    )
+    p_profiles.set_defaults(func=cmd_profiles)
     p_import = sub.add_parser(
         "import",
         help="turn another program's Modbus configuration into this bridge's",
@@ -532,6 +552,96 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_import.set_defaults(func=cmd_import)
     return parser
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    """`profiles [--json]` and `profiles show NAME [--json]`."""
+    folders: tuple[str, ...] = ()
+    if args.config:
+        config = _load(args.config, sys.stderr)
+        if config is None:
+            return EXIT_CONFIG
+        folders = config.profiles
+    if args.action == "show" and not args.name:
+        print("error: profiles show needs the NAME of a profile", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "list" and args.name:
+        print(f"error: did you mean: profiles show {args.name}", file=sys.stderr)
+        return EXIT_USAGE
+    profiles, problems = load_profiles(folders)
+    for problem in problems:
+        print(f"{problem}", file=sys.stderr)
+    if args.action == "show":
+        found = next((p for p in profiles if p.name == args.name), None)
+        if found is None:
+            if not any(p.file.endswith(f"{args.name}.yaml") for p in problems):
+                hint = suggest(args.name, [p.name for p in profiles])
+                print(f"error: unknown profile {args.name!r}{hint}", file=sys.stderr)
+            return EXIT_CONFIG
+        sys.stdout.write(_show_profile(found, as_json=args.json))
+    else:
+        sys.stdout.write(_list_profiles(profiles, as_json=args.json))
+    return EXIT_CONFIG if problems else EXIT_OK
+
+
+def _list_profiles(profiles: Sequence[Profile], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps([header_doc(p) for p in profiles], indent=2, ensure_ascii=False) + "\n"
+    rows = [("NAME", "KIND", "MANUFACTURER", "MODEL", "SOURCE DOCUMENT")]
+    rows += [
+        (p.name + ("" if p.builtin else " *"), p.kind, p.manufacturer, p.model, p.source.describe())
+        for p in profiles
+    ]
+    out = _table(rows)
+    if not all(p.builtin for p in profiles):
+        out += "* from a profiles folder of the configuration\n"
+    return out
+
+
+def _show_profile(profile: Profile, *, as_json: bool) -> str:
+    points = profile_points(profile)
+    if as_json:
+        doc = header_doc(profile)
+        doc["byte_order"] = (profile.byte_order or Order.BIG).value
+        doc["word_order"] = (profile.word_order or Order.BIG).value
+        doc["points"] = [point_doc(p) for p in points]
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    head = [
+        f"{profile.name}: {profile.manufacturer} {profile.model} ({profile.kind})",
+        f"source: {profile.source.describe()}",
+        f"file: {profile.path}",
+        f"{len(points)} points; use it with `profile: {profile.name}` on a device",
+        "",
+    ]
+    rows = [("POINT", "TABLE", "ADDRESS", "TYPE", "UNIT", "DEVICE CLASS", "STATE CLASS", "")]
+    for p in points:
+        doc = point_doc(p)
+        notes = [f"{k} {doc[k]}" for k in ("scale", "offset", "scale_factor", "bit") if k in doc]
+        if p.values:
+            notes.append("values " + ", ".join(label for _, label in p.values))
+        if p.writable:
+            notes.append("writable")
+        rows.append(
+            (
+                p.name,
+                p.table.value,
+                str(p.address),
+                p.type.value + (f"[{p.length}]" if p.length else ""),
+                p.unit or "",
+                p.device_class or "",
+                p.state_class.value if p.state_class else "",
+                "; ".join(notes),
+            )
+        )
+    return "\n".join(head) + "\n" + _table(rows)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in rows
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -39,7 +39,8 @@ from bridge.config_nodes import (
     topic_message,
     unit_item,
 )
-from bridge.config_points import DEFAULT_INTERVAL, PointReader, PointSpec, resolve
+from bridge.config_points import DEFAULT_INTERVAL, PointSpec, resolve
+from bridge.config_profiles import Profile, ProfileReader
 from bridge.config_rules import check_scale_factors
 from bridge.discovery import Owner, TooLong, id_problems
 from bridge.errors import ConfigError, Problem
@@ -88,7 +89,7 @@ CONFIG_VERSION = 1
 # fmt: off
 _ROOT_KEYS = (
     "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "metrics",
-    "sparkplug", "hosts", "templates", "devices",
+    "sparkplug", "hosts", "profiles", "templates", "devices",
 )
 _SPARKPLUG_KEYS = (
     "group_id", "edge_node_id", "primary_host_id",
@@ -121,11 +122,12 @@ _DEVICE_INFO_KEYS = (  # devices and templates
     "manufacturer", "model", "area", "heartbeat",
 )
 _TEMPLATE_KEYS = (
-    "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
+    "profile", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points", "drop",
 )
 _DEVICE_KEYS = (
-    "name", "host", "unit", "units", "template", "interval", "max_gap", "write_multiple",
-    "write_rate", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
+    "name", "host", "unit", "units", "template", "profile", "interval", "max_gap",
+    "write_multiple", "write_rate", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
+    "drop",
 )
 # fmt: on
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
@@ -222,6 +224,9 @@ class _Template:
     points: list[PointSpec] = field(default_factory=list)
     written_points: int = 0  # entries in the YAML list, valid or not
     info: _DeviceInfo = _DeviceInfo()
+    profile: str | None = None  # the profile it starts from
+    # the points its `drop` took away: name -> (node, path) of the drop entry
+    dropped: dict[str, tuple[Node, str]] = field(default_factory=dict)
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -230,7 +235,21 @@ def _same_address(a: str, b: str) -> bool:
     return a == b or a in wildcard or b in wildcard
 
 
-class _HostReader(PointReader):
+def _profile_base(profile: Profile | None) -> _Template | None:
+    """A profile as the template a device or template starts from."""
+    if profile is None:
+        return None
+    return _Template(
+        profile.byte_order,
+        profile.word_order,
+        list(profile.points),
+        written_points=len(profile.points),
+        info=_DeviceInfo(manufacturer=profile.manufacturer, model=profile.model),
+        profile=profile.name,
+    )
+
+
+class _HostReader(ProfileReader):
     """The `hosts` section: each host and its link (TCP or serial)."""
 
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
@@ -497,6 +516,7 @@ class _Reader(_HostReader):
         sparkplug_node = f.value("sparkplug")
         sparkplug = None if sparkplug_node is None else self.sparkplug(sparkplug_node, "sparkplug")
         hosts = self.hosts(f)
+        self.profile_folders = self.folders(f)
         templates_node = f.value("templates")
         templates = {} if templates_node is None else self.templates(templates_node)
         devices = self.devices(f, hosts, templates)
@@ -513,6 +533,7 @@ class _Reader(_HostReader):
             homeassistant=ha,
             metrics=metrics,
             sparkplug=sparkplug,
+            profiles=tuple(self.profile_folders),
             source=self.source,
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
@@ -747,14 +768,26 @@ class _Reader(_HostReader):
             if t is None:
                 templates[name] = _Template(None, None, [], written_points=1)
                 continue
+            base = _profile_base(self.named_profile(t))
             points_node = t.value("points")
             points, written = ([], 0) if points_node is None else self.points(points_node, t)
+            specs = self.merged(t, base, points)
+            byte_order = self.get(t, "byte_order", self.choice(Order, "byte order"))
+            word_order = self.get(t, "word_order", self.choice(Order, "word order"))
+            info = self.device_info(t)
+            if base is not None:
+                written += base.written_points
+                info = info.over(base.info)
+                byte_order = byte_order or base.byte_order
+                word_order = word_order or base.word_order
             templates[name] = _Template(
-                byte_order=self.get(t, "byte_order", self.choice(Order, "byte order")),
-                word_order=self.get(t, "word_order", self.choice(Order, "word order")),
-                points=points,
-                written_points=written,
-                info=self.device_info(t),
+                byte_order=byte_order,
+                word_order=word_order,
+                points=list(specs.values()),
+                written_points=written or int(t.has("profile")),
+                info=info,
+                profile=None if base is None else base.profile,
+                dropped=self.dropped,
             )
         return templates
 
@@ -822,6 +855,15 @@ class _Reader(_HostReader):
                     f.sub("template"),
                     f"unknown template {show(template_name)}{hint}",
                 )
+        base = template
+        if f.has("profile") and f.has("template"):
+            self.report(
+                f.key_node("profile"),
+                f.sub("profile"),
+                "give either 'template' or 'profile', not both (a template can name a profile)",
+            )
+        elif f.has("profile"):
+            base = _profile_base(self.named_profile(f))
         interval = or_default(self.get(f, "interval", self.duration), DEFAULT_INTERVAL)
         max_gap = self.get(f, "max_gap", self.int_in(0))
         write_multiple = self.get(f, "write_multiple", self.boolean)
@@ -831,10 +873,10 @@ class _Reader(_HostReader):
         info = self.device_info(f)
         points_node = f.value("points")
         own, written = ([], 0) if points_node is None else self.points(points_node, f)
-        if template is not None:
-            written += template.written_points
-        if written == 0 and not (f.has("template") and template is None):
-            self.report(node, path, "device has no points (give a template or points)")
+        if base is not None:
+            written += base.written_points
+        if written == 0 and not (f.has("template") or f.has("profile")):
+            self.report(node, path, "device has no points (give a profile, a template or points)")
 
         if name is not None:
             self.device_name(f, name, units)
@@ -842,27 +884,33 @@ class _Reader(_HostReader):
             name is None
             or host is None
             or units is None
-            or (template_name is not None and template is None)
+            or ((f.has("template") or f.has("profile")) and base is None)
             or len(self.problems) > before
         ):
             return []
 
-        specs: dict[str, PointSpec] = {}
-        if template is not None:
-            specs.update((s.name, s) for s in template.points)
-        specs.update((s.name, s) for s in own)  # a device point replaces the template's
-        dev_byte = byte_order or (template.byte_order if template else None) or Order.BIG
-        dev_word = word_order or (template.word_order if template else None) or Order.BIG
+        specs = self.merged(f, base, own)
+        if len(self.problems) > before:
+            return []
+        dev_byte = byte_order or (base.byte_order if base else None) or Order.BIG
+        dev_word = word_order or (base.word_order if base else None) or Order.BIG
         inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
         points = tuple(resolve(s, inherited) for s in specs.values())
+        dropped = {**(base.dropped if base else {}), **self.dropped}
         for point_name, message in check_scale_factors(points):
             spec = specs[point_name]
+            sf = spec.given["scale_factor"]
+            if sf in dropped:  # where the user took it away
+                drop_node, drop_path = dropped[sf]
+                why = f"{show(sf)} is the scale factor of {point_name}: drop that too"
+                self.report(drop_node, drop_path, why)
+                continue
             where = spec.nodes.get("scale_factor")
             self.report(where, f"{spec.path}.scale_factor", message, source=spec.source)
         if len(self.problems) > before:
             return []
-        if template is not None:
-            info = info.over(template.info)
+        if base is not None:
+            info = info.over(base.info)
         return [
             Device(
                 name=name.replace("{unit}", str(unit)),
@@ -877,6 +925,7 @@ class _Reader(_HostReader):
                 model=info.model,
                 area=info.area,
                 heartbeat=info.heartbeat,
+                profile=None if base is None else base.profile,
             )
             for unit in units
         ]

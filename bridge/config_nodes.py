@@ -421,7 +421,12 @@ class NodeReader:
             self.warnings.append(warning)
 
     def sorted_problems(self) -> list[Problem]:
-        return sorted(self.problems, key=lambda p: (p.line or 0, p.column or 0))
+        """The problems in file order: this file's first, then each other file's
+        (profiles it names)."""
+        return sorted(
+            self.problems,
+            key=lambda p: (p.file != self.source, p.file, p.line or 0, p.column or 0),
+        )
 
     # -- structure
 

@@ -78,7 +78,7 @@ def device_entry(config: BridgeConfig, topics: Topics, device: Device) -> dict[s
         "model": device.model,
         # Where the points came from: a device profile (`profile: eastron/sdm630`, issue
         # 17) and, for a SunSpec device, the models read from it; null until then.
-        "profile": None,
+        "profile": device.profile,
         "sunspec_models": None,
         "topics": {
             "state": topics.state(device.name),

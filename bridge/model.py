@@ -365,6 +365,7 @@ class Device:
     area: str | None = None
     # seconds: republish the full state at least this often, changed or not
     heartbeat: float | None = None
+    profile: str | None = None  # the device profile its points come from (maker/model)
 
     def point(self, name: str) -> Point | None:
         for p in self.points:
@@ -504,6 +505,8 @@ class BridgeConfig:
     # the other shards run (their commands are theirs to answer).
     shard: Shard | None = None
     elsewhere: frozenset[str] = frozenset()
+    # The folders of the user's profiles (`profiles:`), searched before the built-in ones.
+    profiles: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
     # Values that never appear in logs, `check` output, the health report or metrics:
     # the MQTT password, and the MQTT user name when it comes from ${VAR}.

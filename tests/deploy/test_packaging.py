@@ -21,6 +21,8 @@ from release import REPO, Dist
 
 from bridge import __version__
 
+PROFILES = sorted((REPO / "bridge" / "profiles").glob("*/*.yaml"))
+
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
@@ -68,6 +70,7 @@ def test_sdist_carries_the_example_config_docs_and_deploy(dist: Dist) -> None:
         "deploy/docker/Dockerfile",
         "deploy/node-red/flows.json",
         "bridge/cli.py",
+        "bridge/profiles/eastron/sdm630.yaml",
     ):
         assert f"{top}/{path}" in names, path
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -85,7 +88,9 @@ def test_wheel_holds_the_package_and_the_command(dist: Dist) -> None:
         info = f"modbus_mqtt_bridge-{__version__}.dist-info"
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     assert "bridge/cli.py" in names and "bridge/sim.py" in names
-    assert "bridge/profiles/eastron/sdm630.yaml" in names  # the profiles are package data
+    # the device profiles are package data: every one of them is in the wheel
+    profiles = {f"bridge/{p.relative_to(REPO / 'bridge').as_posix()}" for p in PROFILES}
+    assert len(profiles) >= 15 and profiles <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "deploy/"))]
     assert "modbus-bridge = bridge.cli:main" in entry_points
 
@@ -110,6 +115,10 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(dist: Dist, tmp_path: Path) -> 
         sdist.extract(f"modbus_mqtt_bridge-{__version__}/config.example.yaml", tmp_path)
     example = tmp_path / f"modbus_mqtt_bridge-{__version__}" / "config.example.yaml"
     assert "configuration OK" in run(venv / "bin" / "modbus-bridge", "check", "-c", example)
+    # ... and finds its profiles where it is installed
+    listed = run(venv / "bin" / "modbus-bridge", "profiles")
+    assert all(f"{p.parent.name}/{p.stem} " in listed for p in PROFILES)
+    assert str(venv) in run(venv / "bin" / "modbus-bridge", "profiles", "show", "eastron/sdm630")
 
 
 def test_pipx_installs_the_wheel(dist: Dist, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ PURE = frozenset(
         "config",
         "config_nodes",
         "config_points",
+        "config_profiles",
         "config_rules",
         "discovery",
         "errors",
