@@ -15,20 +15,23 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.command_handler import CommandHandler
 from bridge.errors import ConfigError, ModbusRequestError
 from bridge.feature import Changes, Feature
 from bridge.figures import (
+    DeviceFigures,
     Figures,
+    HostFigures,
     config_figures,
     device_polls,
     host_figures,
     mqtt_figures,
+    report_figures,
 )
-from bridge.health import build_health, fit_health, rss_bytes
+from bridge.health import DEVICES_PER_STEP, build_health, health_payload, rss_bytes
 from bridge.homeassistant import HomeAssistant
 from bridge.inventory import Inventory
 from bridge.logs import OnlineLog, Throttle
@@ -45,7 +48,7 @@ from bridge.session import HostSession
 from bridge.shard import layout_gate
 from bridge.spnode import SparkplugNode
 from bridge.state import StateCache
-from bridge.stats import ReloadStats, SessionStats
+from bridge.stats import ReloadStats, ReportStats, SessionStats
 from bridge.systemd import Systemd
 from bridge.topics import Topics, topics_of
 
@@ -111,6 +114,7 @@ class Bridge:
         self._reconfiguring = asyncio.Lock()  # a reload applies; shutdown waits for it
         self._stopping = False
         self.reloads = ReloadStats()
+        self.report = ReportStats()  # how the last health report held the loop
         self._retired: dict[str, SessionStats] = {}  # counters of hosts a reload closed
         self._fatal = asyncio.Event()
         self.failed = False  # a task that must not end did: exit non-zero
@@ -485,46 +489,16 @@ class Bridge:
     def figures(self) -> Figures:
         """One snapshot of every counter (bridge.figures): what the health report and
         the metrics show. Called on the event loop."""
-        now = asyncio.get_running_loop().time()
-        units: dict[str, set[int]] = {}
-        for device in self.config.devices:
-            units.setdefault(device.host, set()).add(device.unit)
-        return Figures(
-            time=time.time(),
-            started=self.started_at,
-            rss=rss_bytes(),
-            hosts=tuple(
-                host_figures(
-                    name,
-                    connected=s.connected,
-                    stats=s.stats,
-                    queue_depth=s.queue_depth,
-                    units=units.get(name, ()),
-                )
-                for name, s in self.sessions.items()
-            ),
-            devices=device_polls(
-                self.state.devices,
-                self.scheduler.stats,
-                lambda name: self.scheduler.backoff_left(name, now),
-            ),
-            config=config_figures(self.reloads, self.config.shard),
-            mqtt=mqtt_figures(
-                connected=self.link.connected,
-                link=self.link.stats,
-                commands=self.commands.stats,
-                pending=self.link.pending,
-                max_packet_size=self.link.max_packet_size,
-            ),
-            proxies=self.proxies.figures(),
-        )
+        return _run_all(_figure_steps(self))
 
     def health(self) -> dict[str, Any]:
         return build_health(self.figures())
 
-    def _publish_health(self) -> None:
+    def _health_steps(self) -> Generator[None, None, None]:
+        """One health report, snapshot to publish, in steps (`_sliced` runs them)."""
         topic = self.topics.bridge_health
-        payload = fit_health(self.health(), self.link.payload_limit(topic))
+        figures = yield from _figure_steps(self)
+        payload = yield from health_payload(figures, self.link.payload_limit(topic))
         if payload is None:
             self._throttle.log(
                 logging.WARNING,
@@ -537,6 +511,14 @@ class Bridge:
             return
         self.link.publish(topic, payload, retain=True)
 
+    async def _publish_health(self) -> None:
+        """Build and publish a report in slices of at most HEALTH_SLICE of steps, giving
+        the loop back between them: a poll or a change that arrives meanwhile waits
+        for one slice, not for the whole report. `report` records how it went."""
+        started = time.perf_counter()
+        self.report = await _sliced(self._health_steps(), HEALTH_SLICE)
+        self.report.took = time.perf_counter() - started
+
     async def _health_loop(self) -> None:
         """Retained health report every `health_interval`, on monotonic deadlines."""
         loop = asyncio.get_running_loop()
@@ -544,7 +526,7 @@ class Bridge:
         deadline = loop.time() + min(interval, 5.0)  # a first report soon after start
         while True:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
-            self._publish_health()
+            await self._publish_health()
             for throttled in (self._throttle, self.commands.throttle, self.proxies.throttle):
                 throttled.flush()
             self.link.flush_logs()
@@ -556,6 +538,99 @@ class Bridge:
     @property
     def sockets_opened(self) -> Mapping[str, int]:
         return {name: s.stats.sockets_opened for name, s in self.sessions.items()}
+
+
+_T = TypeVar("_T")
+
+# How long the health report may hold the event loop at once (issue 19: at most 2 ms
+# at 1,000 devices); a slice ends at the first step past it.
+HEALTH_SLICE = 0.0005
+
+
+def _figure_steps(bridge: Bridge) -> Generator[None, None, Figures]:
+    """`Bridge.figures` in steps: yields after each host and each few devices, so the
+    health report can give the loop back between them (`Bridge._health_steps`). The
+    devices and sessions are listed first: a reload meanwhile changes nothing
+    here. A snapshot taken in slices spans a few milliseconds."""
+    now = asyncio.get_running_loop().time()
+    units: dict[str, set[int]] = {}
+    for device in bridge.config.devices:
+        units.setdefault(device.host, set()).add(device.unit)
+    yield
+    hosts: list[HostFigures] = []
+    for name, s in list(bridge.sessions.items()):
+        hosts.append(
+            host_figures(
+                name,
+                connected=s.connected,
+                stats=s.stats,
+                queue_depth=s.queue_depth,
+                units=units.get(name, ()),
+            )
+        )
+        yield
+    states = list(bridge.state.devices.items())
+    polls = bridge.scheduler.stats
+    devices: list[DeviceFigures] = []
+    for start in range(0, len(states), DEVICES_PER_STEP):
+        devices.extend(
+            device_polls(
+                dict(states[start : start + DEVICES_PER_STEP]),
+                polls,
+                lambda name: bridge.scheduler.backoff_left(name, now),
+            )
+        )
+        yield
+    return Figures(
+        time=time.time(),
+        started=bridge.started_at,
+        rss=rss_bytes(),
+        hosts=tuple(hosts),
+        devices=tuple(devices),
+        config=config_figures(bridge.reloads, bridge.config.shard),
+        mqtt=mqtt_figures(
+            connected=bridge.link.connected,
+            link=bridge.link.stats,
+            commands=bridge.commands.stats,
+            pending=bridge.link.pending,
+            max_packet_size=bridge.link.max_packet_size,
+        ),
+        proxies=bridge.proxies.figures(),
+        report=report_figures(bridge.report) if bridge.report.slices else None,
+    )
+
+
+def _run_all(steps: Generator[None, None, _T]) -> _T:
+    """Run a generator of steps to its end, at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def _sliced(steps: Generator[None, None, None], budget: float) -> ReportStats:
+    """Run a generator of steps in slices of about `budget` seconds, giving the event
+    loop back between slices; returns the longest slice, their number and their sum."""
+    report = ReportStats()
+    began = time.perf_counter()
+    while True:
+        try:
+            next(steps)
+        except StopIteration:
+            done = True
+        else:
+            done = False
+        now = time.perf_counter()
+        if done or now - began >= budget:
+            held = now - began
+            report.longest_slice = max(report.longest_slice, held)
+            report.slices += 1
+            report.held += held
+            if done:
+                return report
+            await asyncio.sleep(0)
+            began = time.perf_counter()
 
 
 def _units(config: BridgeConfig, host: str) -> int:

@@ -34,6 +34,7 @@ from bridge.stats import (
     PollStats,
     ProxyStats,
     ReloadStats,
+    ReportStats,
     SessionStats,
 )
 
@@ -378,6 +379,33 @@ class ConfigFigures:
 
 
 @dataclass(frozen=True)
+class ReportFigures:
+    """How the previous health report held the event loop: built in slices that yield
+    to the loop, so a poll or a change that arrives meanwhile waits for one slice."""
+
+    longest_slice: float = shown(
+        "The longest the previous health report held the event loop at once (seconds).",
+        health="longest_slice_ms",
+        to_health=lambda s: round(s * 1000, 2),
+        metric="health_report_longest_slice_seconds",
+        kind=GAUGE,
+    )
+    slices: int = shown("slices the previous report was built in")
+    held: float = shown(
+        "its slices together: how long the report would hold the loop built at once",
+        health="held_ms",
+        to_health=lambda s: round(s * 1000, 2),
+    )
+    took: float = shown(
+        "Seconds the previous health report took, from its first slice to its publish.",
+        health="took_ms",
+        to_health=lambda s: round(s * 1000, 2),
+        metric="health_report_duration_seconds",
+        kind=GAUGE,
+    )
+
+
+@dataclass(frozen=True)
 class ProxyFigures:
     """One host's Modbus TCP proxy: its clients and their requests."""
 
@@ -436,6 +464,7 @@ class Figures:
     mqtt: MqttFigures
     config: ConfigFigures
     proxies: tuple[ProxyFigures, ...] = ()  # the hosts with a proxy
+    report: ReportFigures | None = None  # the previous health report (none yet: None)
 
 
 def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:
@@ -449,6 +478,12 @@ def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFi
 
 
 # -- builders: live objects -> snapshot (called by the composition root) ------------
+
+
+def report_figures(stats: ReportStats) -> ReportFigures:
+    return ReportFigures(
+        longest_slice=stats.longest_slice, slices=stats.slices, held=stats.held, took=stats.took
+    )
 
 
 def host_figures(

@@ -2,18 +2,24 @@
 
 It renders a `bridge.figures.Figures` snapshot: every figure that declares a health
 key, in declaration order.
+
+`health_payload` renders it in steps (a generator that yields after every host and
+every few devices): the composition root gives the event loop back between slices
+of steps, so a report of thousands of devices never holds the loop for long
+(`app.Bridge._health_steps`). It gives the same bytes as `fit_health(build_health())`.
 """
 
 from __future__ import annotations
 
 import resource
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from bridge.figures import Figures, shown_fields
 from bridge.payloads import iso_utc, json_doc
 
 TRIMMED = "details left out: the full report is larger than the broker's maximum packet size"
+DEVICES_PER_STEP = 10  # devices rendered between two chances to give the loop back
 
 
 def rss_bytes() -> int:
@@ -55,7 +61,47 @@ def build_health(figures: Figures) -> dict[str, Any]:
         "devices": {device.name: _doc(device) for device in figures.devices},
         "config": _doc(figures.config),
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
+        **({"report": _doc(figures.report)} if figures.report is not None else {}),
     }
+
+
+def health_payload(figures: Figures, limit: int) -> Generator[None, None, bytes | None]:
+    """`fit_health(build_health(figures), limit)` in steps: yields after each host and
+    each DEVICES_PER_STEP devices; returns the payload (None: it cannot fit).
+
+    The devices, the bulk of a large report, are encoded to JSON a step at a time and
+    the pieces joined; only a report too large for the broker is trimmed all at once
+    (`fit_health`).
+    """
+    hosts: dict[str, Any] = {}
+    for host in figures.hosts:
+        hosts[host.name] = _doc(host)
+        yield
+    devices: dict[str, Any] = {}
+    pieces: list[bytes] = []
+    everything = figures.devices
+    for start in range(0, len(everything), DEVICES_PER_STEP):
+        step = {d.name: _doc(d) for d in everything[start : start + DEVICES_PER_STEP]}
+        devices.update(step)
+        pieces.append(json_doc(step)[1:-1])
+        yield
+    head = {
+        "time": iso_utc(figures.time),
+        "uptime_s": round(figures.time - figures.started, 1),
+        "rss_bytes": figures.rss,
+        "mqtt": _doc(figures.mqtt),
+        "hosts": hosts,
+    }
+    tail = {
+        "config": _doc(figures.config),
+        **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
+        **({"report": _doc(figures.report)} if figures.report is not None else {}),
+    }
+    body = b",".join(p for p in pieces if p)
+    payload = json_doc(head)[:-1] + b',"devices":{' + body + b"}," + json_doc(tail)[1:]
+    if len(payload) <= limit:
+        return payload
+    return fit_health({**head, "devices": devices, **tail}, limit)
 
 
 def fit_health(doc: Mapping[str, Any], limit: int) -> bytes | None:

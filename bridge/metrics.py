@@ -115,6 +115,8 @@ def families(figures: Figures) -> list[Metric]:
     out.add(figures.config, [])
     for proxy in figures.proxies:
         out.add(proxy, [("host", proxy.host)])
+    if figures.report is not None:
+        out.add(figures.report, [])
     build = {"version": __version__}
     if figures.config.shard is not None:
         build["shard"] = figures.config.shard  # which process of a sharded fleet this is

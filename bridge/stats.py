@@ -139,6 +139,17 @@ class ReloadStats:
 
 
 @dataclass
+class ReportStats:
+    """How the last health report held the event loop (the composition root builds it
+    in slices, `app.Bridge._health_steps`)."""
+
+    longest_slice: float = 0.0  # seconds: the longest the loop was held at once
+    slices: int = 0  # pieces the report was built in
+    held: float = 0.0  # seconds: all its slices together (what one piece would hold)
+    took: float = 0.0  # seconds from the first slice to the publish, waits included
+
+
+@dataclass
 class BufferStats:
     """The store-and-forward buffer (`buffer.BufferStore`)."""
 
