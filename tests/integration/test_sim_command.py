@@ -90,10 +90,12 @@ async def test_sim_serves_the_example_and_run_reads_and_writes_it(
             states[device.name] = msg.json()
         assert "door_open" in states["boiler"] and "flow_temperature" in states["heatpump"]
 
-        # Read-only values move: meter-1's voltage changes (the bridge publishes changes).
+        # Read-only values move: meter-1's power changes (read every second, the bridge
+        # publishes changes).
         await watcher.wait_for(
             lambda m: (
-                m.topic == "modbus/meter-1" and m.json()["voltage"] != states["meter-1"]["voltage"]
+                m.topic == "modbus/meter-1"
+                and m.json().get("power", states["meter-1"]["power"]) != states["meter-1"]["power"]
             ),
             timeout=15,
         )

@@ -77,7 +77,7 @@ def _device(config: BridgeConfig, name: str) -> Device:
 def test_values_move_as_their_kind_does() -> None:
     rng = random.Random(7)
     meter = _device(_example(), "meter-1")
-    voltage, energy = meter.point("voltage"), meter.point("energy")
+    voltage, energy = meter.point("voltage_l1"), meter.point("import_energy")
     assert voltage is not None and energy is not None
     volts = [initial_value(voltage, meter, rng)]
     kwh = [initial_value(energy, meter, rng)]
