@@ -2,7 +2,7 @@
 and the protobuf round trip (bridge.sparkplug, bridge.sparkplug_pb).
 
 The independent decoder (Eclipse Tahu's JavaScript library) checks the wire form in
-tests/integration/test_sparkplug.py; here the payloads go through our own decoder.
+tests/integration/test_sparkplug_tahu.py; here the payloads go through our own decoder.
 """
 
 from __future__ import annotations

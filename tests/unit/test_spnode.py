@@ -1,7 +1,7 @@
 """The Sparkplug feature against a hub in memory, without a broker: DDATA carries only
 what changed since the node last sent it, a DCMD becomes a `set` command on the
 validated write path, and one the node cannot read is refused with nothing run.
-(tests/integration/test_sparkplug.py runs it against Mosquitto and Tahu's decoder.)"""
+(tests/integration/test_sparkplug_tahu.py runs it against Mosquitto and Tahu's decoder.)"""
 
 from __future__ import annotations
 
