@@ -1,4 +1,4 @@
-"""One meter profile end to end: the Eastron SDM630 file, the real bridge process, our
+"""One meter profile end to end: `profile: eastron/sdm630`, the real bridge process, our
 Modbus simulator holding a distinct value in every register the profile reads, and a
 real Mosquitto. Every point arrives with its value, and Home Assistant discovery
 carries the profile's units and classes.
@@ -26,9 +26,9 @@ PROFILE = Path(bridge.__file__).parent / "profiles" / "eastron" / "sdm630.yaml"
 CLIENT = "bridge-under-test"
 
 
-def _profile() -> dict[str, Any]:
-    doc = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
-    return {k: v for k, v in doc.items() if k not in ("kind", "source")}
+def _points() -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))["points"]
+    return points
 
 
 def _image(points: list[dict[str, Any]]) -> dict[str, float]:
@@ -47,8 +47,7 @@ def _load(server: Any, points: list[dict[str, Any]], values: dict[str, float]) -
 async def test_sdm630_profile_publishes_every_point_with_its_units(
     broker, sim_servers, mqtt_watcher, run_bridge
 ) -> None:
-    template = _profile()
-    points = template["points"]
+    points = _points()
     values = _image(points)
     server = await sim_servers([1])
     _load(server, points, values)
@@ -59,8 +58,7 @@ async def test_sdm630_profile_publishes_every_point_with_its_units(
             "mqtt": mqtt_section(broker),
             "homeassistant": {"enabled": True},
             "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port}],
-            "templates": {"sdm630": template},
-            "devices": [{"name": "meter", "host": "gw", "unit": 1, "template": "sdm630"}],
+            "devices": [{"name": "meter", "host": "gw", "unit": 1, "profile": "eastron/sdm630"}],
         }
     )
     state = (await watcher.wait_for("modbus/meter", timeout=10)).json()

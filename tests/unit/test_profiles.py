@@ -2,9 +2,10 @@
 point decoded from a register image in which every register holds a distinct,
 non-zero value.
 
-A profile is loaded as what it is underneath, a template (its header aside), through
-the configuration reader itself: a point the reader refuses (an unknown key, a unit
-that does not fit its device class) fails here as it would in a user's file.
+Every profile is read by the bridge's own profile reader, and used by a device that
+names it (`profile: maker/model`) through the configuration reader: a point the
+reader refuses (an unknown key, a unit that does not fit its device class) fails
+here as it would in a user's file.
 
 Two checks of each point's decoding, independent of the codec:
 - the image: for each point a distinct raw value is encoded at its registers (its
@@ -18,6 +19,7 @@ Two checks of each point's decoding, independent of the codec:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,32 +32,24 @@ import bridge
 from bridge import vocabulary
 from bridge.codec import decode_registers, encode_registers
 from bridge.config import parse_config
+from bridge.config_profiles import Profile, load_profiles
 from bridge.model import DataType, Device, Point, Table
 from bridge.planner import decode_block, plan_device
 
 PROFILES = Path(bridge.__file__).parent / "profiles"
 FILES = sorted(PROFILES.glob("*/*.yaml"))
-HEADER_KEYS = ("manufacturer", "model", "kind", "source")
-NOT_TEMPLATE_KEYS = ("kind", "source")
 
 
 def _id(path: Path) -> str:
     return f"{path.parent.name}/{path.stem}"
 
 
-def header_problems(doc: Mapping[str, Any]) -> list[str]:
-    """What a profile's header lacks: manufacturer, model, a known kind, and the
-    manufacturer's document (title, and a version or date)."""
-    problems = [f"no {key}" for key in HEADER_KEYS if not doc.get(key)]
-    kind = doc.get("kind")
-    if kind and kind not in vocabulary.KINDS:
-        problems.append(f"kind {kind!r} is not one of {', '.join(vocabulary.KINDS)}")
-    source = doc.get("source")
-    if source and not isinstance(source, Mapping):
-        problems.append("source is not a mapping of title and version")
-    elif source:
-        problems += [f"source has no {k}" for k in ("title", "version") if not source.get(k)]
-    return problems
+@functools.cache
+def catalog() -> dict[str, Profile]:
+    """Every built-in profile, read by the bridge's own profile reader; none may fail."""
+    profiles, problems = load_profiles()
+    assert [str(p) for p in problems] == []
+    return {p.name: p for p in profiles}
 
 
 def _text(value: object) -> str | None:
@@ -79,49 +73,64 @@ def unit_problems(p: Point) -> list[str]:
     return problems
 
 
-def load(path: Path) -> tuple[dict[str, Any], Device]:
-    """The profile's header, and a device made from it as a template."""
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    header = {k: doc.get(k) for k in HEADER_KEYS}
-    template = {k: v for k, v in doc.items() if k not in NOT_TEMPLATE_KEYS}
+def load(path: Path) -> tuple[Profile, Device]:
+    """The profile as read, and a device that names it (`profile: maker/model`), as a
+    user's configuration would: through the configuration reader, every rule applied."""
     config = {
         "version": 1,
         "hosts": [{"name": "gw", "address": "127.0.0.1"}],
-        "templates": {"profile": template},
-        "devices": [{"name": "dev", "host": "gw", "unit": 1, "template": "profile"}],
+        "devices": [{"name": "dev", "host": "gw", "unit": 1, "profile": _id(path)}],
     }
     text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
-    return header, parse_config(text, source=str(path)).devices[0]
+    return catalog()[_id(path)], parse_config(text, source="<test>").devices[0]
 
 
 def test_there_are_profiles_of_enough_makers() -> None:
     makers: dict[str, set[str]] = {}
-    for path in FILES:
-        header, _ = load(path)
-        makers.setdefault(header["kind"], set()).add(header["manufacturer"])
-    assert len(FILES) >= 15
+    for profile in catalog().values():
+        makers.setdefault(profile.kind, set()).add(profile.manufacturer)
+    assert len(catalog()) == len(FILES) >= 15
     assert len(makers["meter"]) >= 6
     assert len(makers.get("inverter", set()) | makers.get("battery", set())) >= 3
 
 
 @pytest.mark.parametrize("path", FILES, ids=_id)
 def test_header(path: Path) -> None:
-    header, device = load(path)
-    assert header_problems(header) == []
+    profile, device = load(path)
+    assert profile.kind in vocabulary.KINDS
+    assert profile.source.title and (profile.source.version or profile.source.date)
     assert path.stem == path.stem.lower() and path.parent.name == path.parent.name.lower()
-    assert device.manufacturer == header["manufacturer"] and device.model == header["model"]
+    assert device.profile == _id(path)
+    assert (device.manufacturer, device.model) == (profile.manufacturer, profile.model)
 
 
-def test_a_profile_without_its_source_fails() -> None:
-    assert header_problems({"manufacturer": "X", "model": "Y", "kind": "meter"}) == ["no source"]
-    assert header_problems(
-        {"manufacturer": "X", "model": "Y", "kind": "meter", "source": {"title": "T"}}
-    ) == ["source has no version"]
-    assert header_problems(
-        {"manufacturer": "X", "model": "Y", "kind": "toaster", "source": "T"}
-    ) == [
-        "kind 'toaster' is not one of meter, inverter, battery, evse",
-        "source is not a mapping of title and version",
+GOOD_HEADER = """\
+manufacturer: Acme
+model: M1
+kind: meter
+source: {title: Acme M1 Modbus map, version: "1.0"}
+"""
+POINTS = """\
+points:
+  - {name: voltage, table: input, address: 0, type: float32, unit: V,
+     device_class: voltage, state_class: measurement}
+"""
+
+
+def _problems_of(tmp_path: Path, text: str) -> list[str]:
+    (tmp_path / "acme").mkdir(exist_ok=True)
+    (tmp_path / "acme" / "m1.yaml").write_text(text, encoding="utf-8")
+    _, problems = load_profiles([tmp_path])
+    return [p.message for p in problems if "acme" in str(p)]
+
+
+def test_a_profile_without_its_source_fails(tmp_path: Path) -> None:
+    assert _problems_of(tmp_path, GOOD_HEADER + POINTS) == []
+    no_source = GOOD_HEADER.replace('source: {title: Acme M1 Modbus map, version: "1.0"}\n', "")
+    assert _problems_of(tmp_path, no_source + POINTS) == ["missing required key 'source'"]
+    no_edition = GOOD_HEADER.replace(', version: "1.0"', "")
+    assert _problems_of(tmp_path, no_edition + POINTS) == [
+        "the document needs its version or its date"
     ]
 
 
