@@ -307,6 +307,10 @@ DOCUMENT_FACTS: list[tuple[str, str, Table, int, list[int], float]] = [
     ("finder/7m38", "voltage_l1", Table.INPUT, 2500, [0x4366, 0x0000], 230.0),
     ("finder/7m38", "import_energy", Table.INPUT, 2752, [0x4640, 0xE400], 12.345),
     ("finder/7m24", "power", Table.INPUT, 2536, [0xC3FA, 0x0000], -500.0),
+    # Janitza: floats, energies in Wh
+    ("janitza/umg96rm", "voltage_l1", Table.HOLDING, 19000, [0x4366, 0x0000], 230.0),
+    ("janitza/umg96rm", "power", Table.HOLDING, 19026, [0xC47A, 0x0000], -1000.0),
+    ("janitza/umg96rm", "import_energy", Table.HOLDING, 19068, [0x4640, 0xE400], 12.345),
     # Huawei: value = raw / gain; the meter's power is positive on feed-in
     ("huawei/sun2000", "pv1_voltage", Table.HOLDING, 32016, [0x0DB1], 350.5),
     ("huawei/sun2000", "ac_power", Table.HOLDING, 32080, [0x0000, 0x1388], 5000.0),
