@@ -39,7 +39,7 @@ from bridge.model import Device, Point
 from bridge.pacing import deadline, next_cycle, slots
 from bridge.payloads import Value
 from bridge.planner import ReadBlock, decode_block, holes, replan_block
-from bridge.session import HostSession
+from bridge.session import HostSession, Priority
 from bridge.stats import PollStats
 
 log = logging.getLogger("bridge.poll")
@@ -340,7 +340,7 @@ class Scheduler:
             while index < len(state.blocks):
                 block = state.blocks[index]
                 try:
-                    data = await self._read(session, block)
+                    data = await self._read(session, block, first=index == 0)
                 except ExceptionReply as exc:
                     if exc.code not in ADDRESS_CODES:
                         raise
@@ -411,16 +411,28 @@ class Scheduler:
     def _refresh_skipped(self, device: str) -> None:
         self.stats[device].skipped_ranges = [r for g in self._devices[device] for r in g.skipping]
 
-    async def _read(self, session: HostSession, block: ReadBlock) -> list[int] | list[bool]:
-        return await self._read_range(session, block.unit, block, block.start, block.count)
+    async def _read(
+        self, session: HostSession, block: ReadBlock, *, first: bool
+    ) -> list[int] | list[bool]:
+        priority = Priority.POLL if first else Priority.POLL_NEXT
+        return await self._read_range(
+            session, block.unit, block, block.start, block.count, priority=priority
+        )
 
     async def _read_range(
-        self, session: HostSession, unit: int, block: ReadBlock, start: int, count: int
+        self,
+        session: HostSession,
+        unit: int,
+        block: ReadBlock,
+        start: int,
+        count: int,
+        *,
+        priority: Priority = Priority.POLL_NEXT,
     ) -> list[int] | list[bool]:
         attempt = 0
         while True:
             try:
-                return await session.read(unit, block.table, start, count)
+                return await session.read(unit, block.table, start, count, priority=priority)
             except ExceptionReply as exc:
                 if exc.code not in BUSY_CODES or attempt >= BUSY_RETRIES:
                     raise

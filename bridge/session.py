@@ -64,6 +64,10 @@ class Priority(enum.IntEnum):
     where that costs the link nothing (see `probe`)."""
 
     WRITE = 10  # set and get commands (and their read-backs)
+    # A poll's blocks after its first: a device's poll, once begun, goes before the
+    # first reads of the other devices of its pass (its change is published after a
+    # few reads, not after the whole pass).
+    POLL_NEXT = 20
     POLL = 30  # the scheduler's polls, and the proxy's requests
     PROBE = 50  # a unit that backs off, asked whether it is back (`probe`)
 

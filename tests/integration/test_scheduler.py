@@ -104,3 +104,33 @@ async def test_a_write_goes_ahead_of_the_rest_of_a_pass(sim_servers) -> None:
     finally:
         await scheduler.stop()
         await session.stop()
+
+
+async def test_a_device_poll_once_begun_is_not_spread_over_its_pass(sim_servers) -> None:
+    # 10 devices of 3 blocks each, one pass: a device's second and third reads go
+    # before the other devices' first ones (Priority.POLL_NEXT), so the change its
+    # first read sees is published after a few reads, not after the whole pass.
+    units = range(1, 11)
+    server: SimServer = await sim_servers(units)
+    points = tuple(
+        Point(f"p{a}", Table.HOLDING, a, DataType.UINT16, interval=1.0) for a in (0, 50, 100)
+    )
+    devices = [Device(name=f"d{u}", host="gw", unit=u, interval=1.0, points=points) for u in units]
+    session = HostSession(Host(name="gw", link=TcpLink("127.0.0.1", port=server.port)))
+    groups = group_blocks(devices, {d.name: plan_device(d) for d in devices})
+    assert len({g.phase for g in groups}) == 1 and all(len(g.blocks) == 3 for g in groups)
+    scheduler = Scheduler(groups, {"gw": session}, on_poll=lambda *_: None)
+    await session.start()
+    scheduler.start()
+    try:
+        async with asyncio.timeout(5):
+            while len(server.request_log) < 30:
+                await asyncio.sleep(0.01)
+    finally:
+        await scheduler.stop()
+        await session.stop()
+    first_pass = [r.unit for r in list(server.request_log)[:30]]
+    assert sorted(first_pass) == sorted(u for u in units for _ in range(3))
+    for unit in units:
+        where = [i for i, u in enumerate(first_pass) if u == unit]
+        assert where[-1] - where[0] <= 6, first_pass  # among at most one other device

@@ -156,7 +156,9 @@ class Memory:
         self.generation = 1
         self.connected = True
 
-    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int]:
+    async def read(
+        self, unit: int, table: Table, start: int, count: int, *, priority: int = 0
+    ) -> list[int]:
         await asyncio.sleep(0)
         return [self.registers.get(a, 0) for a in range(start, start + count)]
 

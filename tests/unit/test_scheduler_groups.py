@@ -32,7 +32,9 @@ class Memory:
         self.probe_costs = 0.01
         self.probes = 0
 
-    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int]:
+    async def read(
+        self, unit: int, table: Table, start: int, count: int, *, priority: int = 0
+    ) -> list[int]:
         self.reads.append((start, count))
         await asyncio.sleep(0)
         if self.silent:
@@ -147,10 +149,10 @@ async def test_a_device_is_online_only_when_none_of_its_groups_fails() -> None:
     assert len(scheduler.groups) == 2
     original = session.read
 
-    async def slow_fails(unit: int, table: Table, start: int, count: int) -> list[int]:
+    async def slow_fails(unit: int, table: Table, start: int, count: int, **kw: Any) -> list[int]:
         if start == 10:
             raise RequestTimeout("gw", unit, "no answer")
-        return await original(unit, table, start, count)
+        return await original(unit, table, start, count, **kw)
 
     session.read = slow_fails  # type: ignore[method-assign]
     scheduler.start()
@@ -172,10 +174,10 @@ async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift
     starts: list[tuple[float, int]] = []  # (time, unit) of each poll's first read
     original = session.read
 
-    async def read(unit: int, table: Table, start: int, count: int) -> list[int]:
+    async def read(unit: int, table: Table, start: int, count: int, **kw: Any) -> list[int]:
         if start == 0:
             starts.append((loop.time(), unit))
-        return await original(unit, table, start, count)
+        return await original(unit, table, start, count, **kw)
 
     session.read = read  # type: ignore[method-assign]
     scheduler, _ = _scheduler(session, *devices)
