@@ -28,8 +28,8 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-PER_HOST = 10  # groups of one host in one pass, at most
-PASS_MAX = 100  # groups in one pass, at most
+PER_HOST = 25  # groups of one host in one pass, at most
+PASS_MAX = 50  # groups in one pass, at most
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,10 @@ async def test_no_probe_when_a_poll_is_due_before_it_could_time_out() -> None:
     session.probe_costs = interval  # a probe would run into the neighbour's next poll
     original = session.read
 
-    async def read(unit: int, table: Any, start: int, count: int) -> list[int]:
+    async def read(unit: int, table: Any, start: int, count: int, **kw: Any) -> list[int]:
         if unit == 2:
             raise RequestTimeout("gw", unit, "no answer")
-        return await original(unit, table, start, count)
+        return await original(unit, table, start, count, **kw)
 
     session.read = read  # type: ignore[method-assign]
     scheduler, polls = _scheduler(session, live, dead)
