@@ -22,9 +22,11 @@ from bridge.command_handler import CommandHandler
 from bridge.errors import ConfigError, ModbusRequestError
 from bridge.feature import Changes, Feature
 from bridge.figures import (
+    BufferFigures,
     DeviceFigures,
     Figures,
     HostFigures,
+    buffer_figures,
     config_figures,
     device_polls,
     host_figures,
@@ -32,6 +34,7 @@ from bridge.figures import (
     report_figures,
 )
 from bridge.health import DEVICES_PER_STEP, build_health, health_payload, rss_bytes
+from bridge.history import History
 from bridge.homeassistant import HomeAssistant
 from bridge.inventory import Inventory
 from bridge.logs import OnlineLog, Throttle
@@ -138,7 +141,10 @@ class Bridge:
 
     def _make_features(self) -> list[Feature]:
         """Every kind of optional feature, in the order they publish on connect."""
-        return [HomeAssistant(self), Inventory(self), Systemd(self), SparkplugNode(self)]
+        sparkplug = SparkplugNode(self)
+        history = History(self, sparkplug=sparkplug)  # after the Sparkplug births
+        sparkplug.buffered = lambda: history.stats.records
+        return [HomeAssistant(self), Inventory(self), Systemd(self), sparkplug, history]
 
     def _make_link(self, config: BridgeConfig, topics: Topics) -> MqttLink:
         routes: dict[str, Callable[[Incoming], None]] = {}
@@ -155,6 +161,7 @@ class Bridge:
             routes=routes,  # the features' (Home Assistant: its status, our old discovery)
             gate=layout_gate(config, topics),  # no other shard layout under the base
             on_gate_closed=self._refuse_to_run,
+            on_disconnected=self._disconnected,
         )
 
     def _make_metrics(self, config: BridgeConfig) -> MetricsServer | None:
@@ -176,6 +183,15 @@ class Bridge:
     def send(self, messages: Iterable[Message]) -> None:
         for m in messages:
             self.link.publish(m.topic, m.payload, retain=m.retain)
+
+    def publish_acked(self, topic: str, payload: bytes, on_done: Callable[[bool], None]) -> None:
+        self.link.publish(
+            topic, payload, retain=False, coalesce=False, qos=1, on_done=on_done, session=True
+        )
+
+    def _disconnected(self, since: float | None) -> None:
+        for feature in self.features:
+            feature.disconnected(since)
 
     def republish(self) -> None:
         """After every (re)connect, and when a feature asks (Home Assistant came online):
@@ -491,6 +507,12 @@ class Bridge:
         the metrics show. Called on the event loop."""
         return _run_all(_figure_steps(self))
 
+    def _buffer_figures(self) -> BufferFigures | None:
+        for feature in self.features:
+            if isinstance(feature, History) and feature.store is not None:
+                return buffer_figures(feature.stats)
+        return None
+
     def health(self) -> dict[str, Any]:
         return build_health(self.figures())
 
@@ -597,6 +619,7 @@ def _figure_steps(bridge: Bridge) -> Generator[None, None, Figures]:
         ),
         proxies=bridge.proxies.figures(),
         report=report_figures(bridge.report) if bridge.report.slices else None,
+        buffer=bridge._buffer_figures(),
     )
 
 

@@ -223,6 +223,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = config.metrics.describe()
         reach = "loopback only" if config.metrics.loopback else "REACHABLE FROM OTHER MACHINES"
         lines.append(f"metrics: http://{where}/metrics ({reach}, no authentication)")
+    if config.buffer is not None:
+        b = config.buffer
+        lines.append(
+            f"buffer: {b.path} (at most {b.max_bytes} bytes, changes kept {b.max_age:g}s, "
+            f"replayed at {b.replay_rate:g}/s, written every {b.flush_interval:g}s)"
+        )
     if config.sparkplug is not None:
         sp = config.sparkplug
         host = "" if sp.primary_host_id is None else f", primary host {sp.primary_host_id}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from bridge import hakeys, hass
+from bridge.config_features import FeatureReader
 from bridge.config_nodes import (
     Fields,
     Node,
@@ -58,11 +59,9 @@ from bridge.model import (
     Parity,
     Proxy,
     SerialLink,
-    Sparkplug,
     TcpLink,
     Tls,
 )
-from bridge.sparkplug import id_problem
 from bridge.tls import TlsSetupError, tls_context
 from bridge.topics import (
     RESERVED_DEVICE_NAMES,
@@ -89,10 +88,7 @@ CONFIG_VERSION = 1
 # fmt: off
 _ROOT_KEYS = (
     "version", "read_only", "write_timeout", "health_interval", "mqtt", "homeassistant", "metrics",
-    "sparkplug", "hosts", "profiles", "templates", "devices",
-)
-_SPARKPLUG_KEYS = (
-    "group_id", "edge_node_id", "primary_host_id",
+    "sparkplug", "buffer", "hosts", "profiles", "templates", "devices",
 )
 _METRICS_KEYS = (
     "listen", "shard_ports",
@@ -479,7 +475,7 @@ class _HostReader(ProfileReader):
         )
 
 
-class _Reader(_HostReader):
+class _Reader(_HostReader, FeatureReader):
     """Turns the node tree into a `BridgeConfig`, collecting problems on the way."""
 
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
@@ -515,6 +511,8 @@ class _Reader(_HostReader):
         metrics = None if metrics_node is None else self.metrics(metrics_node, "metrics")
         sparkplug_node = f.value("sparkplug")
         sparkplug = None if sparkplug_node is None else self.sparkplug(sparkplug_node, "sparkplug")
+        buffer_node = f.value("buffer")
+        buffer = None if buffer_node is None else self.buffer(buffer_node, "buffer")
         hosts = self.hosts(f)
         self.profile_folders = self.folders(f)
         templates_node = f.value("templates")
@@ -534,6 +532,7 @@ class _Reader(_HostReader):
             metrics=metrics,
             sparkplug=sparkplug,
             profiles=tuple(self.profile_folders),
+            buffer=buffer,
             source=self.source,
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
         )
@@ -627,21 +626,6 @@ class _Reader(_HostReader):
         if metrics is not None and shard_ports is not None:
             metrics = replace(metrics, shard_ports=shard_ports)
         return metrics
-
-    def sparkplug(self, node: Node, path: str) -> Sparkplug | None:
-        f = self.mapping(node, path, _SPARKPLUG_KEYS)
-        if f is None:
-            return None
-        group = self.req(f, "group_id", self.sparkplug_id)
-        edge = self.req(f, "edge_node_id", self.sparkplug_id)
-        host = self.get(f, "primary_host_id", self.sparkplug_id)
-        if group is None or edge is None:
-            return None
-        return Sparkplug(group_id=group, edge_node_id=edge, primary_host_id=host)
-
-    def sparkplug_id(self, node: Node, path: str) -> str | None:
-        """A Sparkplug id: one topic level that can travel in MQTT."""
-        return self.checked_text(node, path, lambda text: text_problem(text) or id_problem(text))
 
     def listen(self, node: Node, path: str) -> Metrics | None:
         """`ADDRESS:PORT` (an IPv6 address in brackets), or a bare port on loopback."""

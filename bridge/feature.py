@@ -12,7 +12,8 @@ ones it needs.
 Order, as the root keeps it:
 
 - start: `start()` after the MQTT link task and before polling starts;
-- every MQTT (re)connect: `connected()` of each feature, then the full state;
+- every MQTT (re)connect: `connected()` of each feature, then the full state; each
+  connection that ends: `disconnected(since)`;
 - a message on one of a feature's `routes()` (asked each time a link is built):
   its handler, at once, on the event loop;
 - a poll or a command's read-back that changed what is published for a device:
@@ -68,6 +69,11 @@ class Hub(Protocol):
     def send(self, messages: Iterable[Message]) -> None:
         """`publish` each of `messages`."""
 
+    def publish_acked(self, topic: str, payload: bytes, on_done: Callable[[bool], None]) -> None:
+        """Queue one message that must each be delivered (QoS 1, not retained, never
+        replaced by a newer one, given up when this connection ends): `on_done(True)`
+        once the broker acknowledged it, `on_done(False)` when it was given up."""
+
     def republish(self) -> None:
         """Everything again, as after a connect: every feature's `connected()`, then the
         full state."""
@@ -122,6 +128,10 @@ class Feature:
 
     def reloaded(self) -> None:
         """The reload's configuration is the one running now (`hub.config`)."""
+
+    def disconnected(self, since: float | None) -> None:
+        """The MQTT link's connection ended. `since`: when the oldest message it had not
+        delivered was queued (None: everything was delivered)."""
 
     def stopping(self) -> None:
         """Shutdown, the link still up: the feature's last words."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.payloads import iso_utc
 from bridge.stats import (
     LATENCY_BUCKETS,
+    BufferStats,
     CommandStats,
     LinkStats,
     PollStats,
@@ -453,6 +454,47 @@ class ProxyFigures:
 
 
 @dataclass(frozen=True)
+class BufferFigures:
+    """The store-and-forward buffer (`buffer:`), when it is on."""
+
+    records: int = shown(
+        "Changes in the buffer, waiting for the broker.",
+        metric="buffer_records",
+        kind=GAUGE,
+    )
+    bytes: int = shown(
+        "What the buffered changes cost on disk (estimated).", metric="buffer_bytes", kind=GAUGE
+    )
+    appended: int = shown(
+        "Changes buffered while the broker was away.", metric="buffer_appended_total"
+    )
+    replayed: int = shown(
+        "Buffered changes replayed and acknowledged by the broker.",
+        metric="buffer_replayed_total",
+    )
+    dropped: int = shown(
+        "Buffered changes dropped, the oldest first, past max_bytes or max_age.",
+        metric="buffer_dropped_total",
+    )
+    dropped_age: int = shown("of them past max_age", health="dropped_max_age")
+    commits: int = shown(
+        "Writes to the disk (one transaction each).", metric="buffer_commits_total"
+    )
+
+
+def buffer_figures(stats: BufferStats) -> BufferFigures:
+    return BufferFigures(
+        records=stats.records,
+        bytes=stats.bytes,
+        appended=stats.appended,
+        replayed=stats.replayed,
+        dropped=stats.dropped,
+        dropped_age=stats.dropped_age,
+        commits=stats.commits,
+    )
+
+
+@dataclass(frozen=True)
 class Figures:
     """Everything the health report and the metrics show, at one moment."""
 
@@ -465,6 +507,7 @@ class Figures:
     config: ConfigFigures
     proxies: tuple[ProxyFigures, ...] = ()  # the hosts with a proxy
     report: ReportFigures | None = None  # the previous health report (none yet: None)
+    buffer: BufferFigures | None = None  # store and forward, when it is on
 
 
 def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:

@@ -62,6 +62,7 @@ def build_health(figures: Figures) -> dict[str, Any]:
         "config": _doc(figures.config),
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
         **({"report": _doc(figures.report)} if figures.report is not None else {}),
+        **({"buffer": _doc(figures.buffer)} if figures.buffer is not None else {}),
     }
 
 
@@ -96,6 +97,7 @@ def health_payload(figures: Figures, limit: int) -> Generator[None, None, bytes 
         "config": _doc(figures.config),
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
         **({"report": _doc(figures.report)} if figures.report is not None else {}),
+        **({"buffer": _doc(figures.buffer)} if figures.buffer is not None else {}),
     }
     body = b",".join(p for p in pieces if p)
     payload = json_doc(head)[:-1] + b',"devices":{' + body + b"}," + json_doc(tail)[1:]

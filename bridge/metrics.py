@@ -117,6 +117,8 @@ def families(figures: Figures) -> list[Metric]:
         out.add(proxy, [("host", proxy.host)])
     if figures.report is not None:
         out.add(figures.report, [])
+    if figures.buffer is not None:
+        out.add(figures.buffer, [])
     build = {"version": __version__}
     if figures.config.shard is not None:
         build["shard"] = figures.config.shard  # which process of a sharded fleet this is

@@ -103,7 +103,7 @@ class SparkplugNode(Feature):
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[str, dict[str, object]] = {}  # per device: values as last sent
         self._node_sent: dict[str, MetricValue] = {}
-        self._buffered = buffered  # records waiting in the store-and-forward buffer
+        self.buffered = buffered  # records waiting in the store-and-forward buffer
         self._restart: bool = False  # a reload changes what the node is
         self._changing: asyncio.Task[None] | None = None
         self._stopping = False
@@ -195,7 +195,7 @@ class SparkplugNode(Feature):
             "Node Info/Version": __version__,
             "Node Info/Devices": len(devices),
             "Node Info/Devices Online": sum(1 for st in devices if st.available),
-            "Node Info/Buffered Records": self._buffered(),
+            "Node Info/Buffered Records": self.buffered(),
         }
 
     def _send(self, messages: Sequence[Sent]) -> None:
@@ -250,6 +250,12 @@ class SparkplugNode(Feature):
             if out:
                 self._node_sent["Node Info/Devices Online"] = online
                 self._send(out)
+
+    @property
+    def ready(self) -> bool:
+        """Whether births went out on a connection that is up (history can follow)."""
+        node, link = self.node, self.link
+        return node is not None and link is not None and link.connected and node.born
 
     def history(self, device: str, records: Sequence[tuple[int, Mapping[str, object]]]) -> bool:
         """Buffered changes of `device` as one DDATA (each metric historical, with its

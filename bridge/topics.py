@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from bridge.model import BridgeConfig
 
 # Names that would clash with the bridge's own topics at that level.
-RESERVED_POINT_NAMES = frozenset({"set", "get", "availability"})
+RESERVED_POINT_NAMES = frozenset({"set", "get", "availability", "history"})
 RESERVED_DEVICE_NAMES = RESERVED_POINT_NAMES | {"bridge"}
 
 MAX_TOPIC_BYTES = 65535  # an MQTT string: a longer topic cannot be sent at all
@@ -182,6 +182,10 @@ class Topics:
 
     def get(self, device: str) -> str:
         return self._join(device, "get")
+
+    def history(self, device: str) -> str:
+        """Changes buffered while the broker was away, replayed (not retained)."""
+        return self._join(device, "history")
 
     def set_result(self, device: str) -> str:
         return self._join(device, "set", "result")
