@@ -617,6 +617,11 @@ def _show_profile(profile: Profile, *, as_json: bool) -> str:
         f"source: {profile.source.describe()}",
         f"file: {profile.path}",
         f"{len(points)} points; use it with `profile: {profile.name}` on a device",
+        *(
+            [f"reads at most {profile.max_read} registers per request (max_read)"]
+            if profile.max_read
+            else []
+        ),
         "",
     ]
     rows = [("POINT", "TABLE", "ADDRESS", "TYPE", "UNIT", "DEVICE CLASS", "STATE CLASS", "")]

@@ -47,6 +47,7 @@ from bridge.discovery import Owner, TooLong, id_problems
 from bridge.errors import ConfigError, Problem
 from bridge.logs import redact
 from bridge.model import (
+    MAX_READ,
     BridgeConfig,
     Device,
     Framer,
@@ -118,12 +119,12 @@ _DEVICE_INFO_KEYS = (  # devices and templates
     "manufacturer", "model", "area", "heartbeat",
 )
 _TEMPLATE_KEYS = (
-    "profile", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points", "drop",
+    "profile", "byte_order", "word_order", "max_read", *_DEVICE_INFO_KEYS, "points", "drop",
 )
 _DEVICE_KEYS = (
     "name", "host", "unit", "units", "template", "profile", "interval", "max_gap",
-    "write_multiple", "write_rate", "byte_order", "word_order", *_DEVICE_INFO_KEYS, "points",
-    "drop",
+    "max_read", "write_multiple", "write_rate", "byte_order", "word_order",
+    *_DEVICE_INFO_KEYS, "points", "drop",
 )
 # fmt: on
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
@@ -221,6 +222,7 @@ class _Template:
     written_points: int = 0  # entries in the YAML list, valid or not
     info: _DeviceInfo = _DeviceInfo()
     profile: str | None = None  # the profile it starts from
+    max_read: int | None = None  # registers per read request
     # the points its `drop` took away: name -> (node, path) of the drop entry
     dropped: dict[str, tuple[Node, str]] = field(default_factory=dict)
 
@@ -242,6 +244,7 @@ def _profile_base(profile: Profile | None) -> _Template | None:
         written_points=len(profile.points),
         info=_DeviceInfo(manufacturer=profile.manufacturer, model=profile.model),
         profile=profile.name,
+        max_read=profile.max_read,
     )
 
 
@@ -758,8 +761,10 @@ class _Reader(_HostReader, FeatureReader):
             specs = self.merged(t, base, points)
             byte_order = self.get(t, "byte_order", self.choice(Order, "byte order"))
             word_order = self.get(t, "word_order", self.choice(Order, "word order"))
+            max_read = self.get(t, "max_read", self.int_in(1, MAX_READ))
             info = self.device_info(t)
             if base is not None:
+                max_read = max_read or base.max_read
                 written += base.written_points
                 info = info.over(base.info)
                 byte_order = byte_order or base.byte_order
@@ -767,6 +772,7 @@ class _Reader(_HostReader, FeatureReader):
             templates[name] = _Template(
                 byte_order=byte_order,
                 word_order=word_order,
+                max_read=max_read,
                 points=list(specs.values()),
                 written_points=written or int(t.has("profile")),
                 info=info,
@@ -850,6 +856,7 @@ class _Reader(_HostReader, FeatureReader):
             base = _profile_base(self.named_profile(f))
         interval = or_default(self.get(f, "interval", self.duration), DEFAULT_INTERVAL)
         max_gap = self.get(f, "max_gap", self.int_in(0))
+        max_read = self.get(f, "max_read", self.int_in(1, MAX_READ))
         write_multiple = self.get(f, "write_multiple", self.boolean)
         write_rate = self.get(f, "write_rate", self.rate)
         byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
@@ -880,6 +887,17 @@ class _Reader(_HostReader, FeatureReader):
         dev_word = word_order or (base.word_order if base else None) or Order.BIG
         inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
         points = tuple(resolve(s, inherited) for s in specs.values())
+        max_read = max_read or (base.max_read if base else None) or MAX_READ
+        for p in points:
+            if not p.table.is_bits and p.count > max_read:
+                spec = specs[p.name]
+                self.report(
+                    spec.nodes.get("length") or spec.nodes.get("type"),
+                    f"{spec.path}.{'length' if 'length' in spec.nodes else 'type'}",
+                    f"{p.name} needs {p.count} registers, more than the device's max_read"
+                    f" ({max_read})",
+                    source=spec.source,
+                )
         dropped = {**(base.dropped if base else {}), **self.dropped}
         for point_name, message in check_scale_factors(points):
             spec = specs[point_name]
@@ -910,6 +928,7 @@ class _Reader(_HostReader, FeatureReader):
                 area=info.area,
                 heartbeat=info.heartbeat,
                 profile=None if base is None else base.profile,
+                max_read=max_read,
             )
             for unit in units
         ]

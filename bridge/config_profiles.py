@@ -26,14 +26,15 @@ from typing import Any, Protocol
 from bridge.config_nodes import Fields, Node, compose, is_null, show, suggest
 from bridge.config_points import DEFAULT_INTERVAL, PointReader, PointSpec, resolve
 from bridge.errors import ConfigError, Problem
-from bridge.model import Order, Point
+from bridge.model import MAX_READ, Order, Point
 from bridge.vocabulary import KINDS
 
 BUILTIN = Path(__file__).parent / "profiles"
 """The profiles shipped with the bridge (package data)."""
 
 PROFILE_KEYS = (
-    "manufacturer", "model", "kind", "source", "byte_order", "word_order", "points",
+    "manufacturer", "model", "kind", "source", "byte_order", "word_order", "max_read",
+    "points",
 )  # fmt: skip
 SOURCE_KEYS = ("title", "version", "date", "url")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*")
@@ -73,6 +74,7 @@ class Profile:
     byte_order: Order | None
     word_order: Order | None
     points: tuple[PointSpec, ...]
+    max_read: int | None = None  # registers per read request, when the device takes fewer
 
     @property
     def builtin(self) -> bool:
@@ -176,6 +178,7 @@ class ProfileReader(PointReader):
         source = self.req(f, "source", self.source_document)
         byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
         word_order = self.get(f, "word_order", self.choice(Order, "word order"))
+        max_read = self.get(f, "max_read", self.int_in(1, MAX_READ))
         points_node = self.req(f, "points", lambda n, _p: n)
         specs, written = ([], 0) if points_node is None else self.points(points_node, f)
         if points_node is not None and written == 0:
@@ -192,6 +195,7 @@ class ProfileReader(PointReader):
             byte_order=byte_order,
             word_order=word_order,
             points=tuple(specs),
+            max_read=max_read,
         )
 
     def source_document(self, node: Node, path: str) -> Source | None:
@@ -294,6 +298,7 @@ def header_doc(profile: Profile) -> dict[str, Any]:
         "source": source,
         "file": profile.path,
         "builtin": profile.builtin,
+        "max_read": profile.max_read,
     }
 
 

@@ -59,6 +59,7 @@ class DataType(enum.Enum):
 
 
 MAX_STRING_LENGTH = 125  # registers: one read request
+MAX_READ = 125  # registers one read request may ask for (the Modbus limit)
 
 _WIDTHS = {
     DataType.BOOL: 1,
@@ -366,6 +367,8 @@ class Device:
     # seconds: republish the full state at least this often, changed or not
     heartbeat: float | None = None
     profile: str | None = None  # the device profile its points come from (maker/model)
+    # registers one read may ask for (a meter that takes fewer than Modbus's 125)
+    max_read: int = MAX_READ
 
     def point(self, name: str) -> Point | None:
         for p in self.points:

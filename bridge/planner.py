@@ -10,8 +10,8 @@ walks them in address order, merging a point into the current block when
   bits and may be up to `max_gap * 16` bits (the same number of bytes on the
   wire as `max_gap` registers);
 - and the block would still be at most `table.max_count` long (125 registers,
-  2000 bits). A point is never split: one that would cross the cap starts a
-  new block.
+  2000 bits), or the device's `max_read` registers. A point is never split: one
+  that would cross the cap starts a new block.
 
 Blocks come out ordered by (table, interval, start); points sharing an
 address range (several `bit` points of one register) share the block. Each
@@ -172,7 +172,7 @@ def _plan_group(
     points: Iterable[Point],
     avoid: Sequence[tuple[int, int]] = (),
 ) -> list[ReadBlock]:
-    cap = table.max_count
+    cap = table.max_count if table.is_bits else min(table.max_count, device.max_read)
     gap = _gap_limit(table, device.max_gap)
     names = scale_names(device)
     blocks: list[ReadBlock] = []

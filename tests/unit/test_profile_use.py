@@ -14,6 +14,7 @@ from bridge.config import parse_config
 from bridge.config_profiles import BUILTIN, find_profiles, load_profiles
 from bridge.errors import ConfigError
 from bridge.model import BridgeConfig, Device, Order
+from bridge.planner import plan_device
 
 HEAD = """\
 version: 1
@@ -288,3 +289,56 @@ def test_profiles_show_an_unknown_name(capsys: pytest.CaptureFixture[str]) -> No
         capsys.readouterr().err
     )
     assert main(["profiles", "show"]) == 2
+
+
+# -- max_read: a device that takes fewer registers per request than Modbus allows
+
+
+def test_max_read_comes_from_the_profile_and_caps_every_read() -> None:
+    cfg = config(
+        """\
+templates:
+  small: {profile: eastron/sdm630, max_read: 40}
+devices:
+  - {name: m, host: gw, unit: 1, profile: eastron/sdm630}
+  - {name: t, host: gw, unit: 2, template: small}
+  - {name: d, host: gw, unit: 3, template: small, max_read: 20}
+  - name: own
+    host: gw
+    unit: 4
+    max_gap: 2000
+    points: [{name: a, table: holding, address: 0, type: uint16},
+             {name: b, table: holding, address: 120, type: uint16},
+             {name: c, table: coil, address: 0}, {name: e, table: coil, address: 1999}]
+"""
+    )
+    assert [d.max_read for d in cfg.devices] == [80, 40, 20, 125]
+    for d in cfg.devices:
+        blocks = plan_device(d)
+        assert all(b.count <= d.max_read for b in blocks if not b.table.is_bits), d.name
+    own = plan_device(device(cfg, "own"))
+    assert [(b.table.value, b.start, b.count) for b in own] == [
+        ("coil", 0, 2000),  # bits are not capped by max_read
+        ("holding", 0, 121),
+    ]
+    assert len(plan_device(device(cfg))) < len(plan_device(device(cfg, "d")))
+
+
+def test_a_point_longer_than_max_read_is_refused() -> None:
+    found = problems(
+        """\
+devices:
+  - name: m
+    host: gw
+    unit: 1
+    max_read: 4
+    points: [{name: s, table: holding, address: 0, type: string, length: 8}]
+"""
+    )
+    assert found == [
+        "c.yaml:9:74: devices[0].points[0].length: s needs 8 registers, more than the "
+        "device's max_read (4)"
+    ]
+    assert problems(
+        "devices:\n  - {name: m, host: gw, unit: 1, max_read: 126, profile: eastron/sdm630}\n"
+    ) == ["c.yaml:5:44: devices[0].max_read: must be between 1 and 125, got 126"]
