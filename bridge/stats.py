@@ -144,6 +144,7 @@ class ReportStats:
     in slices, `app.Bridge._health_steps`)."""
 
     longest_slice: float = 0.0  # seconds: the longest the loop was held at once
+    longest_slice_cpu: float = 0.0  # seconds: the most CPU one slice used (its own work)
     slices: int = 0  # pieces the report was built in
     held: float = 0.0  # seconds: all its slices together (what one piece would hold)
     took: float = 0.0  # seconds from the first slice to the publish, waits included
