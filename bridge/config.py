@@ -544,7 +544,8 @@ class _Reader(_HostReader, FeatureReader):
         return None if self.problems else config
 
     def check_proxies(self, config: BridgeConfig) -> None:
-        """A proxy serves some unit, and listens where nothing else of the bridge does."""
+        """A proxy serves some unit, writes only where the bridge may, and listens where
+        nothing else of the bridge does."""
         taken: list[tuple[int, str, str]] = []  # (port, address, what listens there)
         if config.metrics is not None:
             taken.append((config.metrics.port, config.metrics.address, "metrics.listen"))
@@ -559,6 +560,13 @@ class _Reader(_HostReader, FeatureReader):
                     path,
                     f"no device is on host '{host.name}': give proxy.units, the unit ids "
                     "the proxy serves",
+                )
+            if proxy.writes and config.read_only:
+                self.report(
+                    node,
+                    f"{path}.writes",
+                    "read_only: true forbids writes through the bridge, the proxy's too: "
+                    "drop one of them",
                 )
             clash = next(
                 (what for port, address, what in taken
