@@ -52,6 +52,8 @@ from bridge.shard import layout_gate
 from bridge.spnode import SparkplugNode
 from bridge.state import StateCache
 from bridge.stats import ReloadStats, ReportStats, SessionStats
+from bridge.sunspec import Chain, with_chains
+from bridge.sunspec_io import SunSpecFinder
 from bridge.systemd import Systemd
 from bridge.topics import Topics, topics_of
 
@@ -111,6 +113,10 @@ class Bridge:
         self.metrics = self._make_metrics(config)
         # Modbus TCP proxies on the hosts' sessions (`proxy:` on a host).
         self.proxies = Proxies(config, self.sessions, self.commands.reread)
+        # SunSpec devices: the configuration as read (`declared`); the running one has
+        # their points from the chains read (`sunspec.chains`).
+        self.declared = config
+        self.sunspec = SunSpecFinder(self.sessions.get, self.sunspec_found)
         self._link_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
@@ -255,6 +261,7 @@ class Bridge:
         for feature in self.features:
             await feature.start()
         self.scheduler.start()
+        self.sunspec.start(self.config.devices)
         self._start_health()
         self._start_metrics()
         _log_started(self.config, self.topics, len(self.sessions), self.plan)
@@ -341,6 +348,7 @@ class Bridge:
         if self._reconfiguring.locked():
             await bounded(self._reconfiguring.acquire(), left(1.5), "shutdown: wait for the reload")
         await cancel(self._reload_task, left(0.5), "shutdown: stop reloading")
+        await bounded(self.sunspec.stop(), left(0.5), "shutdown: SunSpec discovery")
         if self._health_task is not None:
             self._health_task.cancel()
         await bounded(self.scheduler.stop(), left(1.0), "shutdown: stop polling")
@@ -374,9 +382,23 @@ class Bridge:
             if config is None:
                 self.reloads.invalid += 1
                 continue
-            await self.apply(plan_reload(self.config, config), config)
+            # SunSpec devices keep the chains read, unless a device changed or went.
+            await bounded(self.sunspec.reloading(self.declared, config), 1.5, "reload: SunSpec")
+            self.declared = config
+            running = with_chains(config, self.sunspec.chains)
+            await self.apply(plan_reload(self.config, running), running)
+            self.sunspec.start(running.devices)
 
-    async def apply(self, plan: ReloadPlan, config: BridgeConfig) -> None:
+    async def sunspec_found(self, name: str, chain: Chain) -> None:
+        """A chain read (`sunspec_io`) that maps to other points than the device runs:
+        the device is changed as a reload changes it (its plan alone compiled). Shielded:
+        a reload that stops the device's watcher must not cut the change short."""
+        config = self.sunspec.swap(self.declared, self.config, name, chain)
+        if config is not None:
+            swap = self.apply(plan_reload(self.config, config), config, why=f"SunSpec {name}")
+            await asyncio.shield(swap)
+
+    async def apply(self, plan: ReloadPlan, config: BridgeConfig, *, why: str = "reload") -> None:
         """Run `config` from now on, changing only what `plan` names (`plan_reload` of
         the running configuration and `config`).
 
@@ -390,12 +412,14 @@ class Bridge:
         async with self._reconfiguring:
             if self._stopping:
                 return
-            log.info("reload: %s", plan.summary())
+            log.info("%s: %s", why, plan.summary())
             await self._apply(plan, config)
-            self.reloads.ok += 1
-            self.reloads.last = time.time()
+            if why == "reload":  # not a SunSpec device's points swapped in
+                self.reloads.ok += 1
+                self.reloads.last = time.time()
             log.info(
-                "reload done: %d hosts, %d devices",
+                "%s done: %d hosts, %d devices",
+                why,
                 len(self.sessions),
                 len(self.config.devices),
             )

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge import sunspec, sunspec_io
 from bridge.codec import CodecError, decode_point, encode_point
 from bridge.commands import plain_value
 from bridge.config import parse_duration, parse_endpoint, parse_units
@@ -366,13 +367,58 @@ async def _scan(args: argparse.Namespace, host: Host, session: HostSession) -> i
     return EXIT_OK
 
 
+async def _scan_sunspec(args: argparse.Namespace, host: Host, session: HostSession) -> int:
+    """`scan --sunspec`: the unit's SunSpec model chain and what each model maps to."""
+    chain = await sunspec_io.discover(session, args.unit)
+    where = f"{host.name} unit {args.unit}"
+    if chain is None:
+        print(
+            f"error: {where}: no SunSpec marker at 40000, 50000 or 0 (nor one register later)",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({"target": host.name, "unit": args.unit, "error": "no SunSpec marker"})
+        return EXIT_FAILURE
+    models = sunspec.describe(chain)
+    info = sunspec.device_info(chain)
+    if args.json:
+        _print_json({"target": host.name, "unit": args.unit, "base": chain.base,
+                     "device": {"manufacturer": info.manufacturer, "model": info.model,
+                                "serial": info.serial, "version": info.version},
+                     "models": models})  # fmt: skip
+        return EXIT_OK
+    print(f"{where}: SunSpec marker at {chain.base}, {len(models)} models")
+    for m in models:
+        standard = m["standard"]
+        maps = (
+            f"{len(m['points']) - len(standard)} points as {m['name']}_*"
+            + (f"; standard names: {', '.join(standard)}" if standard else "")
+            if m["known"]
+            else f"not in the definitions: published raw as {m['name']}_r0..r{m['length'] - 1}"
+        )
+        print(
+            f"  model {m['id']:<5} {m['label']:<40.40} at {m['address']:<5} "
+            f"length {m['length']:<4} -> {maps}"
+        )
+    print(
+        f"device: {info.manufacturer or '?'} {info.model or '?'}, serial {info.serial or '?'}, "
+        f"version {info.version or '?'}"
+    )
+    return EXIT_OK
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`read`, `write` or `scan`: the process's exit code."""
     if args.log_level != "debug":  # the session's own lines (connected, unreachable)
         logging.getLogger("bridge").setLevel(logging.ERROR)
+    sunspec_scan = args.command == "scan" and args.sunspec
+    if sunspec_scan and args.timeout is None:
+        args.default_timeout = READ_TIMEOUT  # one unit, reads of up to 125 registers
     try:
         host = build_host(args)
-        if args.command == "scan":
+        if sunspec_scan:
+            units = 1
+        elif args.command == "scan":
             units = len(args.units) + 3  # the silence rule never recycles the socket
         elif args.command == "write":
             plan_write(args)  # usage errors before any connection
@@ -383,6 +429,8 @@ def run_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         args.parser.error(str(exc))  # exits 2
     work = {"read": _read, "write": _write, "scan": _scan}[args.command]
+    if sunspec_scan:
+        work = _scan_sunspec
     run = _Run(host, units)
 
     async def main(process: Process) -> int:
@@ -543,5 +591,13 @@ def add_parsers(sub: Any) -> None:
     )
     p_scan.add_argument(
         "--address", type=_in(0, 65535), default=0, help="the address to probe (default 0)"
+    )
+    p_scan.add_argument(
+        "--sunspec",
+        action="store_true",
+        help="print the SunSpec model chain of --unit and what each model maps to",
+    )
+    p_scan.add_argument(
+        "--unit", type=_in(0, 255), default=1, help="--sunspec: the unit id (default 1)"
     )
     p_scan.set_defaults(func=run_command, parser=p_scan, default_timeout=SCAN_TIMEOUT)

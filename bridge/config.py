@@ -124,7 +124,7 @@ _TEMPLATE_KEYS = (
 _DEVICE_KEYS = (
     "name", "host", "unit", "units", "template", "profile", "interval", "max_gap",
     "max_read", "write_multiple", "write_rate", "byte_order", "word_order",
-    *_DEVICE_INFO_KEYS, "points", "drop",
+    *_DEVICE_INFO_KEYS, "points", "drop", "sunspec",
 )
 # fmt: on
 _PROTOCOLS = {"5": 5, "3.1.1": 4}
@@ -870,12 +870,18 @@ class _Reader(_HostReader, FeatureReader):
         byte_order = self.get(f, "byte_order", self.choice(Order, "byte order"))
         word_order = self.get(f, "word_order", self.choice(Order, "word order"))
         info = self.device_info(f)
+        # the points of a SunSpec device come from the device itself (bridge.sunspec)
+        sunspec = bool(self.get(f, "sunspec", self.boolean))
         points_node = f.value("points")
         own, written = ([], 0) if points_node is None else self.points(points_node, f)
         if base is not None:
             written += base.written_points
-        if written == 0 and not (f.has("template") or f.has("profile")):
-            self.report(node, path, "device has no points (give a profile, a template or points)")
+        if written == 0 and not sunspec and not (f.has("template") or f.has("profile")):
+            self.report(
+                node,
+                path,
+                "device has no points (give a profile, a template, points or sunspec: true)",
+            )
 
         if name is not None:
             self.device_name(f, name, units)
@@ -937,6 +943,7 @@ class _Reader(_HostReader, FeatureReader):
                 heartbeat=info.heartbeat,
                 profile=None if base is None else base.profile,
                 max_read=max_read,
+                sunspec=sunspec,
             )
             for unit in units
         ]

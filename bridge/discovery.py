@@ -183,6 +183,8 @@ class Discovery:
         for key, value in (
             ("manufacturer", device.manufacturer),
             ("model", device.model),
+            ("serial_number", device.serial),
+            ("sw_version", device.sw_version),
             ("suggested_area", device.area),
         ):
             if value is not None:

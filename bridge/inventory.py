@@ -79,7 +79,7 @@ def device_entry(config: BridgeConfig, topics: Topics, device: Device) -> dict[s
         # Where the points came from: a device profile (`profile: eastron/sdm630`, issue
         # 17) and, for a SunSpec device, the models read from it; null until then.
         "profile": device.profile,
-        "sunspec_models": None,
+        "sunspec_models": None if device.sunspec_models is None else list(device.sunspec_models),
         "topics": {
             "state": topics.state(device.name),
             "availability": topics.availability(device.name),

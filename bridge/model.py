@@ -369,6 +369,13 @@ class Device:
     profile: str | None = None  # the device profile its points come from (maker/model)
     # registers one read may ask for (a meter that takes fewer than Modbus's 125)
     max_read: int = MAX_READ
+    # `sunspec: true`: the points come from the device's SunSpec model chain, read at
+    # start and after each reconnect (`bridge.sunspec`, `bridge.sunspec_io`); `points`
+    # are then the configured ones until the chain is read, those and the chain's after.
+    sunspec: bool = False
+    sunspec_models: tuple[int, ...] | None = None  # the chain's model ids, once read
+    serial: str | None = None  # Home Assistant's device card (SunSpec model 1)
+    sw_version: str | None = None
 
     def point(self, name: str) -> Point | None:
         for p in self.points:

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Final
 
+from bridge import vocabulary
 from bridge.codec import decode_registers
-from bridge.model import DataType, Point, StateClass, Table
+from bridge.model import BridgeConfig, DataType, Device, Point, StateClass, Table
 
 MARKER: Final = (0x5375, 0x6E53)  # "SunS"
 BASES: Final = (40000, 50000, 0)
@@ -280,63 +281,63 @@ def read_image(program: Program, image: Mapping[int, int]) -> Chain | None:
 
 @dataclass(frozen=True, slots=True)
 class Alias:
-    """A point published again under a standard name (`bridge.vocabulary`): `path` is
-    the point's name in the model (``W``; in a repeating group ``module.DCV``), `name`
-    the standard name (``{i}``: the group's index), `factor` what turns the model's
-    unit into the term's (Wh -> kWh: 0.001)."""
+    """A point published again under a standard name (`bridge.vocabulary`, whose term
+    gives its unit, device class and state class): `path` is the point's name in the
+    model (``W``; in a repeating group ``module.DCV``), `name` the standard name
+    (``{i}``: the group's index), `factor` what turns the model's unit into the term's
+    (Wh -> kWh: 0.001)."""
 
     model: int
     path: str
     name: str
-    unit: str | None
-    device_class: str | None
-    state_class: StateClass | None
     factor: float = 1.0
 
-
-_M = StateClass.MEASUREMENT
-_T = StateClass.TOTAL_INCREASING
+    def term(self, index: int) -> vocabulary.Term:
+        found = vocabulary.term(self.name.format(i=index))
+        if found is None:  # pragma: no cover - test_sunspec checks every alias
+            raise KeyError(self.name)
+        return found
 
 
 def _inverter(model: int) -> list[Alias]:
     out = [
-        Alias(model, "W", "ac_power", "W", "power", _M),
-        Alias(model, "DCW", "dc_power", "W", "power", _M),
-        Alias(model, "WH", "energy_total", "kWh", "energy", _T, 0.001),
-        Alias(model, "Hz", "frequency", "Hz", "frequency", _M),
-        Alias(model, "VA", "apparent_power", "VA", "apparent_power", _M),
-        Alias(model, "VAr", "reactive_power", "var", "reactive_power", _M),
-        Alias(model, "PF", "power_factor", None, "power_factor", _M, 0.01),
-        Alias(model, "TmpCab", "temperature", "°C", "temperature", _M),
+        Alias(model, "W", "ac_power"),
+        Alias(model, "DCW", "dc_power"),
+        Alias(model, "WH", "energy_total", 0.001),
+        Alias(model, "Hz", "frequency"),
+        Alias(model, "VA", "apparent_power"),
+        Alias(model, "VAr", "reactive_power"),
+        Alias(model, "PF", "power_factor", 0.01),
+        Alias(model, "TmpCab", "temperature"),
     ]
     for n, phase in enumerate("ABC", 1):
         out += [
-            Alias(model, f"PhVph{phase}", f"voltage_l{n}", "V", "voltage", _M),
-            Alias(model, f"Aph{phase}", f"current_l{n}", "A", "current", _M),
+            Alias(model, f"PhVph{phase}", f"voltage_l{n}"),
+            Alias(model, f"Aph{phase}", f"current_l{n}"),
         ]
     return out
 
 
 def _meter(model: int) -> list[Alias]:
     out = [
-        Alias(model, "W", "power", "W", "power", _M),
-        Alias(model, "Hz", "frequency", "Hz", "frequency", _M),
-        Alias(model, "VA", "apparent_power", "VA", "apparent_power", _M),
-        Alias(model, "VAR", "reactive_power", "var", "reactive_power", _M),
-        Alias(model, "PF", "power_factor", None, "power_factor", _M, 0.01),
-        Alias(model, "TotWhImp", "import_energy", "kWh", "energy", _T, 0.001),
-        Alias(model, "TotWhExp", "export_energy", "kWh", "energy", _T, 0.001),
-        Alias(model, "PhVphAB", "voltage_l1_l2", "V", "voltage", _M),
-        Alias(model, "PhVphBC", "voltage_l2_l3", "V", "voltage", _M),
-        Alias(model, "PhVphCA", "voltage_l3_l1", "V", "voltage", _M),
+        Alias(model, "W", "power"),
+        Alias(model, "Hz", "frequency"),
+        Alias(model, "VA", "apparent_power"),
+        Alias(model, "VAR", "reactive_power"),
+        Alias(model, "PF", "power_factor", 0.01),
+        Alias(model, "TotWhImp", "import_energy", 0.001),
+        Alias(model, "TotWhExp", "export_energy", 0.001),
+        Alias(model, "PhVphAB", "voltage_l1_l2"),
+        Alias(model, "PhVphBC", "voltage_l2_l3"),
+        Alias(model, "PhVphCA", "voltage_l3_l1"),
     ]
     for n, phase in enumerate("ABC", 1):
         out += [
-            Alias(model, f"PhVph{phase}", f"voltage_l{n}", "V", "voltage", _M),
-            Alias(model, f"Aph{phase}", f"current_l{n}", "A", "current", _M),
-            Alias(model, f"Wph{phase}", f"power_l{n}", "W", "power", _M),
-            Alias(model, f"TotWhImpPh{phase}", f"import_energy_l{n}", "kWh", "energy", _T, 0.001),
-            Alias(model, f"TotWhExpPh{phase}", f"export_energy_l{n}", "kWh", "energy", _T, 0.001),
+            Alias(model, f"PhVph{phase}", f"voltage_l{n}"),
+            Alias(model, f"Aph{phase}", f"current_l{n}"),
+            Alias(model, f"Wph{phase}", f"power_l{n}"),
+            Alias(model, f"TotWhImpPh{phase}", f"import_energy_l{n}", 0.001),
+            Alias(model, f"TotWhExpPh{phase}", f"export_energy_l{n}", 0.001),
         ]
     return out
 
@@ -344,12 +345,12 @@ def _meter(model: int) -> list[Alias]:
 ALIASES: Final[tuple[Alias, ...]] = (
     *(a for m in (101, 102, 103, 111, 112, 113) for a in _inverter(m)),
     *(a for m in (201, 202, 203, 204, 211, 212, 213, 214) for a in _meter(m)),
-    Alias(160, "module.DCV", "pv{i}_voltage", "V", "voltage", _M),
-    Alias(160, "module.DCA", "pv{i}_current", "A", "current", _M),
-    Alias(160, "module.DCW", "pv{i}_power", "W", "power", _M),
-    # 802: the sign of W and A is not in the definition: not aliased (battery_power).
-    Alias(802, "SoC", "soc", "%", "battery", _M),
-    Alias(802, "V", "battery_voltage", "V", "voltage", _M),
+    Alias(160, "module.DCV", "pv{i}_voltage"),
+    Alias(160, "module.DCA", "pv{i}_current"),
+    Alias(160, "module.DCW", "pv{i}_power"),
+    # 802: the sign of W and A is not in the definition: no battery_power, battery_current.
+    Alias(802, "SoC", "soc"),
+    Alias(802, "V", "battery_voltage"),
 )
 """The main values under the standard vocabulary (docs/sunspec.md lists them)."""
 
@@ -365,6 +366,7 @@ class Mapped:
     label: str  # the definition's label, or "unknown model"
     points: tuple[Point, ...] = field(default=())
     known: bool = True
+    standard: tuple[str, ...] = ()  # the names of `points` that are standard names
 
 
 def _published_unit(units: str | None) -> str | None:
@@ -489,8 +491,10 @@ class _Builder:
         device_class = _DEVICE_CLASSES.get(unit or "") if measured else None
         state_class = None
         if measured and p.type != "sunssf":
-            state_class = _T if p.type in _ACCUMULATORS else _M
-        if device_class == "energy" and state_class is not _T:
+            state_class = (
+                StateClass.TOTAL_INCREASING if p.type in _ACCUMULATORS else StateClass.MEASUREMENT
+            )
+        if device_class == "energy" and state_class is not StateClass.TOTAL_INCREASING:
             device_class = None  # Home Assistant's energy is a total
         scale = 1.0
         scale_factor = None
@@ -518,18 +522,19 @@ class _Builder:
         )
         alias = self.aliases.get(path + p.name)
         if alias is not None and ("{i}" not in alias.name or index <= PV_STRINGS):
-            self.standard.append((_aliased(point, alias, alias.name.format(i=index)), name))
+            self.standard.append((_aliased(point, alias, index), name))
         self.points.append(point)
 
 
-def _aliased(point: Point, alias: Alias, name: str) -> Point:
+def _aliased(point: Point, alias: Alias, index: int) -> Point:
+    term = alias.term(index)
     return replace(
         point,
-        name=name,
+        name=term.name,
         scale=point.scale * alias.factor,
-        unit=alias.unit,
-        device_class=alias.device_class,
-        state_class=alias.state_class,
+        unit=term.unit,
+        device_class=term.device_class,
+        state_class=None if term.state_class is None else StateClass(term.state_class),
         writable=False,
         display_name=None,
     )
@@ -583,15 +588,17 @@ def map_models(chain: Chain, *, interval: float) -> tuple[Mapped, ...]:
         points = builder.build()
         n = instance[model.id]
         shown_elsewhere: set[str] = set()  # points Home Assistant shows by standard name
+        standard: list[str] = []
         for std, original in builder.standard:
             if owner.setdefault(std.name, model.id) != model.id:
                 continue
-            points.append(replace(std, name=std.name if n == 1 else f"{std.name}_{n}"))
+            standard.append(std.name if n == 1 else f"{std.name}_{n}")
+            points.append(replace(std, name=standard[-1]))
             shown_elsewhere.add(original)
         points = [
             replace(p, homeassistant=False) if p.name in shown_elsewhere else p for p in points
         ]
-        out.append(Mapped(model, prefix, mdef.label, tuple(points)))
+        out.append(Mapped(model, prefix, mdef.label, tuple(points), standard=tuple(standard)))
     return tuple(out)
 
 
@@ -645,6 +652,7 @@ def describe(chain: Chain, *, interval: float = 1.0) -> list[dict[str, Any]]:
             "length": m.model.length,
             "known": m.known,
             "points": [p.name for p in m.points],
+            "standard": list(m.standard),
         }
         for m in map_models(chain, interval=interval)
     ]
@@ -660,3 +668,33 @@ def image_of(chain: Chain) -> dict[int, int]:
     image[chain.end] = END_ID
     image[chain.end + 1] = 0
     return image
+
+
+def discovered(device: Device, chain: Chain) -> Device:
+    """`device` (as configured) with the points of `chain` added (a configured point of
+    the same name wins) and model 1's manufacturer, model, serial and version (where
+    the configuration gives none)."""
+    own = {p.name for p in device.points}
+    found = tuple(p for p in map_chain(chain, interval=device.interval) if p.name not in own)
+    info = device_info(chain)
+    return replace(
+        device,
+        points=device.points + found,
+        manufacturer=device.manufacturer or info.manufacturer,
+        model=device.model or info.model,
+        serial=device.serial or info.serial,
+        sw_version=device.sw_version or info.version,
+        sunspec_models=tuple(m.id for m in chain.models),
+    )
+
+
+def with_chains(config: BridgeConfig, chains: Mapping[str, Chain]) -> BridgeConfig:
+    """`config` (as configured) with each SunSpec device's points from its chain, where
+    one was read."""
+    if not chains:
+        return config
+    devices = tuple(
+        discovered(d, chains[d.name]) if d.sunspec and d.name in chains else d
+        for d in config.devices
+    )
+    return replace(config, devices=devices)

@@ -87,6 +87,7 @@ IO = frozenset(
         "session",
         "sim",
         "simulate",
+        "sunspec_io",
         "systemd",
         "wire",
     }

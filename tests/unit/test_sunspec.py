@@ -245,3 +245,24 @@ def test_every_shipped_definition_maps_without_error() -> None:
         points = sunspec.map_chain(_chain(layout), interval=1.0)
         _poll(_device(points), layout.image)
         assert len({p.name for p in points}) == len(points), model_id
+
+
+def test_every_standard_name_is_in_the_vocabulary() -> None:
+    from bridge import vocabulary
+
+    for alias in sunspec.ALIASES:
+        for i in range(1, sunspec.PV_STRINGS + 1) if "{i}" in alias.name else (1,):
+            assert vocabulary.term(alias.name.format(i=i)) is not None, alias
+
+
+def test_describe_lists_the_chain_and_what_it_maps_to() -> None:
+    layout = build_image([(1, {}), (802, {}), (64999, {})])
+    models = sunspec.describe(_chain(layout))
+    assert [(m["id"], m["name"], m["known"]) for m in models] == [
+        (1, "common", True),
+        (802, "battery", True),
+        (64999, "model_64999", False),
+    ]
+    assert models[1]["address"] == layout.addresses[802, 1, "AHRtg"] - 2
+    assert models[1]["standard"] == ["soc", "battery_voltage"]
+    assert "battery_V" in models[1]["points"]
