@@ -266,3 +266,36 @@ def test_describe_lists_the_chain_and_what_it_maps_to() -> None:
     assert models[1]["address"] == layout.addresses[802, 1, "AHRtg"] - 2
     assert models[1]["standard"] == ["soc", "battery_voltage"]
     assert "battery_V" in models[1]["points"]
+
+
+def test_sunspec_true_needs_no_points_and_chains_fill_them() -> None:
+    from bridge.config import parse_config
+
+    text = """\
+version: 1
+hosts:
+  - {name: gw, address: 10.0.0.1}
+devices:
+  - {name: inv, host: gw, unit: 126, sunspec: true}
+  - name: meter
+    host: gw
+    unit: 2
+    sunspec: true
+    manufacturer: Mine
+    points: [{name: extra, table: holding, address: 9, type: uint16}]
+"""
+    config = parse_config(text, source="c.yaml", env={})
+    inv, meter = config.devices
+    assert meter.points[0].name == "extra"
+    assert (inv.sunspec, inv.points) == (True, ())
+    chain = _chain(build_image(PROOF_MODELS))
+    running = sunspec.with_chains(config, {"inv": chain, "meter": chain})
+    inv2, meter2 = running.devices
+    assert (inv2.manufacturer, inv2.serial, inv2.sunspec_models) == (
+        "SunSpecTest",
+        "SN0042-7",
+        (1, 103, 160, 203, 802),
+    )
+    assert meter2.manufacturer == "Mine"  # the configuration's wins
+    assert meter2.points[0].name == "extra" and len(meter2.points) > 200
+    assert sunspec.with_chains(config, {}) is config
