@@ -93,7 +93,7 @@ def render_plan(config: BridgeConfig) -> str:
     """The read plan as text: per host its devices, blocks, request rate and bus time."""
     plan = compile_plan(config)
     lines: list[str] = []
-    warnings: list[str] = []
+    warnings = [f"WARNING: {w}" for w in config.warnings]
     for host in config.hosts:
         devices = config.devices_on(host.name)
         load = host_load(host, devices, {d.name: plan[d.name] for d in devices})
@@ -320,6 +320,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, sys.stderr, args.shard)
     if config is None:
         return EXIT_CONFIG
+    for warning in config.warnings:  # what `check` warns of, in the log too
+        log.warning("%s", warning)
     low = descriptor_warning(raise_descriptor_limit(), len(config.hosts))
     if low is not None:
         log.warning("%s", low)

@@ -16,13 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from bridge import hakeys, hass
+from bridge import hakeys
 from bridge.config_features import FeatureReader
 from bridge.config_nodes import (
     Fields,
     Node,
     ScalarNode,
     SequenceNode,
+    address_key,
     child,
     compose,
     first_duplicate,
@@ -39,11 +40,11 @@ from bridge.config_nodes import (
     suggest,
     topic_message,
     unit_item,
+    unit_node,
 )
 from bridge.config_points import DEFAULT_INTERVAL, PointSpec, resolve
 from bridge.config_profiles import Profile, ProfileReader
-from bridge.config_rules import check_scale_factors
-from bridge.discovery import Owner, TooLong, id_problems
+from bridge.config_rules import id_findings
 from bridge.errors import ConfigError, Problem
 from bridge.logs import redact
 from bridge.model import (
@@ -265,6 +266,7 @@ class _HostReader(ProfileReader):
         hosts: dict[str, Host] = {}
         first_seen: dict[str, int] = {}
         ports: dict[str, int] = {}  # serial port -> hosts[i]: a port opens once
+        endpoints: dict[tuple[str, int], tuple[int, str]] = {}  # -> hosts[i] and its name
         for i, node in enumerate(nodes):
             path = f"hosts[{i}]"
             host = self.host(node, path)
@@ -278,6 +280,19 @@ class _HostReader(ProfileReader):
                         f"{path}.serial",
                         f"serial port {show(host.link.port)} is already hosts[{other}] "
                         "(one host per port: put all its devices on that host)",
+                    )
+                    continue
+            else:
+                where = (address_key(host.link.address), host.link.port)
+                other_i, other_name = endpoints.setdefault(where, (i, host.name))
+                if other_i != i:
+                    self.report(
+                        child(node, "address"),
+                        f"{path}.address",
+                        f"host '{host.name}' has the address and port of host '{other_name}'"
+                        f" (hosts[{other_i}]), {host.link.describe()}: two connections to one"
+                        " gateway, and a gateway that takes one connection locks the other"
+                        " out; put all its devices on one host",
                     )
                     continue
             if host.name in hosts:
@@ -538,6 +553,9 @@ class _Reader(_HostReader, FeatureReader):
             buffer=buffer,
             source=self.source,
             secrets=tuple(sorted(self.secrets, key=len, reverse=True)),
+            warnings=tuple(
+                str(w) for w in sorted(self.warnings, key=lambda w: (w.line or 0, w.column or 0))
+            ),
         )
         self.check_ids(config)
         self.check_proxies(config)
@@ -581,34 +599,11 @@ class _Reader(_HostReader, FeatureReader):
 
     def check_ids(self, config: BridgeConfig) -> None:
         """Names that Home Assistant discovery would map to one id, or to an entity id
-        it refuses (`discovery.id_problems`), reported at the entry of the device whose
-        name (or point) comes second."""
-
-        def entry(owner: Owner) -> str:
-            index = self.device_entries.get(owner.device or "", (None,))[0]
-            return "" if index is None else f" (devices[{index}])"
-
-        for found in id_problems(config):
-            owner = found.owner if isinstance(found, TooLong) else found.second
-            if isinstance(found, TooLong):
-                message = (
-                    f"{owner} gets an entity id of {len(found.ident)} characters "
-                    f"({found.ident[:48]}...); Home Assistant takes at most "
-                    f"{hass.MAX_ENTITY_ID} and would not create it: shorten the names"
-                )
-            elif found.what == "entity id":
-                message = (
-                    f"{owner} gets the entity id {found.ident}, as {found.first}"
-                    f"{entry(found.first)} does: Home Assistant would call one of them "
-                    f"{found.ident}_2; rename one"
-                )
-            else:
-                loss = "replace the other" if found.what == "discovery topic" else "be dropped"
-                message = (
-                    f"{owner} and {found.first}{entry(found.first)} get the same Home "
-                    f"Assistant {found.what} ({found.ident}): one would {loss}; rename one"
-                )
-            index, node = self.device_entries.get(owner.device or "", (None, None))
+        it refuses (`config_rules.id_findings`), reported at the entry of the device
+        whose name (or point) comes second."""
+        entries = {name: index for name, (index, _) in self.device_entries.items()}
+        for device, message in id_findings(config, entries):
+            index, node = self.device_entries.get(device or "", (None, None))
             if node is None or index is None:
                 self.report(None, "devices", message)
             else:
@@ -799,10 +794,11 @@ class _Reader(_HostReader, FeatureReader):
             self.report(root.value("devices"), "devices", "at least one device is required")
         devices: list[Device] = []
         owner: dict[str, int] = {}
+        polled: dict[tuple[str, int], tuple[str, int]] = {}  # (host, unit) -> device, entry
         for i, node in enumerate(nodes):
             path = f"devices[{i}]"
-            expanded = self.device(node, path, hosts, templates)
-            clashes = [d.name for d in expanded if d.name in owner]
+            expanded, names = self.device(node, path, hosts, templates)
+            clashes = [name for name in names if name in owner]
             if clashes:
                 first = clashes[0]
                 more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
@@ -812,9 +808,19 @@ class _Reader(_HostReader, FeatureReader):
                     f"device name '{first}' is already used by devices[{owner[first]}]{more}",
                 )
                 continue
+            for name in names:
+                owner[name] = i
             for d in expanded:
-                owner[d.name] = i
                 self.device_entries[d.name] = (i, node)
+                earlier = polled.setdefault((d.host, d.unit), (d.name, i))
+                if earlier[1] != i:
+                    self.warn(
+                        unit_node(node),
+                        f"{path}.unit",
+                        f"device '{d.name}' polls unit {d.unit} on host '{d.host}', as device"
+                        f" '{earlier[0]}' (devices[{earlier[1]}]) does: one device split in two is"
+                        " fine; otherwise one of them has the wrong unit",
+                    )
             devices.extend(expanded)
         return devices
 
@@ -824,10 +830,12 @@ class _Reader(_HostReader, FeatureReader):
         path: str,
         hosts: Mapping[str, Host],
         templates: Mapping[str, _Template],
-    ) -> list[Device]:
+    ) -> tuple[list[Device], list[str]]:
+        """The devices of one entry (one per unit), and the names it gives even when it
+        is not valid (so a name used twice is reported with every other problem)."""
         f = self.mapping(node, path, _DEVICE_KEYS, known_as=partial(hakeys.key_hint, hakeys.DEVICE))
         if f is None:
-            return []
+            return [], []
         before = len(self.problems)
         name = self.req(f, "name", self.text)
         host_name = self.req(f, "host", self.text)
@@ -885,18 +893,15 @@ class _Reader(_HostReader, FeatureReader):
 
         if name is not None:
             self.device_name(f, name, units)
-        if (
-            name is None
-            or host is None
-            or units is None
-            or ((f.has("template") or f.has("profile")) and base is None)
-            or len(self.problems) > before
-        ):
-            return []
+        names = (
+            []
+            if name is None or (units is None and "{unit}" in name)
+            else [name.replace("{unit}", str(u)) for u in units or [0]]
+        )
 
-        specs = self.merged(f, base, own)
-        if len(self.problems) > before:
-            return []
+        # The rules between points run whatever else is wrong: every problem in one run.
+        no_base = (f.has("template") or f.has("profile")) and base is None
+        specs = {s.name: s for s in own} if no_base else self.merged(f, base, own)
         dev_byte = byte_order or (base.byte_order if base else None) or Order.BIG
         dev_word = word_order or (base.word_order if base else None) or Order.BIG
         inherited = {"interval": interval, "byte_order": dev_byte, "word_order": dev_word}
@@ -912,19 +917,10 @@ class _Reader(_HostReader, FeatureReader):
                     f" ({max_read})",
                     source=spec.source,
                 )
-        dropped = {**(base.dropped if base else {}), **self.dropped}
-        for point_name, message in check_scale_factors(points):
-            spec = specs[point_name]
-            sf = spec.given["scale_factor"]
-            if sf in dropped:  # where the user took it away
-                drop_node, drop_path = dropped[sf]
-                why = f"{show(sf)} is the scale factor of {point_name}: drop that too"
-                self.report(drop_node, drop_path, why)
-                continue
-            where = spec.nodes.get("scale_factor")
-            self.report(where, f"{spec.path}.scale_factor", message, source=spec.source)
-        if len(self.problems) > before:
-            return []
+        dropped = {} if no_base else {**(base.dropped if base else {}), **self.dropped}
+        self.device_points(specs, points, dropped)
+        if name is None or host is None or units is None or no_base or len(self.problems) > before:
+            return [], names
         if base is not None:
             info = info.over(base.info)
         return [
@@ -946,7 +942,7 @@ class _Reader(_HostReader, FeatureReader):
                 sunspec=sunspec,
             )
             for unit in units
-        ]
+        ], names
 
     def device_name(self, f: Fields, name: str, units: list[int] | None) -> None:
         node, path = f.value("name"), f.sub("name")

@@ -45,6 +45,7 @@ __all__ = [  # what the other configuration modules use (yaml's node classes inc
     "NodeReader",
     "ScalarNode",
     "SequenceNode",
+    "address_key",
     "child",
     "compose",
     "first_duplicate",
@@ -63,6 +64,7 @@ __all__ = [  # what the other configuration modules use (yaml's node classes inc
     "suggest",
     "topic_message",
     "unit_item",
+    "unit_node",
 ]
 
 T = TypeVar("T")
@@ -785,3 +787,18 @@ def _merged_scalar(node: MappingNode, key: str) -> str | None:
 
 def or_default(value: T | None, default: T) -> T:
     return default if value is None else value
+
+
+def address_key(address: str) -> str:
+    """One spelling of a host's address: an IP address in its short form, a name in
+    lower case without the root's dot."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower().removesuffix(".")
+
+
+def unit_node(node: Node) -> Node:
+    """Where a device entry names its unit (or units), for a position."""
+    found = child(node, "unit")
+    return found if found is not node else child(node, "units")

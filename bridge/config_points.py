@@ -18,7 +18,16 @@ from bridge.config_nodes import (
     parse_int,
     show,
 )
-from bridge.config_rules import check_homeassistant, check_keys, check_point, default_write_table
+from bridge.config_rules import (
+    check_homeassistant,
+    check_keys,
+    check_point,
+    check_scale_factors,
+    default_write_table,
+    numbering_hint,
+    overlap_message,
+    overlapping,
+)
 from bridge.model import (
     POINT_KEYS,
     DataType,
@@ -130,6 +139,40 @@ class PointReader(NodeReader):
             given.setdefault("write_address", point.address)
         nodes = {key: value for key, (_, value) in f.items.items()}
         return PointSpec(given, self.source, path, nodes)
+
+    def device_points(
+        self,
+        specs: Mapping[str, PointSpec],
+        points: tuple[Point, ...],
+        dropped: Mapping[str, tuple[Node, str]],
+    ) -> None:
+        """The rules between the points of one device, each reported where its point is
+        written (the device, its template or a profile); `dropped`: the points the user
+        took away (`drop`), and where."""
+        for point_name, message in check_scale_factors(points):
+            spec = specs[point_name]
+            sf = spec.given["scale_factor"]
+            if sf in dropped:  # where the user took it away
+                drop_node, drop_path = dropped[sf]
+                why = f"{show(sf)} is the scale factor of {point_name}: drop that too"
+                self.report(drop_node, drop_path, why)
+                continue
+            where = spec.nodes.get("scale_factor")
+            self.report(where, f"{spec.path}.scale_factor", message, source=spec.source)
+        written = list(specs.values())
+        for i, j in overlapping(points):
+            spec = written[j]
+            self.report(
+                spec.nodes.get("address"),
+                f"{spec.path}.address",
+                overlap_message(points[i], points[j]),
+                source=spec.source,
+            )
+        here = [k for k, s in enumerate(written) if s.source == self.source]  # not a profile's
+        hint = numbering_hint([points[k] for k in here])
+        if hint is not None:
+            spec = written[here[hint[0]]]
+            self.warn(spec.nodes.get("address"), f"{spec.path}.address", hint[1])
 
     def point_reader(self, key: PointKey) -> Callable[[Node, str], Any]:
         """The converter that reads a point key declared on `model.Point`."""

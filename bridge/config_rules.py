@@ -13,12 +13,22 @@ the user wrote (`scale` with `values`) must not fire on its default.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from bridge import hass
 from bridge.codec import int_range
 from bridge.config_nodes import level_message, show, suggest
-from bridge.model import POINT_KEYS, DataType, EntityCategory, Only, Point, Read, Table
+from bridge.discovery import Owner, TooLong, id_problems
+from bridge.model import (
+    POINT_KEYS,
+    BridgeConfig,
+    DataType,
+    EntityCategory,
+    Only,
+    Point,
+    Read,
+    Table,
+)
 from bridge.topics import RESERVED_POINT_NAMES
 
 Finding = tuple[str, str]  # (YAML key, or "" for the point, or "values.<raw>"; message)
@@ -296,3 +306,110 @@ def check_homeassistant(p: Point) -> list[Finding]:
             ("deadband", "'deadband' does not apply to a point with values (it publishes labels)")
         )
     return found
+
+
+# -- rules between the points of a device, and between devices
+
+
+def _span(p: Point) -> str:
+    last = p.end - 1
+    where = f"{p.address}" if last == p.address else f"{p.address}..{last}"
+    what = "" if p.table.is_bits else f", {p.type.value}"
+    return f"{p.table.value} {where}{what}"
+
+
+def overlapping(points: Sequence[Point]) -> list[tuple[int, int]]:
+    """(i, j) with i < j for each point j whose registers (or bits) overlap those of an
+    earlier point i of the same table, the first such i only. A point with
+    `overlaps: true` overlaps on purpose; two bits of one register, or a bit and the
+    register it is a bit of, do not overlap (one bit twice does)."""
+    found: dict[int, int] = {}
+    by_table: dict[Table, list[int]] = {}
+    for i, p in enumerate(points):
+        if not p.overlaps:
+            by_table.setdefault(p.table, []).append(i)
+    for indices in by_table.values():
+        indices.sort(key=lambda i: (points[i].address, i))
+        open_: list[int] = []  # earlier in address order, still covering the address
+        for j in indices:
+            q = points[j]
+            open_ = [i for i in open_ if points[i].end > q.address]
+            for i in open_:
+                p = points[i]
+                if (p.bit is None) != (q.bit is None) or (p.bit is not None and p.bit != q.bit):
+                    continue
+                first, second = min(i, j), max(i, j)
+                if second not in found or found[second] > first:
+                    found[second] = first
+            open_.append(j)
+    return sorted((i, j) for j, i in found.items())
+
+
+def overlap_message(first: Point, second: Point) -> str:
+    return (
+        f"point {show(second.name)} ({_span(second)}) overlaps point {show(first.name)}"
+        f" ({_span(first)}): a value takes the registers from its address on (its type's"
+        " width); if both are meant, write overlaps: true on one of them"
+    )
+
+
+# 1-based register numbers of a manual ("4xxxx": holding 40001 is address 0), by table
+_NUMBERED_FROM: Final = {Table.HOLDING: 40001, Table.INPUT: 30001}
+
+
+def numbering_hint(points: Sequence[Point]) -> tuple[int, str] | None:
+    """(index of the first such point, message) when points of a device sit at 40001 and
+    above on the holding table (30001 on input): a manual's 1-based "4xxxx" register
+    numbers rather than addresses. A hint only: some devices (SunSpec) really use them."""
+    high = [
+        (i, p)
+        for i, p in enumerate(points)
+        if p.table in _NUMBERED_FROM
+        and _NUMBERED_FROM[p.table] <= p.address < _NUMBERED_FROM[p.table] + 9999
+    ]
+    if not high:
+        return None
+    i, p = high[0]
+    base = _NUMBERED_FROM[p.table]
+    digit = str(base)[0]
+    others = len(high) - 1
+    more = f", and subtract {base} from the {others} other point{'s' * (others > 1)}" * (others > 0)
+    return i, (
+        f'{p.table.value} {p.address} looks like a manual\'s 1-based "{digit}xxxx" register'
+        f" number ({base} is address 0): if so, write address: {p.address - base}{more};"
+        " a device whose registers really sit there (SunSpec) is right as written"
+    )
+
+
+def id_findings(config: BridgeConfig, entries: Mapping[str, int]) -> list[tuple[str | None, str]]:
+    """(device, message) for names that Home Assistant discovery would map to one id, or
+    to an entity id it refuses (`discovery.id_problems`); the device is the one whose
+    name (or point) comes second. `entries`: each device's index in `devices`."""
+
+    def entry(owner: Owner) -> str:
+        index = entries.get(owner.device or "")
+        return "" if index is None else f" (devices[{index}])"
+
+    found_all: list[tuple[str | None, str]] = []
+    for found in id_problems(config):
+        owner = found.owner if isinstance(found, TooLong) else found.second
+        if isinstance(found, TooLong):
+            message = (
+                f"{owner} gets an entity id of {len(found.ident)} characters "
+                f"({found.ident[:48]}...); Home Assistant takes at most "
+                f"{hass.MAX_ENTITY_ID} and would not create it: shorten the names"
+            )
+        elif found.what == "entity id":
+            message = (
+                f"{owner} gets the entity id {found.ident}, as {found.first}"
+                f"{entry(found.first)} does: Home Assistant would call one of them "
+                f"{found.ident}_2; rename one"
+            )
+        else:
+            loss = "replace the other" if found.what == "discovery topic" else "be dropped"
+            message = (
+                f"{owner} and {found.first}{entry(found.first)} get the same Home "
+                f"Assistant {found.what} ({found.ident}): one would {loss}; rename one"
+            )
+        found_all.append((owner.device, message))
+    return found_all

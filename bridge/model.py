@@ -223,6 +223,9 @@ class Point:
     # 0x8000 for int16, 0xFFFF for uint16...; for a string, a first byte of NUL, given
     # as 0): published as null. Set by SunSpec discovery (`bridge.sunspec`).
     missing: int | None = field(default=None)
+    # Registers this point shares with another point of the device on purpose (the same
+    # registers read two ways): without it, `check` refuses points that overlap.
+    overlaps: bool = field(default=False, metadata=_key(Read.BOOLEAN))
 
     @functools.cached_property
     def count(self) -> int:
@@ -518,6 +521,9 @@ class BridgeConfig:
     # The folders of the user's profiles (`profiles:`), searched before the built-in ones.
     profiles: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
+    # What `check` warns of: possible mistakes that do not stop the bridge, each
+    # `file:line:col: path: message` (`config` finds them; a device split in two...).
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
     # Values that never appear in logs, `check` output, the health report or metrics:
     # the MQTT password, and the MQTT user name when it comes from ${VAR}.
     secrets: tuple[str, ...] = field(default=(), compare=False, repr=False)

@@ -256,3 +256,59 @@ def test_check_refuses_a_serial_path_that_is_no_port_and_warns_of_a_missing_one(
     assert (
         f"WARNING: host bus: serial port {missing} does not exist (yet): is the adapter plugged in?"
     ) in result.stdout
+
+
+def test_check_lists_what_breaks_the_promise_in_one_run_and_warns_of_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Issue 18, item 1: two hosts on one gateway, overlapping points and a name used
+    twice are errors, all in one run (exit 2); a unit polled by two devices and 4xxxx
+    numbering are warnings (exit 0)."""
+    cfg = tmp_path / "plant.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "hosts:\n"
+        "  - {name: gw, address: 192.0.2.10}\n"
+        "  - {name: gw_again, address: 192.0.2.10}\n"
+        "devices:\n"
+        "  - name: meter\n    host: gw\n    unit: 1\n    points:\n"
+        "      - {name: a, table: input, address: 0, type: float32}\n"
+        "      - {name: b, table: input, address: 1, type: float32}\n"
+        "  - name: meter\n    host: gw\n    unit: 2\n    points:\n"
+        "      - {name: c, table: holding, address: 0, type: flaot32}\n"
+    )
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{cfg}: 4 problems in the configuration:"
+    assert [line.split(": ", 2)[1] for line in lines[1:]] == [
+        "hosts[1].address",
+        "devices[0].points[1].address",
+        "devices[1].name",
+        "devices[1].points[0].type",
+    ]
+    assert "host 'gw_again' has the address and port of host 'gw' (hosts[0])" in lines[1]
+    assert "point 'b' (input 1..2, float32) overlaps point 'a' (input 0..1, float32)" in lines[2]
+    assert "unknown type 'flaot32' (did you mean 'float32'?)" in lines[4]
+
+    cfg.write_text(
+        "version: 1\n"
+        "hosts:\n"
+        "  - {name: gw, address: 192.0.2.10}\n"
+        "devices:\n"
+        "  - name: meter\n    host: gw\n    unit: 1\n    points:\n"
+        "      - {name: a, table: holding, address: 40001, type: float32}\n"
+        "  - name: meter_extra\n    host: gw\n    unit: 1\n    points:\n"
+        "      - {name: b, table: coil, address: 0}\n"
+    )
+    result = _cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING:")]
+    assert warnings == [
+        f"WARNING: {cfg}:9:44: devices[0].points[0].address: holding 40001 looks like a"
+        ' manual\'s 1-based "4xxxx" register number (40001 is address 0): if so, write'
+        " address: 0; a device whose registers really sit there (SunSpec) is right as written",
+        f"WARNING: {cfg}:12:11: devices[1].unit: device 'meter_extra' polls unit 1 on host"
+        " 'gw', as device 'meter' (devices[0]) does: one device split in two is fine;"
+        " otherwise one of them has the wrong unit",
+    ]

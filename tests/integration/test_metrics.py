@@ -284,9 +284,12 @@ async def test_the_bridge_raises_its_descriptor_limit_and_warns_when_it_is_low(
     await gateway.start()
     try:
         config = _config(broker, gateway, gateway, free_port())
+        config["hosts"] = config["hosts"][:1]  # one host a gateway (two would be refused)
+        config["devices"] = config["devices"][:1]
         raised = await run_bridge(config, nofile=(256, 4096))
-        # Many hosts (down: nothing listens there) under a limit that cannot be raised.
-        config = dict(config, hosts=[{"name": f"h{n}", "address": "127.0.0.1", "port": 1}
+        # Many hosts (down: nothing listens there) under a limit that cannot be raised;
+        # each its own gateway: one address and port twice is refused.
+        config = dict(config, hosts=[{"name": f"h{n}", "address": f"127.0.0.{n + 2}", "port": 1}
                                      for n in range(200)])  # fmt: skip
         config["devices"] = [{"name": f"d{n}", "host": f"h{n}", "unit": 1, "points": POINTS}
                              for n in range(200)]  # fmt: skip

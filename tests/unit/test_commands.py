@@ -34,7 +34,7 @@ CONFIG = """
 version: 1
 hosts:
   - {name: gw, address: 127.0.0.1}
-  - {name: gw-multi, address: 127.0.0.1, write_multiple: true}
+  - {name: gw-multi, address: 127.0.0.1, port: 503, write_multiple: true}
 devices:
   - name: dev
     host: gw
