@@ -16,6 +16,9 @@ Sections (issue 10):
   steady      8  the fleet with values that never change and changing every poll
   small       4  50 devices x 4 points at 1 s, and 50 modbus4mqtt processes
   throughput  5  the most reads/s one bridge sustains with no skipped cycle
+  scaling     issue 19: 10, 100, 1,000 and 5,000 devices, each against the flat-out
+              floor on the same devices: CPU per read, RSS, schedule lag; drawn with
+              matplotlib (the `bench` extra) to bench/scaling.png
 
 It prints one Markdown table (targets beside the figures; beside each run the load
 average and the CPU that other processes used meanwhile; a run they disturbed is
@@ -71,7 +74,7 @@ from perfkit import (  # noqa: E402
 from soak import progress, start_bridge, vm_rss, wait_until  # noqa: E402  (bench/soak.py)
 from sockets import connections_to  # noqa: E402  (tests/sockets.py)
 
-SECTIONS = ("cycle", "fleet", "steady", "small", "throughput")
+SECTIONS = ("cycle", "fleet", "steady", "small", "throughput", "scaling")
 BY_NUMBER = {
     "1": "cycle",
     "2": "cycle",
@@ -89,6 +92,11 @@ CYCLE_SHAPE = (4, 50)  # 200 devices at 1 s: 200 cycles/s, 1,200 reads/s
 FLEET_SHAPE = (10, 100)
 SMALL_SHAPE = (1, 50)
 THROUGHPUT_RATES = (1500, 2000, 2500, 3000, 4000, 5000, 6000, 7500, 10000)  # reads/s
+# The scaling run (issue 19): (hosts, units per host, interval s), fleet profile. 5,000
+# devices poll every 5 s: 3,000 reads/s as 1,000 at 1 s (one core cannot read 15,000
+# blocks a second, see the throughput section).
+SCALING_SHAPES = ((2, 5, 1.0), (4, 25, 1.0), (10, 100, 1.0), (20, 250, 5.0))
+SCALING_PNG = BENCH / "scaling.png"
 
 
 # -- the devices process --------------------------------------------------------------------------
@@ -711,6 +719,7 @@ class Results:
     m4m: Run | None = None
     m4m_note: str = ""
     throughput: list[tuple[int, Run, bool]] = field(default_factory=list)
+    scaling: list[tuple[Floor, Run]] = field(default_factory=list)  # flat-out floor, bridge
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -780,6 +789,15 @@ async def measure(ctx: Ctx, sections: Sequence[str]) -> Results:
             res.throughput.append((rate, run, ok))
             if not ok:
                 break
+    if "scaling" in sections:
+        for hosts, units, interval in a.scaling:
+            shape = (hosts, units)
+            flat = await quietest(ctx, lambda shape=shape: run_floor(ctx, FLEET, shape))
+            name = f"scale{hosts * units}"
+            run = await quietest(ctx, lambda shape=shape, interval=interval, name=name: run_bridge(
+                ctx, name, FLEET, shape, interval=interval, fraction=a.change, window=a.window,
+                warmup=a.warmup))  # fmt: skip
+            res.scaling.append((flat, run))
     return res
 
 
@@ -919,6 +937,7 @@ def rows(res: Results) -> list[Row]:
         out.append(Row("7", "start-up: launch → first state of all 1,000 devices",
                        fmt(f.startup, " s", 2), "≤ 2 s",
                        f.startup is not None and f.startup <= 2.0, f.noise))  # fmt: skip
+    out += scaling_rows(res)
     if res.steady is not None and res.changing is not None:
         st, ch = res.steady, res.changing
         r = ratio(st.us_per_read, ch.us_per_read)
@@ -932,6 +951,77 @@ def rows(res: Results) -> list[Row]:
                        "visibly cheaper (≤ 0.85 ×)", r is not None and r <= 0.85,
                        f"{st.noise}; {ch.noise}"))  # fmt: skip
     return out
+
+
+def scaling_rows(res: Results) -> list[Row]:
+    """Issue 19, item 5: how CPU per read, memory and lag grow with the fleet."""
+    out = []
+    for flat, run in res.scaling:
+        p50, p99 = percentile(run.sched.lags, 0.5), percentile(run.sched.lags, 0.99)
+        hosts = len(run.opened)
+        r = fmt(ratio(run.us_per_read, flat.us_per_read), " ×", 2)
+        out.append(Row(
+            "S", f"scaling: {run.devices:,} devices ({plural(hosts, 'host')}, "
+            f"every {run.interval:g} s, {run.reads_per_s:,.0f} reads/s): CPU per read "
+            "(÷ flat-out floor), RSS, lag p50 / p99, skipped",
+            f"{fmt(run.us_per_read, ' µs')} ({r} of {fmt(flat.us_per_read, ' µs')}), "
+            f"CPU {run.cpu_pct:.1f} %; {mib(run.rss)}; {ms(p50, 2)} / {ms(p99, 2)}; {run.skipped}",
+            "p99 ≤ 50 ms, 0 skipped",
+            p99 is not None and p99 <= 0.050 and run.skipped == 0,
+            f"{run.noise}; floor {flat.noise}"))  # fmt: skip
+    big = [run for _, run in res.scaling if run.devices >= 100]
+    if len(big) >= 2:
+        per_read = [run.us_per_read for run in big]
+        spread = max(per_read) / min(per_read)
+        out.append(Row("S", f"scaling: CPU per read from {big[0].devices:,} to "
+                       f"{big[-1].devices:,} devices, highest ÷ lowest",
+                       fmt(spread, " ×", 2), "≤ 1.25 ×", spread <= 1.25))  # fmt: skip
+    if len(res.scaling) >= 2:
+        first, last = res.scaling[0][1], res.scaling[-1][1]
+        per_device = (last.rss - first.rss) / max(1, last.devices - first.devices)
+        rss = f"{per_device / 1024:.1f} KiB ({mib(first.rss)} → {mib(last.rss)})"
+        out.append(Row("S", f"scaling: RSS per device ({first.devices:,} → {last.devices:,} "
+                       "devices, 15 points each)", rss))  # fmt: skip
+    return out
+
+
+def plot_scaling(res: Results, path: Path, label: str) -> bool:
+    """Draw the scaling run (CPU per read, RSS, lag against devices) to `path`; False
+    without matplotlib (`pip install -e '.[bench]'`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("matplotlib is not installed (the bench extra): no picture")
+        return False
+    devices = [run.devices for _, run in res.scaling]
+    fig, (cpu, mem, lag) = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    cpu.plot(devices, [run.us_per_read for _, run in res.scaling], "o-", label="bridge")
+    cpu.plot(devices, [f.us_per_read for f, _ in res.scaling], "s--",
+             label="bare pymodbus loop, flat out")  # fmt: skip
+    cpu.set_ylabel("CPU per read (µs)")
+    cpu.set_ylim(bottom=0)
+    cpu.legend()
+    mem.plot(devices, [run.rss / 2**20 for _, run in res.scaling], "o-")
+    mem.set_ylabel("RSS (MiB)")
+    mem.set_ylim(bottom=0)
+    for q, style in ((0.5, "o-"), (0.99, "s--")):
+        values = [1000 * (percentile(run.sched.lags, q) or 0.0) for _, run in res.scaling]
+        lag.plot(devices, values, style, label=f"p{round(q * 100)}")
+    lag.axhline(50, color="grey", linewidth=0.8, linestyle=":", label="target p99")
+    lag.set_ylabel("schedule lag at the device (ms)")
+    lag.set_ylim(bottom=0)
+    lag.legend()
+    for ax in (cpu, mem, lag):
+        ax.set_xscale("log")
+        ax.set_xlabel("devices (15 points in 3 blocks each)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(label or "bench/perf.py --sections scaling")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def machine() -> str:
@@ -1065,6 +1155,17 @@ def main() -> int:
         help="throughput steps, reads/s",
     )
     parser.add_argument(
+        "--scaling",
+        type=lambda text: [
+            tuple(float(x) if i == 2 else int(x) for i, x in enumerate(shape.split("x")))
+            for shape in text.split(",")
+        ],
+        default=list(SCALING_SHAPES),
+        help="scaling shapes HOSTSxUNITSxINTERVAL, comma-separated "
+        "(default 2x5x1,4x25x1,10x100x1,20x250x5)",
+    )
+    parser.add_argument("--plot", type=Path, default=SCALING_PNG, help="the scaling picture")
+    parser.add_argument(
         "--m4m",
         default=os.environ.get("M4M", str(M4M_DEFAULT)),
         help=f"modbus4mqtt executable (default $M4M or {M4M_DEFAULT})",
@@ -1123,6 +1224,8 @@ def main() -> int:
     profile = res.fleet.profile if res.fleet else None
     if profile is not None and profile.exists():
         print("\n" + profile_summary(profile))
+    if res.scaling and plot_scaling(res, args.plot, args.label):
+        progress(f"scaling picture: {args.plot}")
     if not args.no_record:
         record(text, args.results)
         progress(f"appended to {args.results}")
