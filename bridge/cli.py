@@ -129,6 +129,7 @@ def render_plan(config: BridgeConfig) -> str:
             lines.append(
                 f"  device {device.name} unit {device.unit} every {device.interval:g}s: "
                 f"{len(device.points)} points in {len(plan[device.name])} blocks"
+                + (" (and the SunSpec models it has, read at start)" if device.sunspec else "")
             )
             for b in plan[device.name]:
                 lines.append(

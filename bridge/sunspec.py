@@ -490,7 +490,7 @@ class _Builder:
         measured = dtype.is_numeric and not p.symbols and not p.type.startswith("bitfield")
         device_class = _DEVICE_CLASSES.get(unit or "") if measured else None
         state_class = None
-        if measured and p.type != "sunssf":
+        if measured and p.type != "sunssf" and not p.writable:  # a sensor's, not a number's
             state_class = (
                 StateClass.TOTAL_INCREASING if p.type in _ACCUMULATORS else StateClass.MEASUREMENT
             )

@@ -11,6 +11,7 @@ import pytest
 
 from bridge import sunspec
 from bridge.codec import encode_point
+from bridge.config_rules import check_homeassistant
 from bridge.model import DataType, Device, Point, StateClass
 from bridge.planner import decode_block, plan_device
 from tests.sunspec_image import PROOF_MODELS, SF, Layout, build_image, definition
@@ -245,6 +246,8 @@ def test_every_shipped_definition_maps_without_error() -> None:
         points = sunspec.map_chain(_chain(layout), interval=1.0)
         _poll(_device(points), layout.image)
         assert len({p.name for p in points}) == len(points), model_id
+        # what Home Assistant discovery is told fits the entity each point becomes
+        assert not [(p.name, f) for p in points for f in check_homeassistant(p)], model_id
 
 
 def test_every_standard_name_is_in_the_vocabulary() -> None:
