@@ -225,9 +225,10 @@ def candidates() -> tuple[int, ...]:
     return tuple(a for base in BASES for a in (base, base + 1))
 
 
-def find_chain() -> Program:
-    """The discovery as a program of reads (see the module's docstring). A chain cut
-    short (a read refused, a length past the register space) ends where it was cut."""
+def find_chain(max_read: int = MAX_READ) -> Program:
+    """The discovery as a program of reads (see the module's docstring), each of at
+    most `max_read` registers (the device's `max_read`). A chain cut short (a read
+    refused, a length past the register space) ends where it was cut."""
     base = None
     for address in candidates():
         regs = yield (address, 2)
@@ -248,7 +249,7 @@ def find_chain() -> Program:
         body: list[int] = []
         at = address + 2
         while len(body) < length:
-            count = min(MAX_READ, length - len(body))
+            count = min(max(1, max_read), length - len(body))
             part = yield (at, count)
             if part is None:
                 break

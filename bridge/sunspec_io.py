@@ -23,7 +23,7 @@ from bridge.errors import ExceptionReply, ModbusRequestError
 from bridge.model import BridgeConfig, Device, Table
 from bridge.reload import plan_reload
 from bridge.session import HostSession, Priority
-from bridge.sunspec import Chain, Program, discovered, find_chain, with_chains
+from bridge.sunspec import MAX_READ, Chain, Program, discovered, find_chain, with_chains
 
 log = logging.getLogger("bridge.sunspec")
 
@@ -60,9 +60,10 @@ def session_reader(session: HostSession, unit: int) -> Read:
     return read
 
 
-async def discover(session: HostSession, unit: int) -> Chain | None:
-    """The chain of `unit` behind `session`; None when it has no SunSpec marker."""
-    return await run_program(find_chain(), session_reader(session, unit))
+async def discover(session: HostSession, unit: int, max_read: int = MAX_READ) -> Chain | None:
+    """The chain of `unit` behind `session`, read `max_read` registers at most at a
+    time; None when it has no SunSpec marker."""
+    return await run_program(find_chain(max_read), session_reader(session, unit))
 
 
 class SunSpecFinder:
@@ -128,7 +129,7 @@ class SunSpecFinder:
                 await asyncio.sleep(WATCH_EVERY)
                 continue
             try:
-                chain = await discover(session, device.unit)
+                chain = await discover(session, device.unit, device.max_read)
             except ModbusRequestError as exc:
                 failures += 1
                 wait = full_jitter(failures, low=RETRY_MIN, high=RETRY_MAX)

@@ -302,3 +302,18 @@ devices:
     assert meter2.manufacturer == "Mine"  # the configuration's wins
     assert meter2.points[0].name == "extra" and len(meter2.points) > 200
     assert sunspec.with_chains(config, {}) is config
+
+
+def test_a_device_that_takes_short_reads_is_read_in_short_reads() -> None:
+    layout = build_image(PROOF_MODELS)
+    program = sunspec.find_chain(max_read=20)
+    sizes: list[int] = []
+    request = next(program)
+    try:
+        while True:
+            sizes.append(request[1])
+            address, count = request
+            request = program.send([layout.image[a] for a in range(address, address + count)])
+    except StopIteration as done:
+        assert done.value == _chain(layout)
+    assert max(sizes) == 20
