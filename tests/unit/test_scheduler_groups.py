@@ -167,7 +167,7 @@ async def test_a_device_is_online_only_when_none_of_its_groups_fails() -> None:
 
 
 async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift() -> None:
-    interval = 0.1
+    interval = 0.2
     devices = [dataclasses.replace(_device(f"d{u}", interval), unit=u) for u in range(1, 31)]
     session = Memory()
     loop = asyncio.get_running_loop()
@@ -185,7 +185,7 @@ async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift
     timers: list[int] = []
     scheduler.start()
     try:
-        for _ in range(120):  # 1.2 s: about 12 cycles
+        for _ in range(240):  # 2.4 s: about 12 cycles
             timers.append(len(scheduler._passes._due))
             await asyncio.sleep(0.01)
     finally:
@@ -200,9 +200,9 @@ async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift
     for ts in by_unit.values():
         # The k-th poll at (grid start + k intervals), give or take the event loop's
         # delays: no drift, and no skipped cycle (that would shift the rest by one
-        # interval, twice the tolerance).
+        # interval, more than the tolerance).
         offsets = [t - k * interval for k, t in enumerate(ts)]
-        assert max(offsets) - min(offsets) < 0.05, offsets
+        assert max(offsets) - min(offsets) < 0.15, offsets
     # Each pass reads its devices in the same order every cycle.
     group = {g.device.unit: g.phase for g in scheduler.groups}
     first_pass = [u for _, u in starts if group[u] == 0.0]
