@@ -337,3 +337,29 @@ async def test_a_serial_host_is_a_modbus_tcp_gateway(
         assert server.connections_total == 1
     finally:
         await device.stop()
+
+
+async def test_a_sighup_moves_the_proxy_and_keeps_the_gateways_one_connection(
+    broker, mqtt_watcher, run_bridge, sim_servers
+) -> None:
+    sim = await _gateway(sim_servers)
+    first, second = free_port(), free_port()
+    watcher = await mqtt_watcher(broker, "modbus/#")
+    host = {"address": "127.0.0.1", "port": sim.port}
+    bridge = await run_bridge(_config(broker, host, {"listen": first}))
+    await _started(bridge, watcher, first)
+    assert await _raw(first, 1, 1, struct.pack(">BHH", 3, POLLED, 1)) == b"\x03\x02\x00\x0b"
+    bridge.write_config(_config(broker, host, {"listen": second, "units": [1, 2]}))
+    bridge.reload()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                reply = await _raw(second, 2, 2, struct.pack(">BHH", 3, 0, 1))
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+    assert reply == b"\x03\x02\x12\x34"
+    with pytest.raises(OSError):
+        await _raw(first, 3, 1, struct.pack(">BHH", 3, POLLED, 1))
+    assert "reload: " in bridge.log() and "proxy restarted: gw" in bridge.log()
+    assert sim.connections_total == 1  # the session was never touched
