@@ -660,27 +660,40 @@ async def _sliced(steps: Generator[None, None, None], budget: float) -> ReportSt
     """Run a generator of steps in slices of about `budget` seconds, giving the event
     loop back between slices; returns the longest slice (wall time, and the CPU time
     of the loop's thread: on a busy machine the wall time includes other processes'
-    turns), their number and their sum."""
+    turns), their number and their sum.
+
+    The garbage collector waits until the last slice: the thousands of objects a
+    report makes and drops then die by reference count, instead of starting
+    collections inside a slice (a gen-1 pass held the loop for 7 ms of CPU at 1,000
+    devices) and being promoted towards a full collection. What the rest of the loop
+    allocates meanwhile is collected right after, as it would have been."""
     report = ReportStats()
-    began, cpu = time.perf_counter(), time.thread_time()
-    while True:
-        try:
-            next(steps)
-        except StopIteration:
-            done = True
-        else:
-            done = False
-        now = time.perf_counter()
-        if done or now - began >= budget:
-            held = now - began
-            report.longest_slice = max(report.longest_slice, held)
-            report.longest_slice_cpu = max(report.longest_slice_cpu, time.thread_time() - cpu)
-            report.slices += 1
-            report.held += held
-            if done:
-                return report
-            await asyncio.sleep(0)
-            began, cpu = time.perf_counter(), time.thread_time()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        began, cpu = time.perf_counter(), time.thread_time()
+        while True:
+            try:
+                next(steps)
+            except StopIteration:
+                done = True
+            else:
+                done = False
+            now = time.perf_counter()
+            if done or now - began >= budget:
+                held = now - began
+                report.longest_slice = max(report.longest_slice, held)
+                report.longest_slice_cpu = max(report.longest_slice_cpu, time.thread_time() - cpu)
+                report.slices += 1
+                report.held += held
+                if done:
+                    return report
+                await asyncio.sleep(0)
+                began, cpu = time.perf_counter(), time.thread_time()
+    finally:
+        steps.close()  # cancelled: the report's objects go now, before collection resumes
+        if collecting:
+            gc.enable()
 
 
 def _units(config: BridgeConfig, host: str) -> int:

@@ -4,6 +4,8 @@ and the event loop given back between slices."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import time
 from collections.abc import Generator
@@ -125,8 +127,11 @@ async def test_slices_give_the_loop_back_and_are_measured() -> None:
             ticks += 1
             await asyncio.sleep(0)
 
+    collecting: list[bool] = []
+
     def steps() -> Generator[None, None, None]:
         for _ in range(40):
+            collecting.append(gc.isenabled())
             end = time.perf_counter() + 0.0002  # a step of 0.2 ms of work
             while time.perf_counter() < end:
                 pass
@@ -139,6 +144,8 @@ async def test_slices_give_the_loop_back_and_are_measured() -> None:
     finally:
         task.cancel()
     longest, slices = report.longest_slice, report.slices
+    # No garbage collection inside the report's slices; on again after it.
+    assert collecting and not any(collecting) and gc.isenabled()
     # 8 ms of work in slices of about 0.5 ms (a slice ends at the first step past it).
     assert 8 <= slices <= 20
     assert ticks >= slices - 1  # the other task ran between slices
@@ -148,3 +155,20 @@ async def test_slices_give_the_loop_back_and_are_measured() -> None:
     assert longest >= 0.0004
     assert report.longest_slice_cpu < 0.002 and report.longest_slice_cpu <= longest + 0.0001
     assert 0.008 <= report.held < 0.008 + slices * 0.005 and report.held >= longest
+
+
+async def test_a_cancelled_report_turns_the_collector_back_on() -> None:
+    def steps() -> Generator[None, None, None]:
+        while True:
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
+            yield
+
+    task = asyncio.create_task(_sliced(steps(), 0.0005))
+    await asyncio.sleep(0.01)
+    assert not gc.isenabled()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert gc.isenabled()
