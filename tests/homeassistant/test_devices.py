@@ -1,7 +1,9 @@
 """Devices that map themselves, in the real Home Assistant: a meter and an inverter
-named by their profiles (`profile: eastron/sdm630`, `profile: huawei/sun2000`) become
-entities with the profile's units and device classes, each showing the value the
-bridge publishes, and Home Assistant logs no MQTT or discovery warning about them.
+named by their profiles (`profile: eastron/sdm630`, `profile: huawei/sun2000`) and a
+SunSpec device (`sunspec: true`: models 1, 103, 160 with two modules, 203, 802 built
+from pysunspec2's definitions) become entities with the right units and device
+classes, each showing the value the bridge publishes, and Home Assistant logs no MQTT
+or discovery warning about them.
 
 The simulator holds a distinct value in every register a profile reads, encoded here
 with `struct` from the profile file itself (not with the bridge's codec). What Home
@@ -21,10 +23,20 @@ import pytest
 import yaml
 
 import bridge
+from bridge.sim import SimUnit
+from tests.sunspec_image import PROOF_MODELS, build_image
 
 pytestmark = pytest.mark.integration
 
 PROFILES = {"meter": ("eastron/sdm630", 1), "inverter": ("huawei/sun2000", 2)}
+SUNSPEC_UNIT = 3
+# the standard names of the SunSpec device: (unit, device class) Home Assistant must show
+SUNSPEC_EXPECTED = {
+    "ac_power": ("W", "power"),
+    "power": ("W", "power"),
+    "soc": ("%", "battery"),
+    "pv2_voltage": ("V", "voltage"),
+}
 FORMATS = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f"}
 FORMATS |= {"int64": "q", "uint64": "Q", "float64": "d"}
 
@@ -70,7 +82,12 @@ def _same(ha: str, ours: Any) -> bool:
 async def test_profiles_become_entities_with_their_units_and_classes(
     broker, sim_servers, run_bridge, mqtt_watcher, home_assistant, *, ha_release
 ) -> None:
-    server = await sim_servers([unit for _, unit in PROFILES.values()])
+    image = build_image(PROOF_MODELS).image
+    lo, hi = min(image), max(image) + 1
+    sunspec = SimUnit(valid={"holding": [(lo, hi)]})
+    sunspec.set_registers("holding", lo, [image.get(a, 0) for a in range(lo, hi)])
+    units = {unit: SimUnit() for _, unit in PROFILES.values()} | {SUNSPEC_UNIT: sunspec}
+    server = await sim_servers(units)
     expected: dict[str, dict[str, Any]] = {}  # "<device>_<point>" -> the profile's point
     for device, (profile, unit) in PROFILES.items():
         for n, point in enumerate(_points(profile)):
@@ -84,6 +101,7 @@ async def test_profiles_become_entities_with_their_units_and_classes(
             if point.get("homeassistant", True):
                 expected[f"{device}_{point['name']}"] = point
     watcher = await mqtt_watcher(broker, "devices/#")
+    discovery = await mqtt_watcher(broker, "homeassistant/device/devices/inv/config")
     await run_bridge(
         {
             "version": 1,
@@ -96,8 +114,12 @@ async def test_profiles_become_entities_with_their_units_and_classes(
             "homeassistant": {"enabled": True},
             "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port}],
             "devices": [
-                {"name": device, "host": "gw", "unit": unit, "profile": profile, "interval": "2s"}
-                for device, (profile, unit) in PROFILES.items()
+                *(
+                    {"name": d, "host": "gw", "unit": unit, "profile": profile, "interval": "2s"}
+                    for d, (profile, unit) in PROFILES.items()
+                ),
+                {"name": "inv", "host": "gw", "unit": SUNSPEC_UNIT, "sunspec": True}
+                | {"interval": "2s", "write_multiple": True},
             ],
         }
     )
@@ -113,10 +135,30 @@ async def test_profiles_become_entities_with_their_units_and_classes(
         states = await ha.states()
         published = {
             device: json.loads(m.payload)
-            for device in PROFILES
+            for device in (*PROFILES, "inv")
             if (m := watcher.latest(f"devices/{device}")) is not None
         }
         wrong = []
+        # the SunSpec device: every entity its discovery announces (a quantity published
+        # under a standard name too is one entity, by that name) shows the published value
+        sunspec_state = published.get("inv", {})
+        announced = discovery.latest("homeassistant/device/devices/inv/config")
+        cmps = json.loads(announced.payload)["cmps"] if announced else {}
+        if len(cmps) < 100:
+            wrong.append(f"inv: {len(cmps)} entities announced so far")
+        for name, cmp in sorted(cmps.items()):
+            entity = cmp["default_entity_id"]
+            ours = sunspec_state.get(name, "missing")
+            if entity not in states:
+                wrong.append(f"{entity}: no entity")
+            elif not _same(states[entity]["state"], ours):
+                wrong.append(f"{entity}: HA {states[entity]['state']!r}, published {ours!r}")
+        for name, (unit_of, device_class) in SUNSPEC_EXPECTED.items():
+            entity = entity_of(states, f"inv_{name}")
+            attrs = states[entity]["attributes"] if entity else {}
+            shown = (attrs.get("unit_of_measurement"), attrs.get("device_class"))
+            if shown != (unit_of, device_class):
+                wrong.append(f"inv_{name}: {shown}, wanted {(unit_of, device_class)}")
         for key, point in sorted(expected.items()):
             device, name = key.split("_", 1)
             entity = entity_of(states, key)
@@ -137,7 +179,15 @@ async def test_profiles_become_entities_with_their_units_and_classes(
         if not wrong:
             break
         await asyncio.sleep(1)
-    print(f"Home Assistant Core {ha_release.version}: {len(expected)} profile entities")
+    print(
+        f"Home Assistant Core {ha_release.version}: {len(expected)} profile entities, "
+        f"{len(cmps)} SunSpec entities of {len(sunspec_state) - 1} points published"
+    )
+    for name in SUNSPEC_EXPECTED:
+        entity = entity_of(states, f"inv_{name}")
+        if entity is not None:
+            attrs = states[entity]["attributes"]
+            print(f"  {entity} = {states[entity]['state']} {attrs.get('unit_of_measurement')}")
     for key in sorted(expected):
         entity = entity_of(states, key)
         if entity is not None:
