@@ -15,7 +15,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.command_handler import CommandHandler
@@ -26,6 +26,7 @@ from bridge.figures import (
     DeviceFigures,
     Figures,
     HostFigures,
+    SparkplugFigures,
     buffer_figures,
     config_figures,
     device_polls,
@@ -531,12 +532,6 @@ class Bridge:
         the metrics show. Called on the event loop."""
         return _run_all(_figure_steps(self))
 
-    def _buffer_figures(self) -> BufferFigures | None:
-        for feature in self.features:
-            if isinstance(feature, History) and feature.store is not None:
-                return buffer_figures(feature.stats)
-        return None
-
     def health(self) -> dict[str, Any]:
         return build_health(self.figures())
 
@@ -643,8 +638,23 @@ def _figure_steps(bridge: Bridge) -> Generator[None, None, Figures]:
         ),
         proxies=bridge.proxies.figures(),
         report=report_figures(bridge.report) if bridge.report.slices else None,
-        buffer=bridge._buffer_figures(),
+        buffer=_buffer_figures(bridge.features),
+        sparkplug=_sparkplug_figures(bridge.features),
     )
+
+
+def _buffer_figures(features: Sequence[Feature]) -> BufferFigures | None:
+    for feature in features:
+        if isinstance(feature, History) and feature.store is not None:
+            return buffer_figures(feature.stats)
+    return None
+
+
+def _sparkplug_figures(features: Sequence[Feature]) -> SparkplugFigures | None:
+    for feature in features:
+        if isinstance(feature, SparkplugNode) and feature.settings is not None:
+            return SparkplugFigures(commands=feature.commands, refused=feature.refused)
+    return None
 
 
 def _run_all(steps: Generator[None, None, _T]) -> _T:

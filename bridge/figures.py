@@ -488,6 +488,22 @@ class BufferFigures:
     )
 
 
+@dataclass(frozen=True)
+class SparkplugFigures:
+    """The Sparkplug B edge node (`sparkplug:`), when it is on."""
+
+    commands: int = shown(
+        "NCMD and DCMD messages received by the Sparkplug edge node.",
+        metric="sparkplug_commands_total",
+    )
+    refused: int = shown(
+        "Sparkplug commands refused by the node itself (an unknown device or metric, a "
+        "payload that does not decode, a retained command); a refused value is counted "
+        "with the other commands.",
+        metric="sparkplug_commands_refused_total",
+    )
+
+
 def buffer_figures(stats: BufferStats) -> BufferFigures:
     return BufferFigures(
         records=stats.records,
@@ -514,6 +530,7 @@ class Figures:
     proxies: tuple[ProxyFigures, ...] = ()  # the hosts with a proxy
     report: ReportFigures | None = None  # the previous health report (none yet: None)
     buffer: BufferFigures | None = None  # store and forward, when it is on
+    sparkplug: SparkplugFigures | None = None  # the Sparkplug B edge node, when it is on
 
 
 def config_figures(reloads: ReloadStats, shard: Shard | None = None) -> ConfigFigures:

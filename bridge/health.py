@@ -63,6 +63,7 @@ def build_health(figures: Figures) -> dict[str, Any]:
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
         **({"report": _doc(figures.report)} if figures.report is not None else {}),
         **({"buffer": _doc(figures.buffer)} if figures.buffer is not None else {}),
+        **({"sparkplug": _doc(figures.sparkplug)} if figures.sparkplug is not None else {}),
     }
 
 
@@ -98,6 +99,7 @@ def health_payload(figures: Figures, limit: int) -> Generator[None, None, bytes 
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
         **({"report": _doc(figures.report)} if figures.report is not None else {}),
         **({"buffer": _doc(figures.buffer)} if figures.buffer is not None else {}),
+        **({"sparkplug": _doc(figures.sparkplug)} if figures.sparkplug is not None else {}),
     }
     body = b",".join(p for p in pieces if p)
     payload = json_doc(head)[:-1] + b',"devices":{' + body + b"}," + json_doc(tail)[1:]

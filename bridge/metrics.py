@@ -119,6 +119,8 @@ def families(figures: Figures) -> list[Metric]:
         out.add(figures.report, [])
     if figures.buffer is not None:
         out.add(figures.buffer, [])
+    if figures.sparkplug is not None:
+        out.add(figures.sparkplug, [])
     build = {"version": __version__}
     if figures.config.shard is not None:
         build["shard"] = figures.config.shard  # which process of a sharded fleet this is

@@ -56,6 +56,7 @@ METER = [
 def _config(broker: Any, server: SimServer, **sparkplug: Any) -> dict[str, Any]:
     return {
         "version": 1,
+        "health_interval": "1s",
         "mqtt": mqtt_section(broker),
         "sparkplug": {"group_id": "plant", "edge_node_id": "line-1", **sparkplug},
         "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port, "timeout": 0.3}],
@@ -244,6 +245,18 @@ async def test_edge_node_as_a_host_application_sees_it(
         timeout=5,
         since=jmark,
     )
+    # and one naming a metric the device does not have: refused by the node itself,
+    # counted in health (and /metrics) beside the commands it received
+    hmark = json_watcher.mark()
+    await _send(
+        broker, topic("DCMD", "meter"), encode([{"name": "nope", "type": "UInt16", "value": 1}])
+    )
+    health = await json_watcher.wait_for(
+        lambda m: m.topic == "modbus/bridge/health" and b'"refused":1' in m.payload,
+        timeout=5,
+        since=hmark,
+    )
+    assert health.json()["sparkplug"]["commands"] >= 4
     await asyncio.sleep(0.3)
     assert not [r for r in server.request_log if r.unit == 1 and r.function in (5, 6, 15, 16)]
     assert server.unit(1).get_registers("holding", 7) == [500]
