@@ -59,6 +59,14 @@ def build_health(figures: Figures) -> dict[str, Any]:
         "mqtt": _doc(figures.mqtt),
         "hosts": {host.name: _doc(host) for host in figures.hosts},
         "devices": {device.name: _doc(device) for device in figures.devices},
+        **_tail(figures),
+    }
+
+
+def _tail(figures: Figures) -> dict[str, Any]:
+    """What follows the devices in the report: the configuration, and the parts that are
+    there only when they are on (proxies, the previous report, buffer, Sparkplug)."""
+    return {
         "config": _doc(figures.config),
         **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
         **({"report": _doc(figures.report)} if figures.report is not None else {}),
@@ -94,13 +102,7 @@ def health_payload(figures: Figures, limit: int) -> Generator[None, None, bytes 
         "mqtt": _doc(figures.mqtt),
         "hosts": hosts,
     }
-    tail = {
-        "config": _doc(figures.config),
-        **({"proxies": {p.host: _doc(p) for p in figures.proxies}} if figures.proxies else {}),
-        **({"report": _doc(figures.report)} if figures.report is not None else {}),
-        **({"buffer": _doc(figures.buffer)} if figures.buffer is not None else {}),
-        **({"sparkplug": _doc(figures.sparkplug)} if figures.sparkplug is not None else {}),
-    }
+    tail = _tail(figures)
     body = b",".join(p for p in pieces if p)
     payload = json_doc(head)[:-1] + b',"devices":{' + body + b"}," + json_doc(tail)[1:]
     if len(payload) <= limit:
