@@ -148,6 +148,9 @@ async def test_sighup_applies_the_difference(broker, sim_servers, mqtt_watcher, 
     bridge.write_config(_invalid(first))
     bridge.reload()
     await _log_line(bridge, "still running the previous one")
+    # The problems follow the summary line, one log record each: wait for the last one
+    # (the log file is read while the bridge may still be writing it).
+    await _log_line(bridge, "unit16")
     log = bridge.log()
     path = str(bridge.config_path)
     assert f"{path}:" in log and "mqtt.keepalive" in log and "unit16" in log, log[-2000:]
