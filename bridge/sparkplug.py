@@ -15,8 +15,10 @@ Rules kept here (Sparkplug 3.0):
   the will carries it, and so does the NBIRTH of that connection;
 * ``seq`` 0..255: 0 on NBIRTH, then one more for every NDATA, DBIRTH, DDATA and
   DDEATH, wrapping after 255; NDEATH has none;
-* births carry every metric with name, alias, datatype, value and properties;
-  DDATA only the changed metrics, by alias; commands may name a metric by alias;
+* births carry every metric with name, alias, datatype, value and properties,
+  except that ``Node Control/Rebirth`` has no alias (so that any host can ask for a
+  rebirth by name); ``bdSeq`` is an Int64; DDATA only the changed metrics, by alias;
+  commands may name a metric by alias;
 * aliases are unique across the edge node (node metrics first, then devices in
   configuration order);
 * with a primary host configured, nothing is published until it says online,
@@ -226,7 +228,7 @@ class MetricDef:
     """One metric of the edge node: a point of a device, or a node metric."""
 
     name: str
-    alias: int
+    alias: int | None  # None: Node Control/Rebirth, named in every command
     datatype: DataType
     point: Point | None = None
     properties: tuple[tuple[str, PropertyValue], ...] = ()
@@ -341,8 +343,8 @@ class EdgeNode:
             return alias
 
         self.node_metrics = (
-            MetricDef(BD_SEQ, next_alias(), DataType.UINT64),
-            MetricDef(REBIRTH, next_alias(), DataType.BOOLEAN),
+            MetricDef(BD_SEQ, next_alias(), DataType.INT64),
+            MetricDef(REBIRTH, None, DataType.BOOLEAN),
             *(MetricDef(name, next_alias(), dt) for name, dt in NODE_INFO),
         )
         self.device_metrics = {
@@ -353,7 +355,10 @@ class EdgeNode:
             for d in self.devices
         }
         self._by_name = {d: {m.name: m for m in defs} for d, defs in self.device_metrics.items()}
-        self._by_alias = {d: {m.alias: m for m in defs} for d, defs in self.device_metrics.items()}
+        self._by_alias = {
+            d: {m.alias: m for m in defs if m.alias is not None}
+            for d, defs in self.device_metrics.items()
+        }
         self._births = {d.name: _DeviceBirth() for d in self.devices}
 
     # -- sequence numbers ------------------------------------------------
@@ -375,7 +380,7 @@ class EdgeNode:
         return Sent(self.topics.node(Kind.NDEATH), self._death_payload(), qos=1)
 
     def _death_payload(self) -> Payload:
-        return Payload(metrics=(Metric(BD_SEQ, None, None, DataType.UINT64, self.bd_seq),))
+        return Payload(metrics=(Metric(BD_SEQ, None, None, DataType.INT64, self.bd_seq),))
 
     def on_connect(
         self, now_ms: int, node_values: Mapping[str, Value], states: Iterable[DeviceView]
@@ -578,10 +583,8 @@ class EdgeNode:
             return None
         kind, device = parsed
         if kind is Kind.NCMD:
-            rebirth = self.node_metrics[1].alias
             for m in payload.metrics:
-                named = m.name == REBIRTH or (m.name is None and m.alias == rebirth)
-                if named and (m.value is True or m.value == 1):
+                if m.name == REBIRTH and (m.value is True or m.value == 1):
                     return True
             return Refused(topic, "NCMD without a Node Control/Rebirth true metric: ignored")
         assert device is not None

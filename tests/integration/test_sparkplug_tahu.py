@@ -144,8 +144,10 @@ async def test_edge_node_as_a_host_application_sees_it(
     nbirth = next(m for m in msgs if m["topic"] == topic("NBIRTH"))
     assert nbirth["seq"] == 0
     node = _by_name(nbirth)
-    assert node["bdSeq"]["type"] == "UInt64"
-    assert node["Node Control/Rebirth"] == {**node["Node Control/Rebirth"], "type": "Boolean"}
+    assert node["bdSeq"]["type"] == "Int64"  # Sparkplug 3.0 §5: the datatype of INT64
+    # no alias on the rebirth metric: a host that knows no alias can still ask for one
+    rebirth = node["Node Control/Rebirth"]
+    assert (rebirth["type"], rebirth["value"], rebirth["alias"]) == ("Boolean", False, None)
     assert node["Node Info/Devices"]["value"] == 2 + len(TICKS)
     bd_seq = node["bdSeq"]["value"]
     dbirth = next(m for m in msgs if m["topic"] == topic("DBIRTH", "meter"))

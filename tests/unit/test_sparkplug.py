@@ -156,8 +156,14 @@ def test_nbirth_and_dbirth_carry_every_metric(config) -> None:  # type: ignore[n
     nbirth, dbirth = (decode(encode(s.payload)) for s in out)
     assert nbirth.seq == 0 and dbirth.seq == 1
     by_name = {m.name: m for m in nbirth.metrics}
-    assert by_name["bdSeq"].value == 7 and by_name["bdSeq"].datatype is DataType.UINT64
-    assert by_name[REBIRTH].value is False
+    # Sparkplug 3.0 (tck-id-message-flow-edge-node-birth-publish-nbirth-payload-bdSeq):
+    # bdSeq is an Int64, in the will as in the NBIRTH
+    assert by_name["bdSeq"].value == 7 and by_name["bdSeq"].datatype is DataType.INT64
+    assert decode(encode(n.will().payload)).metrics[0].datatype is DataType.INT64
+    # (tck-id-operational-behavior-data-commands-rebirth-name-aliases): no alias on the
+    # rebirth metric, so that a host that knows no alias can ask for a rebirth
+    assert by_name[REBIRTH].value is False and by_name[REBIRTH].alias is None
+    assert by_name[REBIRTH].datatype is DataType.BOOLEAN
     assert by_name["Node Info/Devices"].value == 2
     assert by_name["Node Info/Version"].value is None  # not given: a null metric
     metrics = {m.name: m for m in dbirth.metrics}
@@ -175,8 +181,8 @@ def test_nbirth_and_dbirth_carry_every_metric(config) -> None:  # type: ignore[n
     sp = dict(metrics["setpoint"].properties)
     assert sp["readOnly"].value is False
     assert (sp["engLow"].value, sp["engHigh"].value) == (-20.0, 80.0)
-    aliases = [m.alias for m in nbirth.metrics + dbirth.metrics]
-    assert len(set(aliases)) == len(aliases)  # unique across the edge node
+    aliases = [m.alias for m in nbirth.metrics + dbirth.metrics if m.name != REBIRTH]
+    assert None not in aliases and len(set(aliases)) == len(aliases)  # unique on the node
 
 
 def test_ddata_carries_only_changes_by_alias(config) -> None:  # type: ignore[no-untyped-def]
@@ -233,8 +239,10 @@ def test_rebirth_ncmd(config) -> None:  # type: ignore[no-untyped-def]
     n.device_changed(view("meter", METER), {"current": 9}, 1)
     cmd = Payload(5, None, (Metric(REBIRTH, None, None, DataType.BOOLEAN, True),))
     assert n.command("spBv1.0/plant/NCMD/edge1", decode(encode(cmd))) is True
-    by_alias = Payload(5, None, (Metric(None, n.node_metrics[1].alias, None, None, True),))
-    assert n.command("spBv1.0/plant/NCMD/edge1", by_alias) is True
+    # the rebirth metric has no alias: a command by alias names another node metric
+    bd_alias = n.node_metrics[0].alias
+    by_alias = Payload(5, None, (Metric(None, bd_alias, None, None, True),))
+    assert isinstance(n.command("spBv1.0/plant/NCMD/edge1", by_alias), Refused)
     again = n.rebirth(9, {}, [view("meter", METER)])
     assert [s.payload.seq for s in again] == [0, 1]
     other = Payload(5, None, (Metric("Something", None, None, DataType.BOOLEAN, True),))
