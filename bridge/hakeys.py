@@ -2,12 +2,15 @@
 
 Someone who knew Home Assistant's `modbus:` integration first writes its keys in a
 bridge configuration (`slave: 3`, `data_type: float`). `check` then says what the key
-is called here instead of guessing a look-alike (`slave` is not `scale`). The same
-table serves whoever needs the correspondence (the importer, `docs/migrating.md`,
-whose table must agree: `tests/unit/test_hakeys.py`).
+is called here instead of guessing a look-alike (`slave` is not `scale`).
 
-Pure: names in, phrases out. Each phrase completes "Home Assistant's name; here it
-is ...".
+The correspondences that both `check` and the importer (`bridge.hassimport`) rely on
+are stated once, as data: `INPUT_TYPES`, `WRITE_TYPES`, `SWAPS`, `RENAMED` and
+`CLAMPS`. `check`'s phrases (`KEYS`, `VALUES`) are built from them where they say the
+same thing; `docs/migrating.md` must agree with both (`tests/unit/test_hakeys.py`).
+
+Pure: names in, phrases out. Each phrase of `KEYS` completes "Home Assistant's name;
+here it is ...".
 """
 
 from __future__ import annotations
@@ -21,10 +24,54 @@ HOST: Final = "host"
 DEVICE: Final = "device"
 POINT: Final = "point"
 
-_SWAP = (
-    "'byte_order' and 'word_order' (swap: byte is byte_order: little, swap: word is"
-    " word_order: little, swap: word_byte is both)"
+# Home Assistant's `input_type` (also a switch's `verify.input_type`, which takes the
+# write types' plural names too) -> our `table`
+INPUT_TYPES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "holding": "holding",
+        "input": "input",
+        "coil": "coil",
+        "discrete_input": "discrete",
+        "holdings": "holding",
+        "coils": "coil",
+    }
 )
+
+# Home Assistant's `write_type` -> (our `write_table`, whether the device then writes
+# with function 15/16: `write_multiple: true`)
+WRITE_TYPES: Final[Mapping[str, tuple[str, bool]]] = MappingProxyType(
+    {
+        "coil": ("coil", False),
+        "coils": ("coil", True),
+        "holding": ("holding", False),
+        "holdings": ("holding", True),
+    }
+)
+
+# Home Assistant's `swap` -> (byte_order: little, word_order: little): it reverses the
+# bytes of each register, the order of the registers, or both, before decoding
+SWAPS: Final[Mapping[str, tuple[bool, bool]]] = MappingProxyType(
+    {"byte": (True, False), "word": (False, True), "word_byte": (True, True)}
+)
+
+# An entity's keys that are a point's here under another name (same meaning, same values)
+RENAMED: Final[Mapping[str, str]] = MappingProxyType({"unit_of_measurement": "unit"})
+
+# Home Assistant clamps the value it shows to these; here they have no counterpart (the
+# point's key of a similar name limits writes only)
+AS_READ: Final = "the bridge publishes what the device says"
+CLAMPS: Final[Mapping[str, str]] = MappingProxyType({"min_value": "min", "max_value": "max"})
+
+
+def _swap_phrase() -> str:
+    cases = []
+    for swap, (little_bytes, little_words) in SWAPS.items():
+        orders = [o for o, on in (("byte_order", little_bytes), ("word_order", little_words)) if on]
+        cases.append(f"swap: {swap} is " + ("both" if len(orders) == 2 else f"{orders[0]}: little"))
+    return f"'byte_order' and 'word_order' ({', '.join(cases)})"
+
+
+_SWAP = _swap_phrase()
 
 # section -> Home Assistant's key -> what it is here
 _KEYS: Final[dict[str, dict[str, str]]] = {
@@ -46,11 +93,10 @@ _KEYS: Final[dict[str, dict[str, str]]] = {
         "data_type": "'type'",
         "swap": _SWAP,
         "scan_interval": "'interval'",
-        "unit_of_measurement": "'unit'",
+        **{key: f"'{ours}'" for key, ours in RENAMED.items()},
         "count": "'length' (registers of a string; other types take theirs from 'type')",
         "write_type": "'write_table' (coil or holding)",
-        "min_value": "none: the bridge publishes what the device says ('min' limits writes)",
-        "max_value": "none: the bridge publishes what the device says ('max' limits writes)",
+        **{key: f"none: {AS_READ} ('{ours}' limits writes)" for key, ours in CLAMPS.items()},
     },
 }
 KEYS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
@@ -65,12 +111,15 @@ _VALUES: Final[dict[str, dict[str, str]]] = {
         "int": "'int16', 'int32' or 'int64' (the width of the value)",
         "uint": "'uint16', 'uint32' or 'uint64' (the width of the value)",
     },
-    "table": {
-        "discrete_input": "'discrete'",
+    "table": {  # the input types whose name is not ours (the plural ones are write types)
+        theirs: f"'{ours}'"
+        for theirs, ours in INPUT_TYPES.items()
+        if theirs != ours and theirs not in WRITE_TYPES
     },
     "write_table": {
-        "coils": "'coil' (and write_multiple: true on the device)",
-        "holdings": "'holding' (and write_multiple: true on the device)",
+        theirs: f"'{ours}' (and write_multiple: true on the device)"
+        for theirs, (ours, multiple) in WRITE_TYPES.items()
+        if multiple
     },
 }
 VALUES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(

@@ -14,8 +14,9 @@ defaults to 2 decimals for floats and 0 for integers (an integer with a fraction
 before decoding, a binary sensor on a register is its lowest bit, `slave` wins over
 `device_address` and both default to 1, `scan_interval` defaults to 15 s.
 
-Pure: text and files in, text out. The key table (Home Assistant's names against
-ours) is in `docs/migrating.md`.
+Pure: text and files in, text out. The correspondences it shares with `check`
+(input and write types, `swap`, renamed keys, the clamps) are `bridge.hakeys`'s
+tables; the whole key table, for users, is in `docs/migrating.md`.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ from typing import Any
 
 import yaml
 
+from bridge.hakeys import AS_READ, CLAMPS, INPUT_TYPES, RENAMED, SWAPS, WRITE_TYPES
 from bridge.hass import slugify
+from bridge.model import DataType
 
 DEFAULT_HUB = "modbus_hub"  # Home Assistant's name of a hub without one
 DEFAULT_SCAN_INTERVAL = 15  # seconds, Home Assistant's default
 DEFAULT_TIMEOUT = 3  # seconds, Home Assistant's default per request
 FLOAT_TYPES = ("float16", "float32", "float64")
-INT_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
-WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4}
-WIDTH.update({"float16": 1, "float32": 2, "float64": 4})
+# Home Assistant's numeric data types that are ours by the same name
+NUMBER_TYPES = tuple(t.value for t in DataType if t.is_numeric)
 # struct format characters of a `custom` structure that are one of our types
 STRUCT_TYPES = {
     "h": "int16",
@@ -345,7 +347,7 @@ class _Converter:
         return _repeat(item, keys)
 
     def binary_sensor(self, item: Map, what: str, device: _Device) -> list[_Point]:
-        table = _TABLES.get(str(item.get("input_type", "coil")))
+        table = INPUT_TYPES.get(str(item.get("input_type", "coil")))
         if table is None:
             raise _LeftOut(f"input_type {item.get('input_type')!r} is not a Modbus table")
         keys: dict[str, Any] = {"table": table, "address": int(item["address"])}
@@ -363,24 +365,23 @@ class _Converter:
         if verify is None:  # `verify:` with nothing: read back where it writes
             verify = Map()
             verify.file, verify.line = item.file, item.line
-        keys: dict[str, Any]
-        if write_type in ("coil", "coils"):
-            keys = {"table": "coil", "address": address}
-        elif write_type in ("holding", "holdings"):
-            keys = {"table": "holding", "address": address, "type": "uint16"}
+        if write_type not in WRITE_TYPES:
+            raise _LeftOut(f"write_type {write_type!r} is not a table one can write")
+        write_table, _ = WRITE_TYPES[write_type]
+        keys: dict[str, Any] = {"table": write_table, "address": address}
+        if write_table == "holding":
+            keys["type"] = "uint16"
             if write_type == "holdings":
                 device.write_multiple = True
                 self._note(item, what, "write_type: holdings: the device writes with function 16")
-        else:
-            raise _LeftOut(f"write_type {write_type!r} is not a table one can write")
         if isinstance(verify, Map):
-            read_table = _TABLES.get(str(verify.get("input_type", write_type.rstrip("s"))))
+            read_table = INPUT_TYPES.get(str(verify.get("input_type", write_type.rstrip("s"))))
             read_address = int(verify.get("address", address))
             if read_table is None:
                 raise _LeftOut(f"verify.input_type {verify.get('input_type')!r}")
             if (read_table, read_address) != (keys["table"], address):
                 keys = {"table": read_table, "address": read_address}
-                keys["write_table"] = "coil" if write_type in ("coil", "coils") else "holding"
+                keys["write_table"] = write_table
                 keys["write_address"] = address
                 if read_table in ("holding", "input"):
                     keys["type"] = "uint16"
@@ -504,11 +505,10 @@ class _Converter:
             data_type = "int16"
         swap = item.get("swap")
         keys: dict[str, Any] = {
-            "table": table or _TABLES.get(str(item.get("input_type", "holding")), "holding"),
+            "table": table or INPUT_TYPES.get(str(item.get("input_type", "holding")), "holding"),
             "address": int(item["address"]) if address is None else address,
         }
-        little_bytes = swap in ("byte", "word_byte")
-        little_words = swap in ("word", "word_byte")
+        little_bytes, little_words = SWAPS.get(str(swap), (False, False))
         if data_type == "custom":
             structure = str(item.get("structure", ""))
             data_type, little = _custom(structure, int(item.get("count", 0)))
@@ -518,13 +518,13 @@ class _Converter:
             raise _LeftOut("data_type: float16: the bridge has no 16-bit float type")
         if data_type == "string":
             keys.update(type="string", length=int(item.get("count", 1)))
-        elif data_type in WIDTH:
+        elif data_type in NUMBER_TYPES:
             keys["type"] = data_type
         else:
             raise _LeftOut(f"data_type {data_type!r} is not a Home Assistant data type")
         if little_bytes:
             keys["byte_order"] = "little"
-        if little_words and WIDTH.get(data_type, 1) > 1:
+        if little_words and _width(data_type) > 1:
             keys["word_order"] = "little"
         if data_type == "string":
             return keys
@@ -552,13 +552,8 @@ class _LeftOut(Exception):
 
 
 _ABSENT = object()  # no `verify` key at all (not `verify:` with nothing)
-_TABLES = {"holding": "holding", "input": "input", "coil": "coil", "discrete_input": "discrete"}
-_TABLES["holdings"], _TABLES["coils"] = "holding", "coil"
 _IGNORED = {
-    "min_value": "Home Assistant clamps the value to min_value; the bridge publishes what "
-    "the device says",
-    "max_value": "Home Assistant clamps the value to max_value; the bridge publishes what "
-    "the device says",
+    **{key: f"Home Assistant clamps the value to {key}; {AS_READ}" for key in CLAMPS},
     "nan_value": "the bridge publishes the raw number where Home Assistant shows unknown",
     "zero_suppress": "the bridge publishes small values as they are (a `deadband` limits "
     "how often they are sent)",
@@ -589,9 +584,7 @@ def _repeat(item: Map, keys: dict[str, Any]) -> list[_Point]:
     """The entity's point, and one more per `slave_count` / `virtual_count` (Home
     Assistant's extra entities at the following addresses)."""
     extra = int(item.get("slave_count") or item.get("virtual_count") or 0)
-    width = (
-        int(keys["length"]) if keys.get("type") == "string" else WIDTH.get(str(keys.get("type")), 1)
-    )
+    width = int(keys["length"]) if keys.get("type") == "string" else _width(str(keys.get("type")))
     name = _name(str(item["name"]))
     points = [_Point(_where(item), {"name": name, **_display(item), **keys})]
     for i in range(1, extra + 1):
@@ -611,8 +604,15 @@ def _display(item: Map) -> dict[str, str]:
 
 
 def _ha_keys(item: Map, names: tuple[str, ...]) -> dict[str, Any]:
-    ours = {"unit_of_measurement": "unit"}
-    return {ours.get(k, k): item[k] for k in names if item.get(k) is not None}
+    return {RENAMED.get(k, k): item[k] for k in names if item.get(k) is not None}
+
+
+def _width(data_type: str) -> int:
+    """Registers of one of our types by name; 1 for one that is not (a bit)."""
+    try:
+        return DataType(data_type).width
+    except ValueError:
+        return 1
 
 
 def _name(text: str) -> str:

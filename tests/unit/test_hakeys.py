@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,8 @@ def test_the_table_names_keys_that_are_not_ours_and_agrees_with_the_docs() -> No
         assert key in POINT_YAML_KEYS
         for value in values:
             assert value in docs or value in ("int", "uint", "float"), value
+    # the tables the importer converts with, and check's phrases are built on
+    for theirs in (*hakeys.INPUT_TYPES, *hakeys.WRITE_TYPES, *hakeys.SWAPS, *hakeys.CLAMPS):
+        assert re.search(rf"`[^`]*\b{theirs}`", docs), theirs  # `swap: byte`, `coils`
+    for theirs, ours in hakeys.RENAMED.items():
+        assert f"| `{theirs}` | `{ours}` |" in docs, theirs
