@@ -333,6 +333,7 @@ def _command(env: Any, template: str, value: Any) -> str:
 
 
 NAMES = st.text(min_size=1, max_size=40).filter(lambda n: level_problem(n) is None)
+_PARSED = _config()  # frozen: the examples below cannot change it
 
 
 @given(name=NAMES)
@@ -345,8 +346,8 @@ def test_templates_render_every_valid_name(name: str) -> None:
     number = Point(**holding, type=DataType.UINT16, writable=True)
     text = Point(**holding, type=DataType.STRING, length=4, writable=True)
     coil = Point(name=name, table=Table.COIL, address=0, type=DataType.BOOL, interval=1.0)
+    config = _PARSED  # read once: parsing it took most of this test's time
     for point, value, shown in ((number, 42, "42"), (text, "ab", "ab"), (coil, True, "true")):
-        config = _config()
         device = config.devices[0]
         comp = Discovery(config).component(device, point)
         payload = json.dumps({name: value, "other": 1})
