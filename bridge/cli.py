@@ -235,7 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         host = "" if sp.primary_host_id is None else f", primary host {sp.primary_host_id}"
         lines.append(
             f"sparkplug: edge node spBv1.0/{sp.group_id}/+/{sp.edge_node_id}{host} "
-            f"(client id {config.mqtt.client_id}-sparkplug)"
+            f"(client id {config.mqtt.client_id}-sparkplug), bdSeq kept in {sp.state_file}"
         )
     print(redact("\n".join(lines), config.secrets))  # nothing here may show a secret
     return EXIT_OK

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from bridge import hakeys
-from bridge.config_features import FeatureReader
+from bridge.config_features import FeatureReader, state_file_for
 from bridge.config_nodes import (
     Fields,
     Node,
@@ -531,6 +531,9 @@ class _Reader(_HostReader, FeatureReader):
         sparkplug = None if sparkplug_node is None else self.sparkplug(sparkplug_node, "sparkplug")
         buffer_node = f.value("buffer")
         buffer = None if buffer_node is None else self.buffer(buffer_node, "buffer")
+        if sparkplug is not None:
+            where = state_file_for(sparkplug, buffer, os.environ)
+            sparkplug = replace(sparkplug, state_file=where)
         hosts = self.hosts(f)
         self.profile_folders = self.folders(f)
         templates_node = f.value("templates")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from urllib.parse import quote
 
 from bridge.config_nodes import Node, NodeReader, or_default, show
 from bridge.model import Buffer, Sparkplug
@@ -17,7 +19,7 @@ _BUFFER_KEYS = (
     "path", "max_bytes", "max_age", "replay_rate", "flush_interval",
 )
 _SPARKPLUG_KEYS = (
-    "group_id", "edge_node_id", "primary_host_id",
+    "group_id", "edge_node_id", "primary_host_id", "state_file",
 )
 # fmt: on
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]|[bB])?")
@@ -38,9 +40,13 @@ class FeatureReader(NodeReader):
         group = self.req(f, "group_id", self.sparkplug_id)
         edge = self.req(f, "edge_node_id", self.sparkplug_id)
         host = self.get(f, "primary_host_id", self.sparkplug_id)
+        state = self.get(f, "state_file", self.nonempty_text)
         if group is None or edge is None:
             return None
-        return Sparkplug(group_id=group, edge_node_id=edge, primary_host_id=host)
+        if state is not None:
+            base = self.base_dir or os.getcwd()
+            state = os.path.normpath(os.path.join(base, os.path.expanduser(state)))
+        return Sparkplug(group_id=group, edge_node_id=edge, primary_host_id=host, state_file=state)
 
     def buffer(self, node: Node, path: str) -> Buffer | None:
         f = self.mapping(node, path, _BUFFER_KEYS)
@@ -82,3 +88,26 @@ class FeatureReader(NodeReader):
     def sparkplug_id(self, node: Node, path: str) -> str | None:
         """A Sparkplug id: one topic level that can travel in MQTT."""
         return self.checked_text(node, path, lambda text: text_problem(text) or id_problem(text))
+
+
+def state_file_for(sparkplug: Sparkplug, buffer: Buffer | None, env: Mapping[str, str]) -> str:
+    """Where the edge node keeps the `bdSeq` of its latest MQTT CONNECT across restarts:
+    `sparkplug.state_file` when given; else a file named after the node beside the
+    buffer's database; else in the state folder systemd gives the service
+    (`$STATE_DIRECTORY`, `StateDirectory=` in the unit); else under `$XDG_STATE_HOME`
+    or `~/.local/state`, in `modbus-bridge/`."""
+    if sparkplug.state_file is not None:
+        return sparkplug.state_file
+    name = "sparkplug-{}@{}.bdseq".format(
+        quote(sparkplug.group_id, safe=""), quote(sparkplug.edge_node_id, safe="")
+    )
+    if buffer is not None:
+        folder = os.path.dirname(buffer.path)
+    elif env.get("STATE_DIRECTORY"):
+        folder = env["STATE_DIRECTORY"].split(":")[0]
+    elif env.get("XDG_STATE_HOME"):
+        folder = os.path.join(env["XDG_STATE_HOME"], "modbus-bridge")
+    else:
+        home = env.get("HOME") or os.path.expanduser("~")
+        folder = os.path.join(home, ".local", "state", "modbus-bridge")
+    return os.path.normpath(os.path.join(folder, name))

@@ -457,6 +457,10 @@ class Sparkplug:
     edge_node_id: str
     # With a primary host application: publish only while it says online (3.0 STATE).
     primary_host_id: str | None = None
+    # The file keeping the bdSeq of the node's latest MQTT CONNECT across restarts
+    # (Sparkplug 3.0: each CONNECT's bdSeq is the previous one's plus one). None only
+    # before the configuration is read: `config_features.state_file_for` fills it in.
+    state_file: str | None = None
 
 
 @dataclass(frozen=True)

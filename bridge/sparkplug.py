@@ -11,8 +11,10 @@ Rules kept here (Sparkplug 3.0):
 
 * topics ``spBv1.0/<group>/<type>/<edge>[/<device>]``; a primary host's state on
   ``spBv1.0/STATE/<host>`` (JSON ``{"online": bool, "timestamp": ms}``);
-* ``bdSeq`` 0..255 goes up by one for every MQTT connect: the NDEATH registered as
-  the will carries it, and so does the NBIRTH of that connection;
+* ``bdSeq`` 0..255 starts at zero and goes up by one for every MQTT CONNECT, a
+  restart of the bridge included (the feature keeps the last one in a file,
+  `bd_seq_text` / `next_bd_seq`): the NDEATH registered as the will carries it,
+  and so does the NBIRTH of that connection;
 * ``seq`` 0..255: 0 on NBIRTH, then one more for every NDATA, DBIRTH, DDATA and
   DDEATH, wrapping after 255; NDEATH has none;
 * births carry every metric with name, alias, datatype, value and properties,
@@ -49,7 +51,10 @@ __all__ = [
     "Sent",
     "SparkplugTopics",
     "WriteRequest",
+    "bd_seq_text",
     "metric_type",
+    "next_bd_seq",
+    "parse_bd_seq",
 ]
 
 NAMESPACE = "spBv1.0"
@@ -278,6 +283,26 @@ NODE_INFO = (
     ("Node Info/Devices Online", DataType.UINT32),
     ("Node Info/Buffered Records", DataType.UINT64),
 )
+
+
+def bd_seq_text(value: int) -> str:
+    """The state file's content: the bdSeq of the node's latest MQTT CONNECT."""
+    return f"{value}\n"
+
+
+def parse_bd_seq(text: str) -> int | None:
+    """The bdSeq a state file holds, or None when it holds no bdSeq (0..255)."""
+    body = text.strip()
+    if not body.isdigit() or not body.isascii():
+        return None
+    value = int(body)
+    return value if value <= 255 else None
+
+
+def next_bd_seq(last: int | None) -> int:
+    """The bdSeq of the next MQTT CONNECT: 0 for the first one ever (nothing kept),
+    else one more than the last one, 255 wrapping to 0."""
+    return 0 if last is None else (last + 1) % 256
 
 
 # --------------------------------------------------------------------------- messages

@@ -26,6 +26,12 @@ encodes it; this module carries it to and from the broker.
   while that host says online; when it comes back, births. When it goes offline: an
   NDEATH, then the connection is closed and opened again (a new `bdSeq`), silent until
   the host is online again.
+* `bdSeq` across restarts (`BdSeqFile`): before each CONNECT the bdSeq its will
+  carries is written to `sparkplug.state_file` (atomically, synced; only when it
+  changed), and a new process starts from the one after it, so that a host never
+  sees a bdSeq again that the broker may still deliver a will for. A file that
+  cannot be read or written is said once in the log; the node runs on, counting
+  from memory (from 0 when nothing could be read).
 * Shutdown: an NDEATH before the connection closes. A kill -9 leaves that to the will.
 * A reload that changes `sparkplug:`, `mqtt:` or the devices closes the node's
   connection (NDEATH) and opens a new one with births for the new configuration.
@@ -38,6 +44,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -57,12 +64,15 @@ from bridge.sparkplug import (
     Sent,
     SparkplugTopics,
     WriteRequest,
+    bd_seq_text,
+    next_bd_seq,
+    parse_bd_seq,
 )
 from bridge.sparkplug import Value as MetricValue
 from bridge.sparkplug_pb import PayloadError, decode, encode
 from bridge.state import DeviceState
 
-__all__ = ["CLIENT_SUFFIX", "SparkplugNode"]
+__all__ = ["CLIENT_SUFFIX", "BdSeqFile", "SparkplugNode"]
 
 log = logging.getLogger("bridge.sparkplug")
 
@@ -90,6 +100,68 @@ def changes(sent: Mapping[str, object], now: Mapping[str, object]) -> dict[str, 
     return {k: v for k, v in now.items() if not _same(sent.get(k, _MISSING), v)}
 
 
+class BdSeqFile:
+    """The bdSeq of the edge node's latest MQTT CONNECT, in a small file that survives a
+    restart, a kill -9 and a power cut (written to a temporary file, synced, renamed
+    over the old one, the folder synced). Problems are logged once per path and
+    never stop the node."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._saved: int | None = None  # what the file holds, as far as we know
+        self._warned = False
+
+    def load(self) -> int | None:
+        """The bdSeq kept, or None (no file yet, or one that cannot be read)."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as f:
+                text = f.read(64)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn(f"cannot be read ({exc.strerror or exc}): starting from bdSeq 0")
+            return None
+        value = parse_bd_seq(text)
+        if value is None:
+            self._warn(f"holds no bdSeq ({text[:20]!r}): starting from bdSeq 0")
+        self._saved = value
+        return value
+
+    def save(self, value: int) -> bool:
+        """Keep `value`, durably, before the CONNECT that carries it. True when kept."""
+        if value == self._saved:
+            return True
+        folder = os.path.dirname(self.path) or "."
+        tmp = f"{self.path}.tmp"
+        try:
+            os.makedirs(folder, mode=0o750, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                os.write(fd, bd_seq_text(value).encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self._warn(
+                f"cannot be written ({exc.strerror or exc}): after a restart the node "
+                "may use a bdSeq again; set sparkplug.state_file to a writable place"
+            )
+            return False
+        self._saved = value
+        return True
+
+    def _warn(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("Sparkplug B: the bdSeq state file %s %s", self.path, what)
+
+
 class SparkplugNode(Feature):
     """See the module's docstring."""
 
@@ -108,6 +180,7 @@ class SparkplugNode(Feature):
         self._changing: asyncio.Task[None] | None = None
         self._stopping = False
         self.bd_seq = 0  # of the next connection (carried over when the node is rebuilt)
+        self.state: BdSeqFile | None = None  # where the bdSeq survives a restart
         self.commands = 0  # NCMD and DCMD received
         self.refused = 0  # of which refused here (unknown device or metric, unreadable)
 
@@ -115,7 +188,20 @@ class SparkplugNode(Feature):
 
     async def start(self) -> None:
         if self.settings is not None:
+            self._keep_in(self.settings)
             self._open(self.settings)
+
+    def _keep_in(self, settings: Sparkplug) -> None:
+        """The state file of these settings. The first one read gives the bdSeq to start
+        from; after that the count in memory is the newest (a file moved by a reload
+        goes on from it)."""
+        path = settings.state_file
+        if path is None or (self.state is not None and self.state.path == path):
+            return
+        first = self.state is None
+        self.state = BdSeqFile(path)
+        if first:
+            self.bd_seq = next_bd_seq(self.state.load())
 
     async def stop(self) -> None:
         self._stopping = True
@@ -172,7 +258,10 @@ class SparkplugNode(Feature):
         self.link = None
 
     def _will(self) -> Will:
+        """The NDEATH for the CONNECT about to be sent; its bdSeq kept on disk first."""
         assert self.node is not None
+        if self.state is not None:
+            self.state.save(self.node.bd_seq)
         death = self.node.will()
         return Will(death.topic, encode(death.payload), qos=death.qos, retain=False)
 
@@ -376,6 +465,8 @@ class SparkplugNode(Feature):
             return
         self._restart = False
         self.settings = self.hub.config.sparkplug
+        if self.settings is not None:
+            self._keep_in(self.settings)
         if self._stopping:
             return
         self._changing = asyncio.create_task(self._rebuild(), name="sparkplug-reload")

@@ -36,7 +36,11 @@ class BridgeProcess:
         self.config_path = workdir / "bridge.yaml"
         self.write_config(config)
         self.log_path = workdir / "bridge.log"
-        self.env = {**os.environ, **(env or {})}
+        # Files the bridge keeps by default (the Sparkplug bdSeq) go to the test's folder,
+        # not to the home of whoever runs the tests.
+        base = {k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"}
+        base["XDG_STATE_HOME"] = str(workdir / "state")
+        self.env = {**base, **(env or {})}
         self.args = args  # after `run -c <file>`, e.g. ("--shard", "1/2")
         # The child's descriptor limit, if given: soft and hard, or both the same.
         self.nofile = (nofile, nofile) if isinstance(nofile, int) else nofile

@@ -320,3 +320,51 @@ async def test_primary_host_online_offline_and_back(
     again = next(m for m in _decoded(watcher, mark) if m["topic"] == topic("NBIRTH"))
     assert _by_name(again)["bdSeq"]["value"] == (bd_seq + 1) % 256
     assert "reconnecting" in bridge.log()
+
+
+async def test_bd_seq_goes_on_across_restarts(
+    broker: Any, sim_servers: Any, mqtt_watcher: Any, run_bridge: Any, tmp_path: Any
+) -> None:
+    """Sparkplug 3.0: the will of every MQTT CONNECT carries the previous CONNECT's
+    bdSeq plus one, starting at zero, and a new process is no exception (a host may
+    still get the old process's will after the new NBIRTH; the same bdSeq would make
+    it take the new session for dead). Nothing configured for it: the default file."""
+    require_tahu()
+    server = await sim_servers((1, 2))
+    _meter_registers(server)
+    watcher = await mqtt_watcher(broker, "spBv1.0/plant/#")
+    config = _config(broker, server)
+    config["devices"] = config["devices"][:2]
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}  # as a user's own, for every run
+    state = tmp_path / "state" / "modbus-bridge" / "sparkplug-plant@line-1.bdseq"
+
+    async def bd_seq(kind: str, mark: int) -> int:
+        await watcher.wait_for(topic(kind), timeout=10, since=mark)
+        message = next(m for m in _decoded(watcher, mark) if m["topic"] == topic(kind))
+        value = _by_name(message)["bdSeq"]
+        assert value["type"] == "Int64"
+        return int(value["value"])
+
+    bridge = await run_bridge(config, env=env)
+    assert await bd_seq("NBIRTH", 0) == 0  # the first start ever
+    assert state.read_text() == "0\n"
+
+    # kill -9: the broker publishes the will; the next process goes on from it
+    mark = watcher.mark()
+    assert bridge.proc is not None
+    bridge.proc.kill()
+    bridge.proc.wait()
+    assert await bd_seq("NDEATH", mark) == 0
+    mark = watcher.mark()
+    bridge.start()
+    assert await bd_seq("NBIRTH", mark) == 1
+
+    # SIGTERM: the node's own NDEATH, then again the next bdSeq after the restart
+    mark = watcher.mark()
+    assert await bridge.terminate() == 0
+    assert await bd_seq("NDEATH", mark) == 1
+    mark = watcher.mark()
+    bridge.start()
+    assert await bd_seq("NBIRTH", mark) == 2
+    assert state.read_text() == "2\n"
+    assert "bdSeq state file" not in bridge.log()  # no problem with it was logged
