@@ -364,6 +364,20 @@ def test_docs_list_every_profile_and_every_standard_name() -> None:
     assert missing == []
 
 
+# Registers one read may ask for, as the manufacturers' documents give them (values of
+# 32 bits each take two): Eastron's 40 and 30 values a request, Carlo Gavazzi's 11 words
+# for function 04h. A profile of these devices that forgot its max_read would merge
+# reads the meter refuses.
+DOCUMENT_READ_LIMITS = {"eastron/sdm630": 80, "eastron/sdm72d-m": 60, "carlo_gavazzi/em24": 11}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENT_READ_LIMITS))
+def test_a_documented_read_limit_caps_every_read(name: str) -> None:
+    device = _profile(name)
+    assert device.max_read == DOCUMENT_READ_LIMITS[name]
+    assert max(block.count for block in plan_device(device)) <= device.max_read
+
+
 # The widest read known to be answered through Huawei's SDongle: huawei-solar-lib reads
 # up to 64 registers a request (the document's own limit could not be checked; see the
 # profile's header). The profile's blocks stay within it.
