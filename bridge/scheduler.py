@@ -182,6 +182,11 @@ class Scheduler:
         self._devices: dict[str, list[_Group]] = {}  # device name -> its groups' state
         self._running = False
         self._passes = _Passes()
+        # Set while every group has been through its first cycle (polled, probed or
+        # backing off): what first polls build and keep (each read's request, cached
+        # by its session) then exists. The bridge freezes it out of the collector's way.
+        self.first_round = asyncio.Event()
+        self._unpolled: set[_Group] = set()
         self._register(groups)
 
     @property
@@ -193,7 +198,17 @@ class Scheduler:
         for state in states:
             self.stats.setdefault(state.device.name, PollStats())
             self._devices.setdefault(state.device.name, []).append(state)
+        self._unpolled.update(states)
+        self._first_cycle_done()
         return states
+
+    def _first_cycle_done(self, state: _Group | None = None) -> None:
+        if state is not None:
+            self._unpolled.discard(state)
+        if self._unpolled:
+            self.first_round.clear()
+        else:
+            self.first_round.set()
 
     def backoff_left(self, device: str, now: float) -> float:
         """Seconds until a device that backs off is polled again (0: polled as usual);
@@ -248,11 +263,14 @@ class Scheduler:
         """Stop polling `devices` and forget their groups. With `keep_stats` their
         `PollStats` stay, for a device polled again under the same name."""
         gone = set(devices)
-        await self._cancel([g for name in gone for g in self._devices.get(name, ())])
+        states = [g for name in gone for g in self._devices.get(name, ())]
+        await self._cancel(states)
         for name in gone:
             self._devices.pop(name, None)
             if not keep_stats:
                 self.stats.pop(name, None)
+        self._unpolled.difference_update(states)
+        self._first_cycle_done()
 
     async def _loop(self, state: _Group, t0: float) -> None:
         loop = asyncio.get_running_loop()
@@ -279,6 +297,8 @@ class Scheduler:
                 stats.cycles += 1
             else:
                 stats.backoff_skips += 1
+            if cycle == 0:
+                self._first_cycle_done(state)
             cycle, missed = next_cycle(loop.time(), t0, phase, interval, cycle)
             stats.skipped += missed
 

@@ -208,3 +208,31 @@ async def test_a_pass_wakes_its_devices_together_in_the_same_order_without_drift
     first_pass = [u for _, u in starts if group[u] == 0.0]
     cycles = [first_pass[i : i + 15] for i in range(0, len(first_pass) - 14, 15)]
     assert len(cycles) >= 10 and all(c == cycles[0] for c in cycles), cycles
+
+
+async def test_first_round_is_set_once_every_group_ran_a_cycle() -> None:
+    # The bridge freezes what the first polls built once every group ran a cycle: a
+    # device that fails counts as run, a device added later clears it until it polled.
+    session = Memory()
+    slow = dataclasses.replace(_device("slow", 0.3), unit=2)
+    scheduler, polls = _scheduler(session, _device("fast"), slow)
+    assert not scheduler.first_round.is_set()
+    scheduler.start()
+    try:
+        await _until(scheduler.first_round.is_set)
+        assert {name for name, *_ in polls} == {"fast", "slow"}
+        session.silent = True  # a device that never answers still runs its cycle
+        late = dataclasses.replace(_device("late", 0.3), unit=3)
+        scheduler.add(group_blocks([late], {late.name: plan_device(late)}))
+        assert not scheduler.first_round.is_set()
+        await _until(scheduler.first_round.is_set)
+        assert any(name == "late" and error is not None for name, _, error in polls)
+        # One that is removed before its first cycle does not hold it back.
+        never = dataclasses.replace(_device("never", 5.0), unit=4)
+        groups = group_blocks([never], {never.name: plan_device(never)})
+        scheduler.add([dataclasses.replace(g, phase=4.0) for g in groups])
+        assert not scheduler.first_round.is_set()
+        await scheduler.remove(["never"])
+        assert scheduler.first_round.is_set()
+    finally:
+        await scheduler.stop()
