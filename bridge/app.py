@@ -557,6 +557,7 @@ class Bridge:
                 self.link.max_packet_size,
             )
             return
+        yield  # handing it to the MQTT client copies it again: a slice of its own
         self.link.publish(topic, payload, retain=True)
 
     async def _publish_health(self) -> None:
