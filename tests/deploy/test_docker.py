@@ -172,6 +172,14 @@ def test_compose_mounts_the_config_read_only_next_to_mosquitto() -> None:
     assert (DOCKER / bridge["build"]["context"]).resolve() == REPO
     assert (REPO / bridge["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
     assert "./config.yaml:/etc/modbus-bridge/config.yaml:ro" in bridge["volumes"]
+    # the one writable folder of the read-only container, where the image points the
+    # bridge's state ($STATE_DIRECTORY: the Sparkplug bdSeq, a buffer), kept in a volume
+    assert bridge["read_only"] is True
+    assert "bridge-state:/var/lib/modbus-bridge" in bridge["volumes"]
+    assert "bridge-state" in compose["volumes"]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "STATE_DIRECTORY=/var/lib/modbus-bridge" in dockerfile
+    assert "-o modbus-bridge -g modbus-bridge" in dockerfile
     assert bridge["depends_on"] == ["mosquitto"]
     # mosquitto.conf is the file compose mounts, and it listens beyond the container.
     mount = services["mosquitto"]["volumes"][0]

@@ -11,6 +11,7 @@ the venv it created.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config_features import state_file_for
+from bridge.model import Sparkplug
+
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
 UNITS = ("modbus-bridge.service", "modbus-bridge@.service")
@@ -26,7 +30,10 @@ INSTALLED_BINARY = "/opt/modbus-bridge/bin/modbus-bridge"
 MAX_EXPOSURE = 3.0
 
 # Keys that are the same in both units: everything except what names the instance.
-PER_UNIT_KEYS = {"Description", "EnvironmentFile", "ExecStartPre", "ExecStart", "SyslogIdentifier"}
+PER_UNIT_KEYS = {
+    "Description", "EnvironmentFile", "ExecStartPre", "ExecStart", "SyslogIdentifier",
+    "StateDirectory",
+}  # fmt: skip
 
 
 def analyze() -> str:
@@ -203,3 +210,16 @@ def test_the_descriptor_limit_leaves_room_for_hosts_and_metrics_clients(unit: st
     assert ":" not in limit  # soft = hard: nothing for the bridge to raise
     assert "~@privileged @resources" in service["SystemCallFilter"]
     assert connection_cap(int(limit)) == 64 and int(limit) >= 4096
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_state_folder_is_writable_and_is_where_the_bridge_keeps_its_state(unit: str) -> None:
+    """ProtectSystem=strict makes /var/lib read-only: without StateDirectory= neither a
+    buffer under /var/lib/modbus-bridge nor the Sparkplug bdSeq could be written. systemd
+    names the folder in $STATE_DIRECTORY, the bdSeq's default place."""
+    service = parse_unit((SYSTEMD / unit).read_text())["Service"]
+    [state] = service["StateDirectory"]
+    assert state.split("/")[0] == "modbus-bridge"
+    folder = "/var/lib/" + state.replace("%i", "site")
+    where = state_file_for(Sparkplug("plant", "line-1"), None, {"STATE_DIRECTORY": folder})
+    assert os.path.dirname(where) == folder
