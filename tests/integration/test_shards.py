@@ -251,3 +251,42 @@ async def test_layouts_started_together_and_a_layout_killed(
     await asyncio.sleep(1.0)
     assert after.alive() and "refuses to run" not in after.log()
     assert await after.terminate() == 0
+
+
+async def test_a_reload_onto_another_layouts_base_topic_refuses_to_run(
+    broker, sim_servers, mqtt_watcher, run_bridge
+) -> None:
+    """Issue 16, item 2, on reload: a layout running under its own base topic that a
+    reload moves under the base of another layout stops (exit 2, both named), and
+    leaves the other layout's device states alone."""
+    config, _servers = await _fleet(sim_servers, broker, "modbus")
+    watcher = await mqtt_watcher(broker, "#")
+    running = await run_bridge(config, args=("--shard", "1/2"))
+    await _online(watcher, "modbus", "1of2")
+    elsewhere = dict(config, mqtt=dict(config["mqtt"], base_topic="elsewhere"))
+    mover = await run_bridge(elsewhere, args=("--shard", "1/3"))
+    await _online(watcher, "elsewhere", "1of3")
+    ours = [d for h in HOSTS if shard_of(h, 2) == 1 for d in _devices(h)]
+    for device in ours:
+        await watcher.wait_for(
+            lambda m, d=device: m.topic == f"modbus/{d}/availability" and m.payload == b"online",
+            timeout=10,
+        )
+    mark = watcher.mark()
+
+    mover.write_config(config)  # the base topic of the running layout
+    mover.reload()
+    assert await _exit(mover) == 2
+    log = mover.log()
+    assert (
+        "shard 1/3 (of 3 shards) refuses to run: shard 1/2 (of 2 shards) of another layout "
+        "is online under base topic 'modbus' (modbus/bridge/1of2/state)"
+    ) in log, log[-3000:]
+    assert "Traceback" not in log
+    await asyncio.sleep(0.5)
+    # Under the running layout's base, only the refused layout's own state changed.
+    changed = {m.topic for m in watcher.messages[mark:] if m.topic.startswith("modbus/")
+               and m.payload == b"offline"}  # fmt: skip
+    assert changed <= {"modbus/bridge/1of3/state"}, changed
+    assert watcher.latest("modbus/bridge/1of2/state").payload == b"online"
+    assert running.alive() and "refuses to run" not in running.log()
