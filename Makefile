@@ -55,7 +55,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The unit tier opens no socket and starts no process (tests/unit/conftest.py fails a test
-# that does): about 20 s, nothing to install beyond the venv.
+# that does): about 2 minutes of one core (half of it property tests and configuration
+# fuzzing), nothing to install beyond the venv.
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
