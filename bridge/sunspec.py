@@ -66,7 +66,7 @@ _TYPES: Final[dict[str, tuple[DataType, int | None]]] = {
     "int64": (DataType.INT64, -0x8000000000000000),
     "uint64": (DataType.UINT64, 0xFFFFFFFFFFFFFFFF),
     "acc64": (DataType.UINT64, 0),
-    "eui48": (DataType.UINT64, None),  # the MAC address as one number
+    "eui48": (DataType.UINT64, 0xFFFFFFFFFFFF),  # the MAC as one number; FF:FF:FF:FF:FF:FF
     "float32": (DataType.FLOAT32, None),  # NaN, "not implemented", decodes to null anyway
     "float64": (DataType.FLOAT64, None),
     "string": (DataType.STRING, 0),  # a first byte of NUL

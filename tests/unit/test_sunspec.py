@@ -134,6 +134,45 @@ def test_not_implemented_values_publish_null() -> None:
     assert values["inverter_three_phase_PPVphBC"] is not None
 
 
+def _point_paths(group: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every point of a definition's group as a dotted path (module.DCV)."""
+    paths = [prefix + p["name"] for p in group["points"]]
+    for sub in group.get("groups", []):
+        paths += _point_paths(sub, f"{prefix}{sub['name']}.")
+    return paths
+
+
+def test_every_type_not_implemented_publishes_null() -> None:
+    """Every model pysunspec2 knows, every point holding its type's "not implemented"
+    value as pysunspec2 encodes it: each publishes null (the group counts excepted,
+    which the image fills so that the groups exist)."""
+    import json
+    from importlib import resources
+
+    folder = resources.files("sunspec2") / "models" / "json"
+    ids = sorted(int(f.name[6:-5]) for f in folder.iterdir() if f.name.startswith("model_"))
+    published: dict[int, list[str]] = {}
+    for model_id in ids:
+        doc = json.loads((folder / f"model_{model_id}.json").read_text())
+        paths = frozenset((model_id, path) for path in _point_paths(doc["group"]))
+        groups = doc["group"].get("groups", [])
+        counts = {g["name"]: 1 for g in groups}
+        count_points = {g["count"] for g in groups if isinstance(g.get("count"), str)}
+        layout = build_image([(1, {}), (model_id, counts)], unimplemented=paths)
+        points = sunspec.map_chain(_chain(layout), interval=1.0)
+        values = _poll(_device(points), layout.image)
+        shown = [
+            p.name
+            for p in points
+            if not p.name.startswith("common_")
+            and values.get(p.name) is not None
+            and not any(p.name.endswith(f"_{c}") for c in count_points)
+        ]
+        if shown:
+            published[model_id] = shown
+    assert published == {}
+
+
 def test_standard_names_carry_the_vocabulary_units() -> None:
     layout = build_image(PROOF_MODELS)
     points = {p.name: p for p in sunspec.map_chain(_chain(layout), interval=1.0)}
