@@ -9,10 +9,12 @@ over is listed at the end with the reason (`Conversion.left_out`), and so are th
 things that behave differently here (`Conversion.notes`).
 
 Home Assistant's own rules are followed where they decide a value: `precision`
-defaults to 2 decimals for floats and 0 for integers (an integer with a fractional
-`scale` is still rounded to 0 decimals there), `swap` reverses bytes and registers
-before decoding, a binary sensor on a register is its lowest bit, `slave` wins over
-`device_address` and both default to 1, `scan_interval` defaults to 15 s.
+defaults to 2 decimals for floats and `custom` and 0 for integers (an integer with a
+fractional `scale` is still rounded to 0 decimals there), `swap` reverses bytes and
+registers before decoding, a `custom` structure is unpacked as written (no byte order:
+the machine's own, little-endian), a binary sensor on a register is its lowest bit,
+`slave` wins over `device_address` and both default to 1, `scan_interval` defaults to
+15 s.
 
 Pure: text and files in, text out. The correspondences it shares with `check`
 (input and write types, `swap`, renamed keys, the clamps) are `bridge.hakeys`'s
@@ -22,7 +24,6 @@ tables; the whole key table, for users, is in `docs/migrating.md`.
 from __future__ import annotations
 
 import re
-import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -509,10 +510,11 @@ class _Converter:
             "address": int(item["address"]) if address is None else address,
         }
         little_bytes, little_words = SWAPS.get(str(swap), (False, False))
-        if data_type == "custom":
+        custom = data_type == "custom"
+        if custom:
             structure = str(item.get("structure", ""))
             data_type, little = _custom(structure, int(item.get("count", 0)))
-            if little:  # '<': the whole byte string reversed
+            if little:  # the whole byte string reversed
                 little_bytes, little_words = not little_bytes, not little_words
         if data_type == "float16":
             raise _LeftOut("data_type: float16: the bridge has no 16-bit float type")
@@ -534,7 +536,7 @@ class _Converter:
         if offset != 0:
             keys["offset"] = _number(offset)
         precision = item.get("precision")
-        if data_type in FLOAT_TYPES:
+        if data_type in FLOAT_TYPES or custom:  # Home Assistant: 2 unless an integer type
             keys["precision"] = 2 if precision is None else int(precision)
         elif precision is not None or scale != int(scale) or offset != int(offset):
             keys["precision"] = 0 if precision is None else int(precision)
@@ -567,17 +569,35 @@ def _items(value: Any) -> Iterator[Any]:
 
 
 def _custom(structure: str, count: int) -> tuple[str, bool]:
-    """(our type, little-endian) of a `custom` structure that is one value of our types."""
-    match = re.fullmatch(r"([@=<>!]?)1?([hHiIlLqQfd])", structure.strip())
-    if match is None:
+    """(our type, little-endian) of a `custom` structure that is one value of our types.
+
+    Home Assistant unpacks the registers' bytes with the structure as written. Without
+    a byte order, or with `@` or `=`, that is the order of the machine it runs on:
+    little-endian on every machine it supports (x86-64, ARM). A native `l`/`L` is that
+    machine's long, 4 or 8 bytes: Home Assistant checked it against `count` there, so
+    `count` says which."""
+    match = re.fullmatch(r"([@=<>!]?)(\d*)([a-zA-Z?])", structure.strip())
+    if match is None or (match.group(3) != "s" and match.group(2) not in ("", "1")):
         raise _LeftOut(
             f"data_type: custom with structure {structure!r}: the bridge reads one value per "
             "point; write one point per value"
         )
-    order, char = match.groups()
-    if struct.calcsize(">" + char) != count * 2:
+    order, repeat, char = match.groups()
+    if char == "s":
+        if int(repeat or 1) != count * 2:
+            raise _LeftOut(f"structure {structure!r} does not fill count: {count} registers")
+        return "string", False
+    if char == "e":
+        raise _LeftOut(f"structure {structure!r}: the bridge has no 16-bit float type")
+    ours = STRUCT_TYPES.get(char)
+    if ours is None:
+        raise _LeftOut(f"structure {structure!r}: {char!r} is not a type of the bridge")
+    native = order in ("", "@")
+    if char in "lL" and native and count == 4:
+        ours = ours.replace("32", "64")  # a 64-bit machine's long
+    if DataType(ours).width != count:
         raise _LeftOut(f"structure {structure!r} does not fill count: {count} registers")
-    return STRUCT_TYPES[char], order == "<"
+    return ours, order in ("", "@", "=", "<")
 
 
 def _repeat(item: Map, keys: dict[str, Any]) -> list[_Point]:

@@ -5,8 +5,9 @@ Home Assistant Core (its own modbus integration polls the simulator) and in the 
 on the file `import homeassistant` made of it. Every entity's state in Home Assistant
 must equal the value the bridge publishes for its point: every `data_type` with every
 `swap` Home Assistant accepts for it, integer and float scales and offsets, `precision`
-given and defaulted, strings, binary sensors on coils, discrete inputs and registers, a
-switch. The values are distinct and not zero. What was compared is printed (`-s`).
+given and defaulted, `custom` structures with and without a byte order, strings, binary
+sensors on coils, discrete inputs and registers, a switch. The values are distinct and
+not zero. What was compared is printed (`-s`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ FORMATS = {
     "float64": "d",
 }
 SWAPS = {1: (None, "byte"), 2: (None, "byte", "word", "word_byte")}
+# `data_type: custom`: Home Assistant unpacks the bytes with the structure as written;
+# without an order (or with `@`, `=`) that is this machine's own (little-endian), and
+# a native `l` is as wide as this machine's long
+STRUCTURES = (">i", "i", "=h", "<H", "@f", "<d", "!Q", "l", "<l", ">q")
 NUMBERS = ({}, {"scale": 0.1, "offset": -40}, {"scale": 0.01, "offset": 5, "precision": 3})
 
 
@@ -88,6 +93,21 @@ def _entities(rng: random.Random) -> tuple[list[dict[str, Any]], dict[tuple[str,
                     entity["swap"] = swap
                 sensors.append(entity)
                 address[table] += width
+    for i, structure in enumerate(STRUCTURES):
+        size = struct.calcsize(structure)
+        char = structure[-1]
+        kind = {"f": "float32", "d": "float64"}.get(char)
+        kind = kind or f"{'u' if char.isupper() else ''}int{8 * size}"
+        raw = struct.pack(structure, _value(rng, kind))
+        words = [int.from_bytes(raw[j : j + 2], "big") for j in range(0, size, 2)]
+        table = ("holding", "input")[n % 2]
+        n += 1
+        image[table, address[table]] = words
+        entity = {"name": f"c{n} {structure}", "slave": 1, "address": address[table]}
+        entity.update(input_type=table, data_type="custom", structure=structure)
+        entity.update(count=size // 2, scan_interval=1, **NUMBERS[i % len(NUMBERS)])
+        sensors.append(entity)
+        address[table] += size // 2
     for swap in (None, "byte"):
         text = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(6))
         words = [int.from_bytes(text[i : i + 2].encode(), "big") for i in range(0, 6, 2)]
@@ -100,10 +120,6 @@ def _entities(rng: random.Random) -> tuple[list[dict[str, Any]], dict[tuple[str,
         address["holding"] += 3
     image["holding", address["holding"]] = [0x0003]  # binary sensor on a register: bit 0
     return sensors, image
-
-
-def _flag(name: str, address: int, table: str) -> dict[str, Any]:
-    return {"name": name, "slave": 1, "address": address, "input_type": table, "scan_interval": 1}
 
 
 def _flag(name: str, address: int, table: str) -> dict[str, Any]:

@@ -196,3 +196,101 @@ def test_values_decode_as_home_assistant_decodes_them(
             assert ours is None
         else:
             assert ours == pytest.approx(theirs), (registers, entity)
+
+
+def _ha_custom(structure: str, registers: list[int], scale: float, offset: float) -> float:
+    """Home Assistant's `data_type: custom`: the registers' bytes (each big-endian)
+    unpacked with the structure as written, on this machine, then scale and offset,
+    shown with 2 decimals unless `precision` says otherwise."""
+    raw = b"".join(r.to_bytes(2, "big") for r in registers)
+    (value,) = struct.unpack(structure, raw)
+    return round(scale * value + offset, 2)
+
+
+@pytest.mark.parametrize(
+    ("structure", "count", "ours"),
+    [
+        (">i", 2, DataType.INT32),
+        ("i", 2, DataType.INT32),  # no order: this machine's, little-endian
+        ("@I", 2, DataType.UINT32),
+        ("=h", 1, DataType.INT16),
+        ("<H", 1, DataType.UINT16),
+        ("!f", 2, DataType.FLOAT32),
+        ("d", 4, DataType.FLOAT64),
+        ("<q", 4, DataType.INT64),
+        ("1Q", 4, DataType.UINT64),
+        ("<l", 2, DataType.INT32),  # a standard long: 4 bytes
+        ("l", 4, DataType.INT64),  # a native long on a 64-bit machine: 8 bytes
+    ],
+)
+@pytest.mark.parametrize(("scale", "offset"), [(1, 0), (0.1, -40)])
+def test_a_custom_structure_decodes_as_home_assistant_unpacks_it(
+    tmp_path: Path, *, structure: str, count: int, ours: DataType, scale: float, offset: float
+) -> None:
+    if struct.calcsize(structure) != 2 * count:
+        pytest.skip(f"{structure!r} is not {count} registers on this machine")
+    path = tmp_path / "modbus.yaml"
+    path.write_text(
+        "- name: hub\n  type: tcp\n  host: 10.0.0.2\n  port: 502\n  sensors:\n"
+        f"    - {{name: V, address: 0, data_type: custom, structure: '{structure}', "
+        f"count: {count}, scale: {scale}, offset: {offset}}}\n"
+    )
+    conversion = import_file(path)
+    assert conversion.left_out == ()
+    (device,) = config_from_bytes(conversion.text.encode(), source="x").devices
+    (point,) = device.points
+    assert point.type is ours and point.precision == 2  # Home Assistant's default for custom
+    (block,) = plan_device(device)
+    for registers in ([0x1234, 0xABCD, 0x0102, 0x8304], [0x4120, 0x0001, 0xFFFF, 0x0000]):
+        theirs = _ha_custom(structure, registers[:count], scale, offset)
+        assert decode_block(block, registers[:count])["v"] == pytest.approx(theirs), registers
+
+
+@pytest.mark.parametrize(
+    ("structure", "count", "reason"),
+    [
+        (">2h", 2, "one value per point"),
+        (">hH", 2, "one value per point"),
+        (">e", 1, "no 16-bit float type"),
+        (">b", 1, "'b' is not a type of the bridge"),
+        (">i", 1, "does not fill count: 1 registers"),
+    ],
+)
+def test_a_custom_structure_that_does_not_map_is_left_out_with_its_reason(
+    tmp_path: Path, structure: str, count: int, reason: str
+) -> None:
+    path = tmp_path / "modbus.yaml"
+    path.write_text(
+        "- name: hub\n  type: tcp\n  host: 10.0.0.2\n  port: 502\n  sensors:\n"
+        f"    - {{name: V, address: 0, data_type: custom, structure: '{structure}', "
+        f"count: {count}}}\n"
+    )
+    conversion = import_file(path)
+    (problem,) = conversion.left_out
+    assert problem.where == "modbus.yaml:6" and reason in problem.reason, problem
+    assert cli.main(["import", "homeassistant", str(path)]) == 1
+
+
+def test_a_custom_string_is_a_string(tmp_path: Path) -> None:
+    path = tmp_path / "modbus.yaml"
+    path.write_text(
+        "- name: hub\n  type: tcp\n  host: 10.0.0.2\n  port: 502\n  sensors:\n"
+        "    - {name: V, address: 0, data_type: custom, structure: '8s', count: 4}\n"
+    )
+    (device,) = config_from_bytes(import_file(path).text.encode(), source="x").devices
+    (point,) = device.points
+    assert (point.type, point.length) == (DataType.STRING, 4)
+
+
+def test_a_custom_structure_with_swap_byte_reverses_each_register() -> None:
+    conversion = import_file(HERE / "configuration.yaml")
+    config = config_from_bytes(conversion.text.encode(), source="x")
+    battery = _device(config, "solar-2").point("battery_temperature")
+    assert battery is not None
+    # structure '>i' with swap: byte: the bytes of each register reversed, then big-endian
+    assert (battery.type, battery.byte_order, battery.word_order) == (
+        DataType.INT32,
+        Order.LITTLE,
+        Order.BIG,
+    )
+    assert (battery.scale, battery.offset, battery.precision) == (0.1, -40, 2)
