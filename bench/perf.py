@@ -601,7 +601,11 @@ def summary(run: Run) -> str:
         f"({run.us_per_read:.1f} µs/read, {run.us_per_cycle:.1f} µs/cycle), "
         f"{run.reads_per_s:,.0f} reads/s, skipped {run.sched.skipped}/{run.health_missed}, "
         f"RSS {(run.rss or 0) / 2**20:.1f} MiB, server {run.server_pct:.0f} %, "
-        f"Modbus p50/p99 {run.rtt_ms[0]}/{run.rtt_ms[1]} ms, load {run.noise}"
+        f"Modbus p50/p99 {run.rtt_ms[0]}/{run.rtt_ms[1]} ms, "
+        f"lag p50/p99 {ms(percentile(run.sched.lags, 0.5), 2)}/"
+        f"{ms(percentile(run.sched.lags, 0.99), 2)}, "
+        f"change → MQTT p50/p99 {ms(percentile(run.latencies, 0.5), 2)}/"
+        f"{ms(percentile(run.latencies, 0.99), 2)}, load {run.noise}"
     )
 
 
