@@ -3,10 +3,15 @@
 Each (device, interval) group of read blocks gets one task. `bridge.pacing` deals
 the groups of an interval into passes spread evenly over it and computes the
 deadlines (from the cycle number: polls never drift). The groups of one pass wait
-on one timer (`_Passes`), which wakes them in their rank order: one wake-up of the
-process per pass instead of one per device, and 240 devices on 3 hosts still never
-fire at once. A poll still running at its next deadline is not queued behind
-itself: the missed cycles are skipped and counted.
+on one timer (`_Passes`): one wake-up of the process per pass instead of one per
+device, and 240 devices on 3 hosts still never fire at once. The timer wakes the
+first group of each host, in rank order; each hands its host's turn to the next when
+it is done with the link (`_Turns`), so a device's reads run back to back and its
+change is published after its own reads, not after those of its neighbours in the
+pass, and they find the link idle (the session's fast path, no queue). A write
+still goes first: it waits for the read on the line only. A poll still running at
+its next deadline is not queued behind itself: the missed cycles are skipped and
+counted.
 
 Registers that did not change since the last read of a block are not decoded
 again: the poll reports only the points of blocks whose data changed, so steady
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -87,29 +93,68 @@ def group_blocks(
     ]
 
 
-class _Passes:
-    """One timer per deadline: the groups of a pass compute the same deadline, wait on
-    the same timer, and are woken in rank order."""
+class _Turns:
+    """The groups of one host in one pass, in rank order: each is woken when the one
+    before it is done with the link (`next`), so a device's reads run back to back and
+    its change is published after its own reads, not after its neighbours' too. Its
+    reads find the link idle and run in its own task (the session's fast path)."""
+
+    __slots__ = ("_ended", "_over", "_waiting")
 
     def __init__(self) -> None:
-        self._due: dict[float, tuple[asyncio.TimerHandle, list[tuple[int, asyncio.Future[None]]]]]
-        self._due = {}
+        self._waiting: deque[asyncio.Future[_Turns]] = deque()
+        self._ended: asyncio.Future[None] | None = None
+        self._over = False  # the last group handed the turn on
 
-    async def wait(self, when: float, rank: int) -> None:
+    def next(self) -> None:
+        """Wake the next group (one cancelled meanwhile is passed over)."""
+        waiting = self._waiting
+        while waiting:
+            future = waiting.popleft()
+            if not future.done():
+                future.set_result(self)
+                return
+        self._over = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    async def ended(self) -> None:
+        """Until every group of the pass on this host has had its turn."""
+        if self._over:
+            return
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ended)
+
+
+class _Passes:
+    """One timer per deadline: the groups of a pass compute the same deadline and wait
+    on the same timer; when it fires, the first group of each host is woken, in rank
+    order, and each hands its host's turn on (`_Turns`)."""
+
+    def __init__(self) -> None:
+        self._due: dict[float, tuple[asyncio.TimerHandle, list[_Waiter]]] = {}
+
+    async def wait(self, when: float, rank: int, host: str) -> _Turns:
         loop = asyncio.get_running_loop()
         entry = self._due.get(when)
         if entry is None:
             entry = self._due[when] = (loop.call_at(when, self._fire, when), [])
-        future: asyncio.Future[None] = loop.create_future()
-        entry[1].append((rank, future))
-        await future
+        future: asyncio.Future[_Turns] = loop.create_future()
+        entry[1].append((rank, host, future))
+        return await future
 
     def _fire(self, when: float) -> None:
         _, waiters = self._due.pop(when)
         waiters.sort(key=_rank)
-        for _, future in waiters:
-            if not future.done():  # a cancelled group
-                future.set_result(None)
+        hosts: dict[str, _Turns] = {}
+        for _, host, future in waiters:
+            turns = hosts.get(host)
+            if turns is None:
+                turns = hosts[host] = _Turns()
+            turns._waiting.append(future)
+        for turns in hosts.values():
+            turns.next()
 
     def close(self) -> None:
         for handle, _ in self._due.values():
@@ -117,7 +162,10 @@ class _Passes:
         self._due.clear()
 
 
-def _rank(waiter: tuple[int, asyncio.Future[None]]) -> int:
+_Waiter = tuple[int, str, "asyncio.Future[_Turns]"]
+
+
+def _rank(waiter: _Waiter) -> int:
     return waiter[0]
 
 
@@ -150,6 +198,8 @@ class _Group:
     # The deadline of its next poll not yet started (during a poll: that poll's), on
     # the loop's clock: when the link is next needed by it (`_quiet`).
     due: float = 0.0
+    # Its host's turn in the pass it polls in, while it has it (`_Turns`).
+    turns: _Turns | None = None
 
     @classmethod
     def of(cls, group: PollGroup) -> _Group:
@@ -277,43 +327,65 @@ class Scheduler:
         group = state.group
         stats = self.stats[group.device.name]
         backoff = state.backoff
-        phase, interval, rank = group.phase, group.interval, group.rank
+        phase, interval, rank, host = group.phase, group.interval, group.rank, group.device.host
         cycle = 0
         while True:
             due = state.due = deadline(t0, phase, interval, cycle)
-            if due > loop.time():
-                await self._passes.wait(due, rank)
-            # Backing off, unless the host has a new session since the failure: after
-            # a hung or rebooted gateway comes back, every device is tried at once.
-            session = self.sessions[group.device.host]
-            fresh = session.generation != backoff.generation and session.connected
-            if loop.time() >= backoff.retry_at or fresh or await self._probe(state):
-                try:
-                    self._maybe_relearn(state, loop.time())
-                    await self._poll(state)
-                except Exception:
-                    # A bug must not end this device's polling for good: log, go on.
-                    log.exception("poll of %s failed unexpectedly", group.device.name)
-                stats.cycles += 1
-            else:
-                stats.backoff_skips += 1
+            if due > loop.time() or cycle == 0:  # the first pass too, though due at once
+                state.turns = await self._passes.wait(due, rank, host)
+            try:
+                # Backing off, unless the host has a new session since the failure: after
+                # a hung or rebooted gateway comes back, every device is tried at once.
+                session = self.sessions[host]
+                fresh = session.generation != backoff.generation and session.connected
+                if loop.time() >= backoff.retry_at or fresh or await self._probe(state):
+                    try:
+                        self._maybe_relearn(state, loop.time())
+                        await self._poll(state)
+                    except Exception:
+                        # A bug must not end this device's polling for good: log, go on.
+                        log.exception("poll of %s failed unexpectedly", group.device.name)
+                    stats.cycles += 1
+                else:
+                    stats.backoff_skips += 1
+            finally:
+                self._hand_on(state)
             if cycle == 0:
                 self._first_cycle_done(state)
             cycle, missed = next_cycle(loop.time(), t0, phase, interval, cycle)
             stats.skipped += missed
 
+    @staticmethod
+    def _hand_on(state: _Group) -> None:
+        """The group is done with the link for now: the next group of its host in its
+        pass may go."""
+        turns = state.turns
+        if turns is not None:
+            state.turns = None
+            turns.next()
+
     async def _probe(self, state: _Group) -> bool:
         """A group that backs off, at its deadline: ask its unit, with one read of its
         first block in the link's idle time, whether it is back. True when it answered
-        (poll it now). It waits (up to half its interval) for the link to be free, so
-        the polls of its pass go first; sent only if then no poll of another group of
-        the host is due before the probe could time out (`HostSession.probe_costs`):
+        (poll it now). It waits (up to half its interval) for the rest of its pass on
+        the host to have had their turns and the link to be free, so the polls of its
+        pass go first; sent only if then no poll of another group of the host is due
+        before the probe could time out (`HostSession.probe_costs`):
         on a busy bus the backoff stays whole, and a dead unit costs the live ones
         nothing."""
         device = state.device
         session = self.sessions[device.host]
         loop = asyncio.get_running_loop()
-        if not await session.wait_free(loop.time() + state.group.interval / 2):
+        until = loop.time() + state.group.interval / 2
+        turns = state.turns
+        if turns is not None:  # the rest of its pass on this host goes first
+            self._hand_on(state)
+            try:
+                async with asyncio.timeout_at(until):
+                    await turns.ended()
+            except TimeoutError:
+                return False
+        if not await session.wait_free(until):
             return False
         now = loop.time()
         if not self._quiet(device.host, state, now + session.probe_costs):
@@ -360,7 +432,7 @@ class Scheduler:
             while index < len(state.blocks):
                 block = state.blocks[index]
                 try:
-                    data = await self._read(session, block, first=index == 0)
+                    data = await self._read(session, block, state, first=index == 0)
                 except ExceptionReply as exc:
                     if exc.code not in ADDRESS_CODES:
                         raise
@@ -432,17 +504,17 @@ class Scheduler:
         self.stats[device].skipped_ranges = [r for g in self._devices[device] for r in g.skipping]
 
     async def _read(
-        self, session: HostSession, block: ReadBlock, *, first: bool
+        self, session: HostSession, block: ReadBlock, state: _Group, *, first: bool
     ) -> list[int] | list[bool]:
         priority = Priority.POLL if first else Priority.POLL_NEXT
         return await self._read_range(
-            session, block.unit, block, block.start, block.count, priority=priority
+            session, state, block, block.start, block.count, priority=priority
         )
 
     async def _read_range(
         self,
         session: HostSession,
-        unit: int,
+        state: _Group,
         block: ReadBlock,
         start: int,
         count: int,
@@ -452,10 +524,11 @@ class Scheduler:
         attempt = 0
         while True:
             try:
-                return await session.read(unit, block.table, start, count, priority=priority)
+                return await session.read(block.unit, block.table, start, count, priority=priority)
             except ExceptionReply as exc:
                 if exc.code not in BUSY_CODES or attempt >= BUSY_RETRIES:
                     raise
+            self._hand_on(state)  # its neighbours use the link while it waits
             await asyncio.sleep(BUSY_DELAY * 2**attempt)
             attempt += 1
 
@@ -472,7 +545,7 @@ class Scheduler:
         if len(block.points) > 1:
             for point in block.points:
                 try:
-                    await self._read_range(session, block.unit, block, point.address, point.count)
+                    await self._read_range(session, state, block, point.address, point.count)
                 except ExceptionReply as inner:
                     if inner.code not in ADDRESS_CODES:
                         raise

@@ -236,3 +236,54 @@ async def test_first_round_is_set_once_every_group_ran_a_cycle() -> None:
         assert scheduler.first_round.is_set()
     finally:
         await scheduler.stop()
+
+
+async def test_a_pass_polls_a_hosts_devices_one_after_another() -> None:
+    # 4 devices of 3 blocks in one pass on one host: each device's reads run back to
+    # back (its change is published after its own 3 reads, not its neighbours'), the
+    # devices in their rank order, every cycle. A device the unit answers "busy" hands
+    # the link on while it waits to try again.
+    interval = 0.2
+    points = tuple(
+        Point(f"p{a}", Table.HOLDING, a, DataType.UINT16, interval=interval) for a in (0, 50, 100)
+    )
+    devices = [
+        Device(name=f"d{u}", host="gw", unit=u, interval=interval, points=points)
+        for u in range(1, 5)
+    ]
+    session = Memory()
+    session.registers = dict.fromkeys(range(101), 7)
+    busy = {"left": 0}
+    log: list[tuple[int, int]] = []  # (unit, start) of every read
+    original = session.read
+
+    async def read(unit: int, table: Table, start: int, count: int, **kw: Any) -> list[int]:
+        log.append((unit, start))
+        if unit == 2 and start == 50 and busy["left"]:
+            busy["left"] -= 1
+            await asyncio.sleep(0)
+            raise ExceptionReply("gw", unit, 6, "busy")
+        return await original(unit, table, start, count, **kw)
+
+    session.read = read  # type: ignore[method-assign]
+    scheduler, polls = _scheduler(session, *devices)
+    assert len({g.phase for g in scheduler.groups}) == 1
+    assert all(len(g.blocks) == 3 for g in scheduler.groups)
+    scheduler.start()
+    try:
+        await _until(lambda: len(polls) >= 8)
+        cycles = [log[i : i + 12] for i in (0, 12)]
+        busy["left"] = 1
+        await _until(lambda: len(polls) >= 16)
+    finally:
+        await scheduler.stop()
+    order = [u for u, _ in cycles[0]]
+    assert order == [u for u in dict.fromkeys(order) for _ in range(3)], order
+    assert sorted(set(order)) == [1, 2, 3, 4] and cycles[1] == cycles[0]
+    # The busy answer: unit 2's second block waits BUSY_DELAY, the devices after it read
+    # meanwhile, then unit 2 finishes its poll.
+    third = log[24:]
+    where = third.index((2, 50))
+    assert [u for u, _ in third[where + 1 : where + 1 + 3]] != [2, 2, 2]
+    after = [u for u, _ in third[where + 1 :]]
+    assert after.index(2) > 0 and after.count(2) >= 2, third
