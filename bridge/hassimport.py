@@ -368,13 +368,16 @@ class _Converter:
             verify.file, verify.line = item.file, item.line
         if write_type not in WRITE_TYPES:
             raise _LeftOut(f"write_type {write_type!r} is not a table one can write")
-        write_table, _ = WRITE_TYPES[write_type]
+        write_table, multiple = WRITE_TYPES[write_type]
         keys: dict[str, Any] = {"table": write_table, "address": address}
         if write_table == "holding":
             keys["type"] = "uint16"
-            if write_type == "holdings":
-                device.write_multiple = True
-                self._note(item, what, "write_type: holdings: the device writes with function 16")
+        if multiple:  # Home Assistant writes this one with function 15 or 16
+            device.write_multiple = True
+            function = 15 if write_table == "coil" else 16
+            self._note(
+                item, what, f"write_type: {write_type}: the device writes with function {function}"
+            )
         if isinstance(verify, Map):
             read_table = INPUT_TYPES.get(str(verify.get("input_type", write_type.rstrip("s"))))
             read_address = int(verify.get("address", address))

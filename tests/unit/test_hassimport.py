@@ -17,7 +17,7 @@ import pytest
 from bridge import cli
 from bridge.config import config_from_bytes
 from bridge.hassimport import ImportError_, import_file
-from bridge.model import BridgeConfig, DataType, Device, Order, Table
+from bridge.model import BridgeConfig, DataType, Device, Order, Parity, SerialLink, Table
 from bridge.planner import decode_block, plan_device
 
 HERE = Path(__file__).parent.parent / "configs" / "homeassistant"
@@ -294,3 +294,47 @@ def test_a_custom_structure_with_swap_byte_reverses_each_register() -> None:
         Order.BIG,
     )
     assert (battery.scale, battery.offset, battery.precision) == (0.1, -40, 2)
+
+
+@pytest.mark.parametrize(
+    ("write_type", "table", "multiple"),
+    [
+        ("coil", Table.COIL, False),
+        ("coils", Table.COIL, True),
+        ("holding", Table.HOLDING, False),
+        ("holdings", Table.HOLDING, True),
+    ],
+)
+def test_a_switch_writes_with_the_function_home_assistant_uses(
+    tmp_path: Path, write_type: str, table: Table, *, multiple: bool
+) -> None:
+    """`coils` and `holdings` are Home Assistant's functions 15 and 16: the device
+    gets `write_multiple: true`, and a note says so."""
+    path = tmp_path / "modbus.yaml"
+    path.write_text(
+        "- name: hub\n  type: tcp\n  host: 10.0.0.2\n  port: 502\n  switches:\n"
+        f"    - {{name: S, address: 4, write_type: {write_type}, verify: }}\n"
+    )
+    conversion = import_file(path)
+    (device,) = config_from_bytes(conversion.text.encode(), source="x").devices
+    (point,) = device.points
+    assert (point.table, point.address, point.writable) == (table, 4, True)
+    assert device.write_multiple is multiple
+    noted = [n.reason for n in conversion.notes if "writes with function" in n.reason]
+    assert noted == ([f"write_type: {write_type}: the device writes with function "
+                      f"{15 if table is Table.COIL else 16}"] if multiple else [])  # fmt: skip
+
+
+def test_a_serial_hub_keeps_its_line_settings() -> None:
+    config = config_from_bytes(import_file(HERE / "configuration.yaml").text.encode(), source="x")
+    bus = next(h for h in config.hosts if h.name == "bus")
+    assert isinstance(bus.link, SerialLink)
+    link = bus.link
+    assert (link.port, link.baudrate, link.parity, link.stopbits, link.bytesize) == (
+        "/dev/ttyUSB0",
+        9600,
+        Parity.EVEN,
+        1,
+        8,
+    )
+    assert bus.pause == 0.05  # message_wait_milliseconds: 50
