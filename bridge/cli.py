@@ -136,11 +136,6 @@ def render_plan(config: BridgeConfig) -> str:
                     f"    unit {b.unit} {b.table.value:<8} start {b.start:<5} count {b.count:<4}"
                     f" every {b.interval:g}s ({len(b.points)} points)"
                 )
-        if isinstance(host.link, SerialLink) and not os.path.exists(host.link.port):
-            warnings.append(
-                f"WARNING: host {host.name}: serial port {host.link.port} does not exist (yet): "
-                "is the adapter plugged in? (a /dev/serial/by-id/... path names the adapter)"
-            )
         if load.overloaded:
             warnings.append(
                 f"WARNING: host {host.name} needs ~{load.bus_seconds_per_second:.2f} s of bus time "

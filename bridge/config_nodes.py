@@ -568,14 +568,22 @@ class NodeReader:
     def serial_port(self, node: Node, path: str) -> str | None:
         """A serial port's path. One that exists must be a serial device (a file, a
         folder, a FIFO or /dev/null there is a mistake); one that does not exist is
-        fine here (an adapter that is not plugged in yet: `check` warns)."""
+        fine here (an adapter that is not plugged in yet), said as a warning."""
         text = self.checked_text(node, path)
         if text is None:
             return None
         try:
             st = os.stat(text)
+        except FileNotFoundError:
+            self.warn(
+                node,
+                path,
+                f"serial port {text} does not exist (yet): is the adapter plugged in?"
+                " (a /dev/serial/by-id/... path names the adapter)",
+            )
+            return text
         except OSError:
-            return text  # missing, or not ours to look at: the session says why at run time
+            return text  # not ours to look at: the session says why at run time
         why = serial_device_problem(st.st_mode, st.st_rdev)
         if why is not None:
             self.report(node, path, f"{show(text)} is {why}")

@@ -254,7 +254,8 @@ def test_check_refuses_a_serial_path_that_is_no_port_and_warns_of_a_missing_one(
     result = _cli("check", "-c", str(cfg))
     assert result.returncode == 0, result.stderr
     assert (
-        f"WARNING: host bus: serial port {missing} does not exist (yet): is the adapter plugged in?"
+        f"WARNING: {cfg}:3:25: hosts[0].serial: serial port {missing} does not exist (yet):"
+        " is the adapter plugged in?"
     ) in result.stdout
 
 

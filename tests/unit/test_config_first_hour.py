@@ -3,6 +3,8 @@ one run, each naming what it clashes with; possible mistakes as warnings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bridge.config import parse_config
@@ -116,3 +118,15 @@ def test_4xxxx_numbering_is_a_warning_with_the_probable_address() -> None:
 def test_a_valid_configuration_has_no_warning() -> None:
     hosts = "  - {name: gw, address: 192.0.2.1}\n"
     assert parse_config(config(hosts, device("d", "gw")), env={}).warnings == ()
+
+
+def test_a_missing_serial_port_is_a_warning_at_its_line(tmp_path: Path) -> None:
+    """Like every warning, with file:line:column and its path (the adapter may be
+    plugged in later, so the configuration stays valid)."""
+    missing = tmp_path / "ttyUSB7"
+    hosts = f"  - name: bus\n    serial: {missing}\n"
+    cfg = parse_config(config(hosts, device("d", "bus")), env={})
+    assert cfg.warnings == (
+        f"<string>:4:13: hosts[0].serial: serial port {missing} does not exist (yet): is the"
+        " adapter plugged in? (a /dev/serial/by-id/... path names the adapter)",
+    )
