@@ -519,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument(
         "--print-config",
         action="store_true",
-        help="print the configuration the demo runs the bridge with (a starting point for yours)",
+        help="print the configuration the demo runs the bridge with (a starting point for "
+        "yours) before the demo's own output; the demo then runs as usual",
     )
     p_demo.set_defaults(func=cmd_demo)
     add_commission_parsers(sub)
