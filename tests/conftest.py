@@ -28,9 +28,19 @@ from typing import Any
 import pytest
 from bridgeproc import BridgeProcess
 from broker import Broker, MqttWatcher, TlsFiles, find_mosquitto, make_tls_files
+from hypothesis import HealthCheck, settings
 from serial_line import SerialPair
 
 from bridge.sim import SimServer, SimUnit
+
+# Hypothesis' per-example deadline (200 ms) and its "too slow" health check judge the
+# machine, not the code: on a loaded two-core runner they failed property tests whose
+# properties held. Every property test runs under this profile; a test's own @settings
+# (its number of examples) still applies on top of it.
+settings.register_profile(
+    "bridge", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("bridge")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import struct
 from typing import Any
 
 import pytest
+from fuzz import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -464,7 +465,7 @@ json_values = st.recursive(
 POINTS = [p.name for p in DEV.points]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.binary(max_size=200), st.sampled_from([None, *POINTS, "nope"]), st.booleans())
 def test_fuzz_arbitrary_bytes(payload: bytes, point: str | None, read_only: bool) -> None:
     with contextlib.suppress(CommandError):
@@ -473,7 +474,7 @@ def test_fuzz_arbitrary_bytes(payload: bytes, point: str | None, read_only: bool
         parse_get(DEV, payload)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.dictionaries(st.sampled_from([*POINTS, "nope", "transaction"]), json_values))
 def test_fuzz_json_objects(doc: dict[str, Any]) -> None:
     payload = json.dumps(doc).encode()
@@ -487,7 +488,7 @@ def test_fuzz_json_objects(doc: dict[str, Any]) -> None:
         assert op.point.writable
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.sampled_from(POINTS), st.text(max_size=40) | st.from_regex(r"[+-]?[0-9.eE+-]{1,12}"))
 def test_fuzz_plain_payloads(point: str, text: str) -> None:
     with contextlib.suppress(CommandError):

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzz import examples
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.config import load_config, parse_config, parse_duration, parse_rate, parse_units
@@ -787,7 +788,9 @@ def test_small_valid_document_loads() -> None:
     assert [d.name for d in config.devices] == ["m1", "m2", "m3", "x"]
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(300))
+# Each example of these reads a whole configuration (the example one: ~150 ms).
+FUZZ_WHOLE = settings(max_examples=examples(60))
 
 
 @FUZZ
@@ -808,7 +811,7 @@ def test_fuzz_yaml_documents(doc: Any) -> None:
     _check_only_config_error(yaml.safe_dump(doc, allow_unicode=True))
 
 
-@FUZZ
+@FUZZ_WHOLE
 @given(st.sampled_from(SMALL_PATHS), yaml_values, st.booleans())
 def test_fuzz_mutated_valid_document(path: tuple[Any, ...], value: Any, delete: bool) -> None:
     doc = copy.deepcopy(SMALL_VALID)
@@ -833,7 +836,7 @@ edits = st.tuples(
 )
 
 
-@FUZZ
+@FUZZ_WHOLE
 @given(st.lists(edits, min_size=1, max_size=4))
 def test_fuzz_edited_example(changes: list[tuple[int, int, str]]) -> None:
     text = EXAMPLE_TEXT

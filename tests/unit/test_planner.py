@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from fuzz import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -292,7 +293,7 @@ def holes(block: ReadBlock) -> list[int]:
     return result
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(dev=random_device())
 def test_plan_invariants(dev: Device) -> None:
     blocks = plan_device(dev)
@@ -326,7 +327,7 @@ def test_plan_invariants(dev: Device) -> None:
             assert cap_hit or gap_too_big
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(dev=random_device(), data=st.data())
 def test_decode_block_round_trip(dev: Device, data: st.DataObject) -> None:
     """Values written into a block's registers with encode_registers decode back."""
