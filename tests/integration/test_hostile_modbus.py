@@ -54,13 +54,22 @@ def _good(unit: int) -> dict[str, int]:
     return {f"r{i}": register(unit, i) for i in range(4)}
 
 
-async def _run(run_bridge, broker, mqtt_watcher, server, seconds: float, **host: Any):
+async def _run(run_bridge, broker, mqtt_watcher, server, seconds: float, *, good=(1,), **host: Any):
+    """Run the bridge until every unit in `good` has published its good values and been
+    reported online, then `seconds` more; stop it and return what was seen."""
     watcher = await mqtt_watcher(broker, "modbus/#")
     bridge = await run_bridge(_config(broker, server, **host))
-    await watcher.wait_for(
-        lambda m: m.topic == "modbus/dev1" and all(m.json()[k] == v for k, v in _good(1).items()),
-        timeout=10,
-    )
+    for unit in good:
+        await watcher.wait_for(
+            lambda m, u=unit: (
+                m.topic == f"modbus/dev{u}" and all(m.json()[k] == v for k, v in _good(u).items())
+            ),
+            timeout=10,
+        )
+        await watcher.wait_for(
+            lambda m, u=unit: m.topic == f"modbus/dev{u}/availability" and m.text == "online",
+            timeout=10,
+        )
     await asyncio.sleep(seconds)
     assert bridge.alive()
     # Availability while running (shutdown publishes offline for every device).
@@ -115,7 +124,7 @@ async def test_transaction_id_zero_is_not_an_answer_unless_allowed(
 
     allowed = await hostile("tid_zero")
     watcher, available, _ = await _run(
-        run_bridge, broker, mqtt_watcher, allowed, 1.0, allow_zero_tid=True
+        run_bridge, broker, mqtt_watcher, allowed, 1.0, good=(1, 2), allow_zero_tid=True
     )
     state = watcher.latest("modbus/dev2")
     assert available[2] == "online"
