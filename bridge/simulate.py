@@ -469,6 +469,14 @@ def banner(fleet: SimFleet, source: str, written: str | None, duration: float) -
     lines.append(
         "  values    read-only points move every second; writable points keep what is written"
     )
+    sunspec = [d.name for sim in fleet.hosts for d in sim.devices if d.sunspec]
+    if sunspec:
+        more = f" and {len(sunspec) - 6} more" if len(sunspec) > 6 else ""
+        lines.append(
+            f"  SunSpec   not simulated: {', '.join(sunspec[:6])}{more} (sunspec: true) serve"
+            " only the points listed under the device, no model chain; the bridge finds no"
+            " SunS marker there"
+        )
     if written is not None:
         lines.append(f"  run       modbus-bridge run -c {written}   (the hosts point here)")
     elif fleet_is_as_configured(fleet):

@@ -18,6 +18,7 @@ from bridge.sim import SimUnit
 from bridge.simulate import (
     SimFleet,
     assign_ports,
+    banner,
     initial_value,
     next_value,
     read,
@@ -192,3 +193,18 @@ devices:
     assert [h.describe() for h in config.hosts] == ["127.0.0.1:20000", "192.0.2.8:1502"]
     assert config.hosts[0].timeout == 2.0
     assert config.devices[0].points[0].values == ((0, "off"), (1, "on"))
+
+
+def test_the_banner_says_a_sunspec_device_is_not_simulated() -> None:
+    """The simulator serves the points of the configuration; a `sunspec: true` device
+    takes its points from a model chain on the device, which it does not lay out."""
+    text = (
+        "version: 1\nhosts:\n  - {name: gw, address: 192.0.2.1}\ndevices:\n"
+        "  - {name: inverter, host: gw, unit: 126, sunspec: true}\n"
+        "  - {name: meter, host: gw, unit: 2,\n"
+        "     points: [{name: v, table: input, address: 0, type: uint16}]}\n"
+    )
+    fleet = SimFleet(parse_config(text, env={}), port_offset=10000)
+    [line] = [line for line in banner(fleet, "x.yaml", None, 0).splitlines() if "SunSpec" in line]
+    assert line.startswith("  SunSpec   not simulated: inverter (sunspec: true)")
+    assert "SunSpec" not in banner(SimFleet(_example()), "x.yaml", None, 0)
