@@ -21,7 +21,8 @@ from bridge.discovery import Discovery
 from bridge.feature import Changes, Feature, Hub, Route
 from bridge.messages import Incoming
 from bridge.model import BridgeConfig
-from bridge.mqtt import MAX_INCOMING_PACKET, publish_packet_size
+from bridge.mqtt import MAX_INCOMING_PACKET
+from bridge.packets import publish_packet_size
 from bridge.payloads import ONLINE
 from bridge.reload import ReloadPlan, discovery_changes
 

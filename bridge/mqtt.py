@@ -44,6 +44,7 @@ from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
 from bridge.messages import Gate, Incoming, Subscription
 from bridge.model import Mqtt
+from bridge.packets import publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE
 from bridge.stats import LinkStats
 from bridge.tls import TlsSetupError, tls_context
@@ -55,7 +56,6 @@ __all__ = [
     "Subscription",
     "Will",
     "build_tls_context",
-    "publish_packet_size",
 ]
 
 log = logging.getLogger("bridge.mqtt")
@@ -109,31 +109,6 @@ def _finish(item: _Pending, ok: bool) -> None:
             item.on_done(ok)
         except Exception:  # a callback's bug must not take the link down
             log.exception("a publish callback failed")
-
-
-def _varint_size(n: int) -> int:
-    size = 1
-    while n >= 128:
-        n //= 128
-        size += 1
-    return size
-
-
-def publish_packet_size(
-    topic: str, payload_size: int, *, qos: int, v5: bool, correlation_data: bytes | None = None
-) -> int:
-    """Bytes of the PUBLISH packet carrying `payload_size` bytes on `topic`, headers included.
-
-    The broker's maximum packet size counts whole packets: fixed header, topic,
-    packet id (QoS 1/2), MQTT 5 properties, payload.
-    """
-    remaining = 2 + len(topic.encode("utf-8")) + payload_size
-    if qos > 0:
-        remaining += 2
-    if v5:
-        props = 0 if correlation_data is None else 1 + 2 + len(correlation_data)
-        remaining += _varint_size(props) + props
-    return 1 + _varint_size(remaining) + remaining
 
 
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).

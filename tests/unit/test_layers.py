@@ -50,6 +50,7 @@ PURE = frozenset(
         "logs",
         "messages",
         "model",
+        "packets",
         "pacing",
         "payloads",
         "planner",

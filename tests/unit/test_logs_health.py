@@ -19,7 +19,7 @@ from bridge.figures import (
 from bridge.health import TRIMMED, build_health, fit_health
 from bridge.logs import MAX_KINDS, JsonFormatter, Redactor, Throttle, redact
 from bridge.model import DataType, Device, Point, Table
-from bridge.mqtt import publish_packet_size
+from bridge.packets import publish_packet_size
 from bridge.state import DeviceState
 from bridge.stats import CommandStats, LinkStats, PollStats, ReloadStats, SessionStats
 
