@@ -44,7 +44,7 @@ from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
 from bridge.messages import Gate, Incoming, Subscription
 from bridge.model import Mqtt
-from bridge.packets import publish_packet_size
+from bridge.packets import coalesce, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE
 from bridge.stats import LinkStats
 from bridge.tls import TlsSetupError, tls_context
@@ -197,10 +197,10 @@ _PAHO_LOG.addFilter(_PahoSocketErrors())
 class _Client(aiomqtt.Client):
     """aiomqtt's client, plus what aiomqtt does not pass on: the CONNACK properties
     (the broker's maximum packet size), PUBACK failure reason codes, and a cap on
-    the size of incoming packets.
+    the size of incoming packets; and its writes batched (`_on_socket_register_write`).
 
-    Built on aiomqtt 2.5 / paho-mqtt 2.2 internals (`_client`, `_in_packet`,
-    `_sock_recv`, `_out_messages`); `aiomqtt>=2.5,<3` is pinned for that reason and
+    Built on aiomqtt 2.5 / paho-mqtt 2.2 internals (`_client`, `_in_packet`, `_sock_recv`,
+    `_out_messages`, `_out_packet`); `aiomqtt>=2.5,<3` is pinned for that reason and
     tests/integration/test_hostile_mqtt.py exercises each hook against Mosquitto.
     """
 
@@ -302,12 +302,22 @@ class _Client(aiomqtt.Client):
         raise aiomqtt.MqttError("the connection dropped")
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        """As aiomqtt does, but a socket closed before the loop gets to it is skipped:
-        aiomqtt's own version then makes asyncio log "Exception in callback ...
-        add_writer" with a traceback when the broker drops the connection."""
+        """paho has bytes to write. As aiomqtt does, but cheaper, and a socket closed
+        before the loop gets to it is skipped (aiomqtt's own version then makes asyncio
+        log "Exception in callback ... add_writer" with a traceback when the broker
+        drops the connection).
+
+        On the event loop's thread (every publish) the write is tried once on the next
+        turn of the loop, with everything paho queued meanwhile in one socket write
+        (`packets.coalesce`); only what the socket does not take waits for it to be
+        writable. aiomqtt registers a writer, and wakes the loop through its self-pipe,
+        for every batch, and paho sends packet by packet: on loopback each send also
+        runs the broker's side of TCP. From the connect's executor thread: as aiomqtt."""
+        loop = self._loop
 
         def write() -> None:
             try:
+                coalesce(client._out_packet)
                 client.loop_write()
             except Exception as exc:
                 if not self._disconnected.done():
@@ -318,9 +328,24 @@ class _Client(aiomqtt.Client):
             if fileno == -1:
                 return
             with contextlib.suppress(OSError, ValueError):
-                self._loop.add_writer(fileno, write)
+                loop.add_writer(fileno, write)
 
-        self._loop.call_soon_threadsafe(register)
+        def flush() -> None:
+            if sock.fileno() == -1:
+                return
+            write()
+            # paho keeps its "registered" flag while bytes are left: the writer is ours.
+            if client._sock is sock and client.want_write():
+                register()
+
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            loop.call_soon(flush)
+        else:
+            loop.call_soon_threadsafe(register)
 
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
