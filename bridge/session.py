@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
@@ -111,13 +110,43 @@ class _ConnectFailed(Exception):
     pass
 
 
-@dataclass(order=True)
 class _Queued:
-    priority: int
-    seq: int
-    job: Job = field(compare=False)
-    unit: int = field(compare=False)
-    future: asyncio.Future[Any] = field(compare=False)
+    """A job waiting for the link, and the caller's future for its result."""
+
+    __slots__ = ("future", "job", "unit")
+
+    def __init__(self, job: Job, unit: int, future: asyncio.Future[Any]) -> None:
+        self.job = job
+        self.unit = unit
+        self.future = future
+
+
+class _Lanes:
+    """The jobs waiting for the link: one first-in first-out lane per priority, the
+    lane of the lowest value first. A few lanes and a deque each: cheaper per request
+    than a heap of ordered records (with polls in passes most requests queue)."""
+
+    def __init__(self) -> None:
+        self._by_priority: dict[int, deque[_Queued]] = {}
+        self._order: list[deque[_Queued]] = []  # the lanes, lowest priority value first
+        self.size = 0
+
+    def put(self, priority: int, item: _Queued) -> None:
+        lane = self._by_priority.get(priority)
+        if lane is None:
+            lane = self._by_priority[priority] = deque()
+            self._order = [self._by_priority[p] for p in sorted(self._by_priority)]
+        lane.append(item)
+        self.size += 1
+
+    def take(self) -> _Queued | None:
+        """The next job to run, None when none waits."""
+        if self.size:
+            for lane in self._order:
+                if lane:
+                    self.size -= 1
+                    return lane.popleft()
+        return None
 
 
 class HostSession:
@@ -145,8 +174,8 @@ class HostSession:
         self._holding = False  # the worker has taken a job and is about to run it
         self._idle = asyncio.Event()  # set while no job runs
         self._idle.set()
-        self._queue: asyncio.PriorityQueue[_Queued] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
+        self._queue = _Lanes()
+        self._work: asyncio.Future[None] | None = None  # the idle worker waits on it
         self._up = False
         self._attempted = asyncio.Event()  # set once the first connect attempt finished
         self._need_connect = asyncio.Event()
@@ -167,7 +196,7 @@ class HostSession:
     @property
     def queue_depth(self) -> int:
         """Requests waiting for the link (metrics)."""
-        return self._queue.qsize()
+        return self._queue.size
 
     def set_units(self, units: int) -> None:
         """The number of unit ids behind the host changed (a reload): the silence rule
@@ -195,11 +224,8 @@ class HostSession:
             self._wire.close()
             self._up = False
             self._wire.abort("the session is stopping")  # a job on the fast path ends now
-            while not self._queue.empty():
-                self._settle(
-                    self._queue.get_nowait(),
-                    exc=HostUnavailable(self.host.name, 0, "the bridge is stopping"),
-                )
+            while (item := self._queue.take()) is not None:
+                self._settle(item, exc=HostUnavailable(self.host.name, 0, "the bridge is stopping"))
 
     # -- public requests -------------------------------------------------
 
@@ -279,7 +305,12 @@ class HostSession:
         if probing is not None:
             probing.cancel()  # a probe never holds up a request (cut only where it is free)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Queued(priority, next(self._seq), job, unit, future))
+        self._queue.put(priority, _Queued(job, unit, future))
+        work = self._work
+        if work is not None:
+            self._work = None
+            if not work.done():
+                work.set_result(None)
         return await future
 
     @property
@@ -407,7 +438,11 @@ class HostSession:
         while True:
             if wire.unsettled and self._up:
                 await wire.drain()  # before taking a job: one queued meanwhile may go first
-            item = await self._queue.get()
+            item = self._queue.take()
+            if item is None:
+                work = self._work = asyncio.get_running_loop().create_future()
+                await work  # until a job is queued
+                continue
             if item.future.done():  # the caller gave up
                 continue
             self._holding = True  # from here on no caller may take the fast path
@@ -471,7 +506,7 @@ class HostSession:
             and not self._holding
             and not self._wire.unsettled
             and self.host.pause <= 0
-            and self._queue.empty()
+            and not self._queue.size
             and self._wire.connected
         )
 
