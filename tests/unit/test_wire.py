@@ -3,13 +3,26 @@ silence a serial line needs between frames (issue 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 
 import pytest
+from pymodbus.framer.socket import FramerSocket
+from pymodbus.pdu import bit_message, register_message
+from pymodbus.pdu.decoders import DecodePDU
 
-from bridge.model import Host, Parity, SerialLink, TcpLink
-from bridge.wire import transport_for
+from bridge.frames import mbap_frame
+from bridge.model import Host, Parity, SerialLink, Table, TcpLink
+from bridge.stats import SessionStats
+from bridge.wire import Wire, transport_for
+
+READ_REQUESTS = {
+    Table.HOLDING: register_message.ReadHoldingRegistersRequest,
+    Table.INPUT: register_message.ReadInputRegistersRequest,
+    Table.COIL: bit_message.ReadCoilsRequest,
+    Table.DISCRETE: bit_message.ReadDiscreteInputsRequest,
+}
 
 
 def test_serial_open_failures_name_the_port_and_the_fix(
@@ -92,3 +105,46 @@ def test_dev_null_and_dev_zero_are_no_serial_ports() -> None:
     for port in ("/dev/null", "/dev/zero"):
         reason = transport_for(Host("bus", SerialLink(port))).unreachable()
         assert f"serial port {port} is a memory device" in reason, reason
+
+
+class _Written:
+    """Stands in for a TCP connection's transport: keeps what is written."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("table", "reply", "values"),
+    [
+        (Table.HOLDING, b"\x03\x04\x00\x2a\xff\xfe", [42, 0xFFFE]),
+        (Table.INPUT, b"\x04\x04\x00\x07\x00\x08", [7, 8]),
+        (Table.COIL, b"\x01\x01\x05", [True, False, True]),
+        (Table.DISCRETE, b"\x02\x01\x02", [False, True, False]),
+    ],
+)
+async def test_a_read_on_modbus_tcp_frames_itself_as_pymodbus_would(
+    table: Table, reply: bytes, values: list[int] | list[bool]
+) -> None:
+    """A read on a Modbus TCP link is encoded once and framed by the wire, not by
+    pymodbus's framer: the bytes are the ones pymodbus would send, each read with its
+    own transaction id, and the reply comes back through the frame guard as before."""
+    wire = Wire(Host("gw", TcpLink("127.0.0.1")), SessionStats(), on_out_of_step=print)
+    written = _Written()
+    wire._client.ctx.transport = written  # type: ignore[assignment]
+    job = wire.read_job(7, table, 100, len(values))
+    framer = FramerSocket(DecodePDU(False))
+    for _ in range(2):
+        task = asyncio.ensure_future(job())
+        await asyncio.sleep(0)
+        sent = written.frames[-1]
+        tid = int.from_bytes(sent[:2], "big")
+        request = READ_REQUESTS[table](address=100, count=len(values), dev_id=7)
+        request.transaction_id = tid
+        assert sent == framer.buildFrame(request)
+        wire._on_data(mbap_frame(tid, 7, reply))
+        assert await task == values
+    assert written.frames[0][:2] != written.frames[1][:2]
