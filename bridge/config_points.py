@@ -71,26 +71,29 @@ class PointReader(NodeReader):
         first: dict[str, int] = {}
         for i, pnode in enumerate(nodes):
             ppath = f"{path}[{i}]"
-            spec = self.point(pnode, ppath)
-            if spec is None:
+            spec, name = self.point(pnode, ppath)
+            if name is None:
                 continue
-            if spec.name in first:
+            if name in first:  # said beside the point's other problems, if it has any
                 self.report(
                     pnode,
                     f"{ppath}.name",
-                    f"duplicate point name '{spec.name}' (also {path}[{first[spec.name]}])",
+                    f"duplicate point name '{name}' (also {path}[{first[name]}])",
                 )
                 continue
-            first[spec.name] = i
-            specs.append(spec)
+            first[name] = i
+            if spec is not None:
+                specs.append(spec)
         return specs, len(nodes)
 
-    def point(self, node: Node, path: str) -> PointSpec | None:
+    def point(self, node: Node, path: str) -> tuple[PointSpec | None, str | None]:
+        """The point if it is valid, and its name if it has one even when it is not (so
+        a name used twice is reported with every other problem)."""
         f = self.mapping(
             node, path, POINT_YAML_KEYS, known_as=functools.partial(hakeys.key_hint, hakeys.POINT)
         )
         if f is None:
-            return None
+            return None, None
         before = len(self.problems)
         given: dict[str, Any] = {}
         value_nodes: list[tuple[int, str, Node]] = []
@@ -116,7 +119,7 @@ class PointReader(NodeReader):
                 )
 
         if not {"table", "address", "type"} <= given.keys():
-            return None
+            return None, name
         # the device's interval does not matter to the rules below
         point = Point(**{"name": "", "interval": DEFAULT_INTERVAL, **given})
         written = frozenset(k for k in f.items if f.has(k))
@@ -133,12 +136,12 @@ class PointReader(NodeReader):
             for k, message in check_homeassistant(point):
                 self.report(f.value(k), f.sub(k), message)
         if name is None or len(self.problems) > before:
-            return None
+            return None, name
         if point.writable:
             given.setdefault("write_table", default_write_table(point))
             given.setdefault("write_address", point.address)
         nodes = {key: value for key, (_, value) in f.items.items()}
-        return PointSpec(given, self.source, path, nodes)
+        return PointSpec(given, self.source, path, nodes), name
 
     def device_points(
         self,

@@ -130,3 +130,21 @@ def test_a_missing_serial_port_is_a_warning_at_its_line(tmp_path: Path) -> None:
         f"<string>:4:13: hosts[0].serial: serial port {missing} does not exist (yet): is the"
         " adapter plugged in? (a /dev/serial/by-id/... path names the adapter)",
     )
+
+
+def test_a_duplicate_point_name_is_reported_with_the_points_problems() -> None:
+    """A point name used twice is said in the same run as the problems of the points
+    that carry it (an invalid first point still holds its name)."""
+    hosts = "  - {name: gw, address: 192.0.2.1}\n"
+    points = (
+        "    points:\n"
+        "      - {name: a, table: discrete, address: 0, writable: true}\n"
+        "      - {name: a, table: holding, address: 1, type: float32, bit: 2}\n"
+    )
+    found = problems(config(hosts, "  - name: d\n    host: gw\n    unit: 1\n" + points))
+    assert [p.split(": ", 2)[1] for p in found] == [
+        "devices[0].points[0].writable",
+        "devices[0].points[1].name",
+        "devices[0].points[1].bit",
+    ]
+    assert "duplicate point name 'a' (also devices[0].points[0])" in found[1]
