@@ -135,6 +135,34 @@ async def test_a_client_reads_through_the_one_session_with_its_own_transaction_i
     assert r.proxy.stats.requests["answered"] == 2
 
 
+async def test_a_proxied_request_queues_as_a_poll_behind_the_bridge_s_writes(rig) -> None:
+    """On a busy link a client's request waits in the host's queue with the polls, in
+    arrival order, and a write of the bridge's own (an MQTT command) queued after it
+    still goes out first. (The request the session's worker has already taken for the
+    link goes first whatever its class: a write waits behind at most that one.)"""
+    r = await rig()
+    r.sim.delay = 0.2  # each request holds the link for 200 ms: the others queue
+    on_wire = asyncio.create_task(r.session.read(1, Table.HOLDING, 0, 1))
+    await asyncio.sleep(0.05)
+    taken = asyncio.create_task(r.session.read(1, Table.HOLDING, 1, 1))  # the worker's next
+    await asyncio.sleep(0.01)
+    client = await Raw.connect(r.port)
+    try:
+        client.send(_mbap(0x4242, 2, struct.pack(">BHH", 3, 7, 1)))
+        await asyncio.sleep(0.05)  # the proxied read waits in the queue
+        later_poll = asyncio.create_task(r.session.read(1, Table.HOLDING, 2, 1))
+        await asyncio.sleep(0.01)
+        write = asyncio.create_task(r.session.write_registers(1, 5, [9], multiple=False))
+        tid, unit, reply = await client.frame(timeout=5.0)
+        await asyncio.gather(on_wire, taken, later_poll, write)
+    finally:
+        client.close()
+    assert (tid, unit, reply) == (0x4242, 2, b"\x03\x02\x00\x00")
+    sent = [(rec.unit, rec.function, rec.address) for rec in r.sim.request_log]
+    assert sent == [(1, 3, 0), (1, 3, 1), (1, 6, 5), (2, 3, 7), (1, 3, 2)]
+    assert r.sim.connections_total == 1
+
+
 async def test_pymodbus_reads_through_the_proxy_and_may_not_write(rig) -> None:
     r = await rig()
     r.sim.unit(1).set_registers("input", 0, [1, 2, 3])
