@@ -58,3 +58,15 @@ class Gate:
 
     filters: tuple[str, ...]
     judge: Callable[[list[Incoming]], str | None]
+
+
+@dataclass(frozen=True)
+class Will:
+    """The last will a connection registers (by default: `offline`, retained, on the
+    bridge's state topic)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    on_close: bool = False  # MQTT 5: also asked for when closing (Sparkplug 3.0's NDEATH)

@@ -37,12 +37,13 @@ import aiomqtt
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import full_jitter
 from bridge.errors import describe_os_error, out_of_descriptors
 from bridge.logs import Throttle
-from bridge.messages import Gate, Incoming, Subscription
+from bridge.messages import Gate, Incoming, Subscription, Will
 from bridge.model import Mqtt
 from bridge.packets import coalesce, publish_packet_size
 from bridge.payloads import OFFLINE, ONLINE
@@ -73,17 +74,6 @@ PROTOCOL_MAX_PACKET = 268_435_455 + 5  # remaining length limit plus the fixed h
 GATE_QUIET = 0.15  # seconds without a retained message after which the replay is over
 GATE_MAX = 2.0  # seconds the gate waits for retained messages at most
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client used our client id
-
-
-@dataclass(frozen=True)
-class Will:
-    """The last will a connection registers (by default: `offline`, retained, on the
-    bridge's state topic)."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
 
 
 Done = Callable[[bool], None]
@@ -210,6 +200,7 @@ class _Client(aiomqtt.Client):
         on_refused: Callable[[str, int, str], None],
         on_acked: Callable[[int], None],
         max_incoming: int,
+        will_on_close: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -253,6 +244,9 @@ class _Client(aiomqtt.Client):
 
         paho._sock_recv = capped_receive  # type: ignore[method-assign]
         paho._sock_send = recorded_send  # type: ignore[method-assign]
+        if will_on_close:  # aiomqtt closes with reason 0; 4: "Disconnect with will message"
+            with_will = ReasonCode(PacketTypes.DISCONNECT, identifier=4)
+            paho.disconnect = lambda close=paho.disconnect: close(with_will)  # type: ignore
 
     @property
     def broker_max_packet(self) -> int | None:
@@ -661,6 +655,7 @@ class MqttLink:
             on_refused=self._refused,
             on_acked=self._outbox.acked,
             max_incoming=MAX_INCOMING_PACKET,
+            will_on_close=v5 and w.on_close,
             logger=_PAHO_LOG,
         )
         # We bound concurrency ourselves (SEND_CONCURRENCY); silence its warning below that.

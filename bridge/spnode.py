@@ -33,6 +33,9 @@ encodes it; this module carries it to and from the broker.
   cannot be read or written is said once in the log; the node runs on, counting
   from memory (from 0 when nothing could be read).
 * Shutdown: an NDEATH before the connection closes. A kill -9 leaves that to the will.
+  With `mqtt.protocol: 5` the DISCONNECT says "Disconnect with will message" (3.0
+  asks it), so the broker publishes the will too: a second NDEATH with the same
+  bdSeq, which hosts ignore.
 * A reload that changes `sparkplug:`, `mqtt:` or the devices closes the node's
   connection (NDEATH) and opens a new one with births for the new configuration.
 """
@@ -50,9 +53,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from bridge import __version__
 from bridge.feature import Changes, Feature, Hub
-from bridge.messages import Incoming, Message, Subscription
+from bridge.messages import Incoming, Message, Subscription, Will
 from bridge.model import BridgeConfig, Sparkplug
-from bridge.mqtt import MqttLink, Will
+from bridge.mqtt import MqttLink
 from bridge.payloads import Value
 from bridge.process import cancel
 from bridge.reload import ReloadPlan
@@ -263,7 +266,8 @@ class SparkplugNode(Feature):
         if self.state is not None:
             self.state.save(self.node.bd_seq)
         death = self.node.will()
-        return Will(death.topic, encode(death.payload), qos=death.qos, retain=False)
+        # on_close: on MQTT 5 a DISCONNECT asks for the will too, as Sparkplug 3.0 asks
+        return Will(death.topic, encode(death.payload), qos=death.qos, on_close=True)
 
     def _on_disconnected(self, _since: float | None) -> None:
         if self.node is not None:

@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
+from bridge.messages import Will
 from bridge.model import Mqtt
-from bridge.mqtt import MqttLink, Will
+from bridge.mqtt import MqttLink
 from bridge.topics import Topics
 
 pytestmark = pytest.mark.integration

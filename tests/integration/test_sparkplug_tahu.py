@@ -213,6 +213,7 @@ async def test_edge_node_as_a_host_application_sees_it(
 
     # -- a DCMD that lands: read back from the device, and seen as DDATA
     mark = watcher.mark()
+    jmark = json_watcher.mark()
     await _send(
         broker, topic("DCMD", "meter"), encode([{"name": "level", "type": "UInt16", "value": 500}])
     )
@@ -227,6 +228,9 @@ async def test_edge_node_as_a_host_application_sees_it(
         since=mark,
     )
     assert server.unit(1).get_registers("holding", 7) == [500]
+    # its answer (on the bridge's own connection, so in no set order with the DDATA)
+    landed = await json_watcher.wait_for("modbus/meter/set/result", timeout=5, since=jmark)
+    assert landed.json()["status"] == "ok"
 
     # -- a DCMD refused (over max): nothing written, the answer says why
     server.clear_log()
@@ -312,7 +316,11 @@ async def test_primary_host_online_offline_and_back(
     [death] = [m for m in _decoded(watcher, mark) if m["topic"] == topic("NDEATH")]
     assert _by_name(death)["bdSeq"]["value"] == bd_seq
     await asyncio.sleep(0.5)
-    assert [m.topic for m in watcher.messages[mark:]] == [topic("NDEATH")]
+    # Then silence. The broker may add the will (the old connection's, if the new one
+    # came first): the same bdSeq, which 3.0 tells hosts to ignore.
+    after = _decoded(watcher, mark)
+    assert {m["topic"] for m in after} == {topic("NDEATH")}
+    assert {_by_name(m)["bdSeq"]["value"] for m in after} == {bd_seq}
 
     mark = watcher.mark()
     await _state(broker, True, 4)
@@ -368,3 +376,34 @@ async def test_bd_seq_goes_on_across_restarts(
     assert await bd_seq("NBIRTH", mark) == 2
     assert state.read_text() == "2\n"
     assert "bdSeq state file" not in bridge.log()  # no problem with it was logged
+
+
+async def test_mqtt5_close_asks_the_broker_for_the_will(
+    broker: Any, sim_servers: Any, mqtt_watcher: Any, run_bridge: Any
+) -> None:
+    """Sparkplug 3.0: an edge node on MQTT 5 that sends a DISCONNECT sets the reason
+    code "Disconnect with will message". On SIGTERM the node publishes its NDEATH,
+    then disconnects so: the broker publishes the will too, with the same bdSeq."""
+    require_tahu()
+    server = await sim_servers((1, 2))
+    _meter_registers(server)
+    watcher = await mqtt_watcher(broker, "spBv1.0/plant/#")
+    config = _config(broker, server)
+    config["mqtt"]["protocol"] = 5
+    config["devices"] = config["devices"][:2]
+    bridge = await run_bridge(config)
+    await watcher.wait_for(topic("DBIRTH", "meter"), timeout=10)
+    birth = next(m for m in _decoded(watcher) if m["topic"] == topic("NBIRTH"))
+    bd_seq = _by_name(birth)["bdSeq"]["value"]
+
+    mark = watcher.mark()
+    assert await bridge.terminate() == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if len([m for m in watcher.messages[mark:] if m.topic == topic("NDEATH")]) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # a third would come now
+    deaths = [m for m in _decoded(watcher, mark) if m["topic"] == topic("NDEATH")]
+    assert [_by_name(d)["bdSeq"]["value"] for d in deaths] == [bd_seq, bd_seq]
+    assert all(d["seq"] is None for d in deaths)
