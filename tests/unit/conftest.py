@@ -4,9 +4,8 @@ forbidden, so a test that needs either fails at once and belongs in tests/integr
 asyncio's own event loop keeps working: its wake-up pipe is a `socketpair()`, which
 neither connects nor binds.
 
-Hypothesis runs without its clocks: no deadline per example and no "too slow" health
-check. Both are timing assertions, and on a loaded machine (other work on the same two
-cores) they failed property tests whose properties held.
+Hypothesis runs without its clocks (no deadline per example, no "too slow" health
+check): the profile is loaded in tests/conftest.py, for every tier.
 """
 
 from __future__ import annotations
@@ -18,10 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
-
-settings.register_profile("no-clocks", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("no-clocks")
 
 
 class IOInUnitTest(AssertionError):
