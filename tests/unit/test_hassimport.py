@@ -9,6 +9,7 @@ precision). `tests/homeassistant/test_import.py` runs the real Home Assistant.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def test_what_cannot_be_carried_over_is_listed_with_its_line_and_reason() -> Non
     assert "- name: pv_power" in conversion.text
     line = next(x for x in conversion.text.splitlines() if "- name: pv_power" in x)
     assert line.endswith("# modbus.yaml:7")
+    # every host, device and point: its first line names where it came from
+    items = [x for x in conversion.text.splitlines() if x.lstrip().startswith("- ")]
+    assert len(items) == conversion.hosts + conversion.devices + conversion.points
+    assert all(re.search(r"# modbus\.yaml:\d+$", x) for x in items), items
 
 
 def test_the_command_exits_1_when_something_was_left_out_and_0_when_not(
@@ -131,6 +136,7 @@ def test_the_command_exits_1_when_something_was_left_out_and_0_when_not(
         ("modbus: !include_dir_merge_list modbus/\n", "!include_dir_merge_list"),
         ("sensor:\n  - platform: template\n", "no Home Assistant modbus configuration"),
         ("modbus: [unclosed\n", "not valid YAML"),
+        ("modbus: !include nowhere.yaml\n", "nowhere.yaml: cannot read"),
     ],
 )
 def test_files_that_cannot_be_imported_say_why(tmp_path: Path, text: str, expected: str) -> None:
