@@ -32,7 +32,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -348,13 +348,21 @@ def build_config_text(gateways: Sequence[Gateway], broker: BrokerChoice, client_
 class Console:
     """Prints what arrives on MQTT under the base topic, one compact line per message."""
 
-    def __init__(self, base: str, devices: Sequence[str], out: TextIO) -> None:
+    def __init__(
+        self,
+        base: str,
+        devices: Sequence[str],
+        out: TextIO,
+        on_closed: Callable[[], None] | None = None,
+    ) -> None:
         self.prefix = base + "/"
         self.devices = set(devices)
         self.width = max((len(d) for d in devices), default=6)
         self.out = out
         self.live = False  # before the bridge starts, arrivals are retained leftovers
         self.printed = 0
+        self.closed = False  # the reader of `out` went away (`demo | head`)
+        self._on_closed = on_closed
 
     async def on_message(self, message: Incoming) -> None:
         if not self.live:
@@ -364,7 +372,20 @@ class Console:
             self.emit(line)
 
     def emit(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')}  {text}", file=self.out, flush=True)
+        """Print one line. When the reader has left (`demo | head`), the demo stops as on
+        Ctrl-C, clearing what it retained, instead of a traceback for every message."""
+        if self.closed:
+            return
+        try:
+            print(f"{time.strftime('%H:%M:%S')}  {text}", file=self.out, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            # What is still buffered for the closed pipe would fail again at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+            if self._on_closed is not None:
+                self._on_closed()
+            return
         self.printed += 1
 
     def format(self, topic: str, payload: bytes) -> str | None:
@@ -478,7 +499,9 @@ async def _demo_run(
             return EXIT_FAILURE
         if print_config:
             print(f"# the demo's configuration\n{text}", file=out, flush=True)
-        console = Console(BASE_TOPIC, [d.name for d in config.devices], out)
+        console = Console(
+            BASE_TOPIC, [d.name for d in config.devices], out, on_closed=process.stop.set
+        )
         console_settings = dataclasses.replace(
             config.mqtt, client_id=f"modbus-bridge-demo-console-{suffix}"
         )

@@ -220,3 +220,33 @@ async def test_demo_prints_its_config_takes_writes_and_leaves_nothing_retained(b
                     if message.retain:
                         retained.append(str(message.topic))
     assert retained == []
+
+
+async def test_demo_piped_into_head_stops_cleanly_and_leaves_nothing_retained(broker) -> None:
+    """`modbus-bridge demo | head`: once the reader has gone, the demo stops as on Ctrl-C
+    (exit 0, retained topics cleared) instead of a traceback for every message."""
+    read, write = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "demo", "--devices", "2", "--duration", "60",
+        "--broker", f"{broker.host}:{broker.port}",
+        cwd=REPO, stdout=write, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:  # what `head` does: read a few lines, then leave
+        lines = 0
+        while lines < 12:
+            chunk = await asyncio.to_thread(reader.readline)
+            assert chunk, "the demo printed fewer lines than expected"
+            lines += 1
+    _, err = await asyncio.wait_for(proc.communicate(), 20)  # far less than --duration 60
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
+    retained: list[str] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe("#")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for message in client.messages:
+                    if message.retain:
+                        retained.append(str(message.topic))
+    assert retained == []
