@@ -11,12 +11,16 @@ A shard gets its own MQTT client id (`<client_id>-shard-KofN`), its own bridge t
 (`<base>/bridge/KofN/...`, `topics.topics_of`) and its metrics on `port + K - 1` (on
 `port` itself with `metrics.shard_ports: false`: one shard per machine or pod);
 devices keep their topics. It knows the devices of the other shards (`elsewhere`), so
-it leaves their commands and their Home Assistant discovery alone.
+it leaves their commands and their Home Assistant discovery alone. What a process keeps
+for itself is per shard too: the Sparkplug edge node (`<edge_node_id>-KofN`, one MQTT
+session each, as Sparkplug requires of an edge node), its bdSeq file and the buffer's
+database (`<name>.KofN<ext>`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -170,15 +174,39 @@ def select(config: BridgeConfig, index: int, count: int) -> BridgeConfig:
             raise ConfigError([Problem(config.source, None, None, "", problem)])
         metrics = replace(metrics, port=port)
     fleet = config.mqtt.client_id
+    sparkplug = config.sparkplug
+    if sparkplug is not None:
+        sparkplug = replace(
+            sparkplug,
+            edge_node_id=f"{sparkplug.edge_node_id}-{index}of{count}",
+            state_file=(
+                None
+                if sparkplug.state_file is None
+                else per_shard_path(sparkplug.state_file, index, count)
+            ),
+        )
+    buffer = config.buffer
+    if buffer is not None:
+        buffer = replace(buffer, path=per_shard_path(buffer.path, index, count))
     return replace(
         config,
         hosts=hosts,
         devices=tuple(d for d in config.devices if d.host in names),
         mqtt=replace(config.mqtt, client_id=client_id(fleet, index, count)),
         metrics=metrics,
+        sparkplug=sparkplug,
+        buffer=buffer,
         shard=Shard(index, count, fleet),
         elsewhere=frozenset(d.name for d in config.devices if d.host not in names),
     )
+
+
+def per_shard_path(path: str, index: int, count: int) -> str:
+    """`path` for shard `index` of `count`: `buffer.db` -> `buffer.2of3.db`. Two
+    processes must never share a buffer database or a bdSeq file."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f"{stem}.{index}of{count}{ext}")
 
 
 @dataclass(frozen=True)

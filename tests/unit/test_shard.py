@@ -123,6 +123,25 @@ def test_a_shard_runs_its_hosts_with_all_their_devices() -> None:
     assert topics_of(fleet).bridge_state == "site/bridge/state"
 
 
+def test_a_shard_is_its_own_sparkplug_edge_node_with_its_own_files() -> None:
+    """Sparkplug wants one MQTT session per edge node, and a buffer database or a bdSeq
+    file shared by two processes would replay or count the other's: each is per shard."""
+    fleet = _fleet(
+        FLEET
+        + "sparkplug: {group_id: plant, edge_node_id: edge, state_file: /var/lib/mb/sp.bdseq}\n"
+        + "buffer: {path: /var/lib/mb/buffer.db}\n"
+    )
+    parts = [select(fleet, k, 3) for k in (1, 2, 3)]
+    nodes = [p.sparkplug for p in parts]
+    assert [n.edge_node_id for n in nodes if n] == ["edge-1of3", "edge-2of3", "edge-3of3"]
+    assert [n.group_id for n in nodes if n] == ["plant"] * 3
+    assert [n.state_file for n in nodes if n] == [f"/var/lib/mb/sp.{k}of3.bdseq" for k in (1, 2, 3)]
+    assert [p.buffer.path for p in parts if p.buffer] == [
+        f"/var/lib/mb/buffer.{k}of3.db" for k in (1, 2, 3)
+    ]
+    assert fleet.sparkplug is not None and fleet.sparkplug.edge_node_id == "edge"
+
+
 def test_a_metrics_port_past_65535_is_a_config_error() -> None:
     fleet = _fleet(FLEET.replace("127.0.0.1:9108", "127.0.0.1:65535"))
     select(fleet, 1, 2)  # shard 1 keeps the port
