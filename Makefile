@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Tests start their own Mosquitto; install the binary where it is missing. socat makes
-# the virtual null-modem cables of the serial tests.
+# the virtual null-modem cables of the serial tests; mbpoll is the Modbus client we did
+# not write in the proxy's proof (tests/integration/test_proxy_proof.py).
 mosquitto:
 	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
@@ -31,6 +32,7 @@ mosquitto:
 	fi
 	@command -v openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
 	@command -v socat >/dev/null || { apt-get update -q && apt-get install -y -q socat; }
+	@command -v mbpoll >/dev/null || { apt-get update -q && apt-get install -y -q mbpoll; }
 
 # The Sparkplug tests' decoder: node (Debian's nodejs) and npm's sparkplug-payload.
 tahu:
