@@ -359,8 +359,9 @@ async def test_answer_caught_in_a_broker_death_is_sent_after_the_reconnect(
 ) -> None:
     server = await sim_servers((1,))
     watcher = await mqtt_watcher(broker, "modbus/boiler/set/result")
+    availability = await mqtt_watcher(broker, "modbus/boiler/availability")
     bridge = await run_bridge(_config(broker, server))
-    await asyncio.sleep(1.5)
+    await _online(availability)  # subscribed: the command below is the bridge's to answer
     server.per_unit_delay[1] = 0.4  # within the host's 0.5 s timeout
     await _publish(broker, "modbus/boiler/level/set", b"21")
     await asyncio.sleep(0.15)

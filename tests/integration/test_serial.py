@@ -23,7 +23,15 @@ from bridge.sim import SimSerial, SimServer
 pytestmark = pytest.mark.integration
 
 
-def _config(broker: Any, port: Path, units: range, *, baudrate: int = 19200, **host: Any):
+def _config(
+    broker: Any,
+    port: Path,
+    units: range,
+    *,
+    baudrate: int = 19200,
+    interval: str = "500ms",
+    **host: Any,
+):
     return {
         "version": 1,
         "health_interval": "1s",
@@ -40,7 +48,7 @@ def _config(broker: Any, port: Path, units: range, *, baudrate: int = 19200, **h
         "templates": {"meter": TEMPLATE},
         "devices": [
             {"name": "m{unit}", "host": "bus1", "units": f"{units.start}-{units.stop - 1}",
-             "template": "meter", "interval": "500ms",
+             "template": "meter", "interval": interval,
              "points": [{"name": "setpoint", "table": "holding", "address": 40,
                          "type": "uint16", "writable": True}]}
         ],
@@ -68,10 +76,14 @@ async def _bus(serial_pair: Any, units: range) -> tuple[SimServer, SimSerial]:
     return server, device
 
 
-async def _state(watcher: Any, unit: int, generation: int = 0, since: int = 0) -> None:
+async def _state(
+    watcher: Any, unit: int, generation: int = 0, since: int = 0, timeout: float = 10
+) -> None:
     want = expected(unit, generation)
     await watcher.wait_for(
-        lambda m: m.topic == f"modbus/m{unit}" and same(m.json(), want), timeout=10, since=since
+        lambda m: m.topic == f"modbus/m{unit}" and same(m.json(), want),
+        timeout=timeout,
+        since=since,
     )
 
 
@@ -83,7 +95,12 @@ async def test_several_units_on_one_bus_read_write_and_line_faults(
     # At 9600 baud a real line delivers a reply byte by byte: so does the simulator.
     server.drip = drip
     watcher = await mqtt_watcher(broker, "modbus/#")
-    bridge = await run_bridge(_config(broker, serial_pair.bridge, range(1, 5), baudrate=baudrate))
+    # Four units of five blocks each, every second. Every 500 ms kept a 9600-baud line
+    # with byte-by-byte replies so busy that a unit which missed its first poll on a
+    # loaded machine could stay in backoff past the 10 s this test waits (seen once in a
+    # whole run): every second leaves the line idle time for the probes.
+    config = _config(broker, serial_pair.bridge, range(1, 5), baudrate=baudrate, interval="1s")
+    bridge = await run_bridge(config)
     try:
         for unit in range(1, 5):
             await _state(watcher, unit)
@@ -158,7 +175,9 @@ async def test_unplugged_adapter_is_reopened_when_it_comes_back(
         await device.start()
         mark = watcher.mark()
         load_unit(server, 1, generation=3)
-        await _state(watcher, 1, generation=3, since=mark)
+        # The port is reopened on the reconnect backoff (jittered, growing while the
+        # cable was out): allow the same minute for both units.
+        await _state(watcher, 1, generation=3, since=mark, timeout=60)
         await watcher.wait_for(
             lambda m: m.topic == "modbus/m2/availability" and m.payload == b"online",
             timeout=60,
