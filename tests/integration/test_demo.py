@@ -159,6 +159,19 @@ def test_demo_config_loads(devices: int) -> None:
     assert mode.value_map == {0: "off", 1: "auto", 2: "manual"}
 
 
+async def _retained_topics(broker: Any) -> list[str]:
+    """What a subscriber arriving now is given as retained, by topic."""
+    retained: list[str] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe("#")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for message in client.messages:
+                    if message.retain:
+                        retained.append(str(message.topic))
+    return retained
+
+
 def test_console_lines() -> None:
     console = Console("demo", ["meter-1", "meter-12"], io.StringIO())
     line = console.format("demo/meter-1", b'{"voltage":231.2,"last_seen":"x"}')
@@ -211,15 +224,7 @@ async def test_demo_prints_its_config_takes_writes_and_leaves_nothing_retained(b
     rest, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()
     assert "meter-1  is offline" in rest.decode()
-    retained: list[str] = []
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe("#")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for message in client.messages:
-                    if message.retain:
-                        retained.append(str(message.topic))
-    assert retained == []
+    assert await _retained_topics(broker) == []
 
 
 async def test_demo_piped_into_head_stops_cleanly_and_leaves_nothing_retained(broker) -> None:
@@ -241,12 +246,4 @@ async def test_demo_piped_into_head_stops_cleanly_and_leaves_nothing_retained(br
     _, err = await asyncio.wait_for(proc.communicate(), 20)  # far less than --duration 60
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
-    retained: list[str] = []
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe("#")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for message in client.messages:
-                    if message.retain:
-                        retained.append(str(message.topic))
-    assert retained == []
+    assert await _retained_topics(broker) == []
