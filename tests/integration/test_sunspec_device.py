@@ -82,21 +82,25 @@ async def _state(watcher: Any, *, since: int = 0, has: str = "ac_power") -> dict
     return state
 
 
+def _config(broker: Any, server: SimServer, timeout: float, **device: Any) -> dict[str, Any]:
+    """One gateway with the SunSpec inverter `inv` at UNIT, polled every second."""
+    return {
+        "version": 1,
+        "mqtt": mqtt_section(broker),
+        "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port, "timeout": timeout}],
+        "devices": [
+            {"name": "inv", "host": "gw", "unit": UNIT, "sunspec": True, "interval": "1s", **device}
+        ],
+    }
+
+
 async def test_the_bridge_publishes_what_pysunspec2_reads(
     broker, sim_servers, mqtt_watcher, run_bridge
 ) -> None:
     layout = build_image(PROOF_MODELS)
     server: SimServer = await sim_servers({UNIT: _serve(layout.image)})
     watcher = await mqtt_watcher(broker, "modbus/#")
-    config = {
-        "version": 1,
-        "mqtt": mqtt_section(broker),
-        "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port, "timeout": 1.0}],
-        "devices": [
-            {"name": "inv", "host": "gw", "unit": UNIT, "sunspec": True, "interval": "1s",
-             "write_multiple": True},
-        ],
-    }  # fmt: skip
+    config = _config(broker, server, timeout=1.0, write_multiple=True)
     await run_bridge(config)
     state = await _state(watcher)
 
@@ -182,12 +186,7 @@ async def test_a_reopened_session_reads_the_chain_again_and_a_reload_keeps_it(
     layout = build_image(PROOF_MODELS)
     server: SimServer = await sim_servers({UNIT: _serve(layout.image)})
     watcher = await mqtt_watcher(broker, "modbus/#")
-    config = {
-        "version": 1,
-        "mqtt": mqtt_section(broker),
-        "hosts": [{"name": "gw", "address": "127.0.0.1", "port": server.port, "timeout": 0.5}],
-        "devices": [{"name": "inv", "host": "gw", "unit": UNIT, "sunspec": True, "interval": "1s"}],
-    }
+    config = _config(broker, server, timeout=0.5)
     bridge = await run_bridge(config)
     first = await _state(watcher)
     assert "power_2" not in first
