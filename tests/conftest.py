@@ -139,11 +139,31 @@ def serial_pair(tmp_path: Path) -> Iterator[SerialPair]:
     pair.unplug()
 
 
+# A failed test's report ends with the last lines of each bridge's log (debug level):
+# a failure in a whole run on a loaded machine can then be read, not only re-run.
+BRIDGE_LOG_TAIL = 150
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    procs: list[BridgeProcess] = getattr(item, "bridge_processes", [])
+    if report.when == "call" and report.failed:
+        for n, proc in enumerate(procs):
+            try:
+                lines = proc.log().splitlines()[-BRIDGE_LOG_TAIL:]
+            except OSError as exc:
+                lines = [f"(no log: {exc})"]
+            report.sections.append((f"bridge {n} log, last lines", "\n".join(lines)))
+    return report
+
+
 @pytest.fixture
 async def run_bridge(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[..., Awaitable[BridgeProcess]]]:
     procs: list[BridgeProcess] = []
+    request.node.bridge_processes = procs
 
     async def make(
         config: dict[str, Any],
