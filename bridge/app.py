@@ -287,7 +287,9 @@ class Bridge:
         checks that no other shard layout runs under the base topic, so a process that
         must not run opens no Modbus socket (a gateway that takes one connection would
         drop the other layout's). False when it must not run; True, too, when the
-        broker is not reachable: the check then comes at the first connect."""
+        broker is not reachable: the check then comes at the first connect. With the
+        broker there, polling starts once the link is subscribed: the first values are
+        published, not buffered as changes made while the broker was away."""
         waits = {asyncio.ensure_future(e.wait()) for e in (self.link.first_attempt, self._fatal)}
         await asyncio.wait(waits, timeout=LAYOUT_WAIT, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:

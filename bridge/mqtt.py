@@ -528,8 +528,11 @@ class MqttLink:
         # there, subscribed to nothing, until it is cancelled.
         self._gate = gate
         self._on_gate_closed = on_gate_closed
-        # The first connect attempt is over: the gate passed or closed, or the broker
-        # could not be reached (the gate then waits for the next connect).
+        # The first connect attempt is over: connected and subscribed with the gate
+        # passed, the gate closed, or the broker could not be reached (the gate then
+        # waits for the next connect). The owner starts polling after it, so the first
+        # values go out live, not into the store-and-forward buffer as if the broker
+        # were away.
         self.first_attempt = asyncio.Event()
         if gate is None:
             self.first_attempt.set()
@@ -672,8 +675,7 @@ class MqttLink:
         seen = await client.unless_dropped(self._retained_on(client, gate.filters))
         reason = gate.judge(seen)
         if reason is None:
-            self._gate = None
-            self.first_attempt.set()
+            self._gate = None  # `run` sets first_attempt once subscribed
             return
         await client.unless_dropped(
             client.publish(self.topics.bridge_state, OFFLINE.encode(), qos=1, retain=True)
@@ -773,6 +775,7 @@ class MqttLink:
                     log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
                     if self._on_connected:
                         self._on_connected()
+                    self.first_attempt.set()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._sender(client))
                         group.create_task(self._receiver(client))
