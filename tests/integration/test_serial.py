@@ -141,12 +141,6 @@ async def test_several_units_on_one_bus_read_write_and_line_faults(
         await device.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined 2026-12-03: in 2 of the last 3 whole runs (never alone, 3 of 3) the "
-    "port was reopened after the replug but no request was answered for 60 s; cause not "
-    "found yet (the bridge or the socat pair), see CHANGELOG",
-)
 async def test_unplugged_adapter_is_reopened_when_it_comes_back(
     broker, mqtt_watcher, run_bridge, serial_pair
 ) -> None:
