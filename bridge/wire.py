@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import grp
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -242,6 +244,25 @@ class SerialTransport(Transport):
         kind = serial_device_problem(st.st_mode, st.st_rdev)
         if kind is not None:
             return f"serial port {port} is {kind}: check the host's serial: path"
+        if error is not None and error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # pymodbus opens the port with an exclusive lock (flock): another open of
+            # it holds that lock, most often another program or a second bridge.
+            me = os.getpid()
+            holders = port_holders(port)
+            who = (
+                ", ".join(
+                    f"this bridge, pid {pid} (an earlier open not closed)"
+                    if pid == me
+                    else f"pid {pid} ({cmd})"
+                    for pid, cmd in holders[:3]
+                )
+                if holders
+                else "a process this user cannot see"
+            )
+            return (
+                f"serial port {port} is locked by another program: {who}; stop it or "
+                "give each program its own adapter (two masters on one RS485 bus collide)"
+            )
         if error is not None:
             return f"cannot open serial port {port}: {describe_os_error(error)}"
         return f"cannot open serial port {port}"
@@ -252,6 +273,40 @@ class SerialTransport(Transport):
         if baudrate > 19200:
             return 0.00175
         return 3.5 * self.link.char_bits / baudrate
+
+
+def port_holders(port: str) -> list[tuple[int, str]]:
+    """The processes (pid, command line) with the device `port` open, found in /proc;
+    best effort: processes this user may not inspect are left out."""
+    try:
+        target = os.stat(port).st_rdev
+    except OSError:
+        return []
+    found: list[tuple[int, str]] = []
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for pid in sorted(pids):
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == target:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    cmd = "?"
+                found.append((pid, cmd[:80] or "?"))
+                break
+    return found
 
 
 def transport_for(host: Host) -> Transport:

@@ -268,3 +268,32 @@ async def test_against_pymodbus_serial_server(
     finally:
         await bridge.terminate()
         await server.shutdown()
+
+
+async def test_a_port_locked_by_another_program_is_named_and_taken_once_free(
+    broker, mqtt_watcher, run_bridge, serial_pair
+) -> None:
+    # ModemManager, a second bridge or a terminal program on the adapter: the bridge
+    # opens a port with an exclusive lock, so the open fails; the log names who holds it.
+    import fcntl
+
+    _, device = await _bus(serial_pair, range(1, 2))
+    holder = os.open(serial_pair.bridge, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    watcher = await mqtt_watcher(broker, "modbus/#")
+    bridge = await run_bridge(_config(broker, serial_pair.bridge, range(1, 2)))
+    try:
+        wanted = f"is locked by another program: pid {os.getpid()} ("
+        async with asyncio.timeout(10):
+            while wanted not in bridge.log():
+                await asyncio.sleep(0.1)
+        assert watcher.latest("modbus/m1") is None
+        os.close(holder)  # the other program lets go: the bridge takes the port
+        holder = -1
+        await _state(watcher, 1, timeout=30)
+        assert len(_port_fds(bridge.pid, serial_pair.pty_of(serial_pair.bridge))) == 1
+    finally:
+        if holder >= 0:
+            os.close(holder)
+        await bridge.terminate()
+        await device.stop()
