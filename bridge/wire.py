@@ -248,7 +248,8 @@ class SerialTransport(Transport):
             # pymodbus opens the port with an exclusive lock (flock): another open of
             # it holds that lock, most often another program or a second bridge.
             me = os.getpid()
-            holders = port_holders(port)
+            # Who holds the lock; failing that (no /proc/locks), whoever has it open.
+            holders = port_lockers(port) or port_holders(port)
             who = (
                 ", ".join(
                     f"this bridge, pid {pid} (an earlier open not closed)"
@@ -275,6 +276,35 @@ class SerialTransport(Transport):
         return 3.5 * self.link.char_bits / baudrate
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+    return cmd[:80] or "?"
+
+
+def port_lockers(port: str) -> list[tuple[int, str]]:
+    """The processes (pid, command line) holding a `flock` on the device file `port`,
+    from /proc/locks (the lock pymodbus takes on every serial port it opens)."""
+    try:
+        st = os.stat(port)
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids: list[int] = []
+    for line in lines:
+        fields = line.split()
+        # "N: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"; "N: -> ..." waits for it
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+            with contextlib.suppress(ValueError):
+                pids.append(int(fields[4]))
+    return [(pid, _cmdline(pid)) for pid in sorted(set(pids))]
+
+
 def port_holders(port: str) -> list[tuple[int, str]]:
     """The processes (pid, command line) with the device `port` open, found in /proc;
     best effort: processes this user may not inspect are left out."""
@@ -299,12 +329,7 @@ def port_holders(port: str) -> list[tuple[int, str]]:
             except OSError:
                 continue
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == target:
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                except OSError:
-                    cmd = "?"
-                found.append((pid, cmd[:80] or "?"))
+                found.append((pid, _cmdline(pid)))
                 break
     return found
 
