@@ -28,7 +28,6 @@ import grp
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -247,22 +246,10 @@ class SerialTransport(Transport):
         if error is not None and error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             # pymodbus opens the port with an exclusive lock (flock): another open of
             # it holds that lock, most often another program or a second bridge.
-            me = os.getpid()
-            # Who holds the lock; failing that (no /proc/locks), whoever has it open.
-            holders = port_lockers(port) or port_holders(port)
-            who = (
-                ", ".join(
-                    f"this bridge, pid {pid} (an earlier open not closed)"
-                    if pid == me
-                    else f"pid {pid} ({cmd})"
-                    for pid, cmd in holders[:3]
-                )
-                if holders
-                else "a process this user cannot see"
-            )
             return (
-                f"serial port {port} is locked by another program: {who}; stop it or "
-                "give each program its own adapter (two masters on one RS485 bus collide)"
+                f"serial port {port} is locked by another program: {_lock_holders(port)}; "
+                "stop it or give each program its own adapter (two masters on one RS485 "
+                "bus collide)"
             )
         if error is not None:
             return f"cannot open serial port {port}: {describe_os_error(error)}"
@@ -305,33 +292,18 @@ def port_lockers(port: str) -> list[tuple[int, str]]:
     return [(pid, _cmdline(pid)) for pid in sorted(set(pids))]
 
 
-def port_holders(port: str) -> list[tuple[int, str]]:
-    """The processes (pid, command line) with the device `port` open, found in /proc;
-    best effort: processes this user may not inspect are left out."""
-    try:
-        target = os.stat(port).st_rdev
-    except OSError:
-        return []
-    found: list[tuple[int, str]] = []
-    try:
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-    for pid in sorted(pids):
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == target:
-                found.append((pid, _cmdline(pid)))
-                break
-    return found
+def _lock_holders(port: str) -> str:
+    """Who holds the lock on `port`, for the log: "pid N (command)", at most three."""
+    me = os.getpid()
+    holders = port_lockers(port)
+    if not holders:
+        return "a process not listed in /proc/locks"
+    return ", ".join(
+        f"this bridge, pid {pid} (an earlier open not closed)"
+        if pid == me
+        else f"pid {pid} ({cmd})"
+        for pid, cmd in holders[:3]
+    )
 
 
 def transport_for(host: Host) -> Transport:
